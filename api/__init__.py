@@ -1,0 +1,1 @@
+"""The producer edge: HTTP and WebSocket handlers, validation, error mapping."""

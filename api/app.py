@@ -1,0 +1,72 @@
+"""The Flask application factory: `gunicorn 'api.app:create_app()'`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from api import errors, follow, routes
+from api.backend import EXTENSION, Backend
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _SendAllSocket:
+    """A socket whose `send` writes everything, one frame at a time.
+
+    simple-websocket 1.1 writes frames with `socket.send`, which may write only part of a
+    large frame, and sends pings from its own thread (simple-websocket#45). `sendall`
+    under a lock keeps every frame whole and frames from interleaving.
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _WholeFrames:
+    """WSGI middleware that hands flask-sock a `_SendAllSocket`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        for key in ("gunicorn.socket", "werkzeug.socket"):
+            if key in environ and environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+                environ[key] = _SendAllSocket(environ[key])
+        return self.app(environ, start_response)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the API for `settings` (default: from the environment)."""
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["SOCK_SERVER_OPTIONS"] = {
+        "ping_interval": settings.ws_ping_s,
+        "max_message_size": 64 * 1024,
+    }
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions[EXTENSION] = Backend.build(settings)
+    errors.register(app)
+    app.register_blueprint(routes.bp)
+    app.register_blueprint(follow.bp)
+    follow.sock.init_app(app)
+    wsgi: Any = _WholeFrames(app.wsgi_app)
+    if settings.trust_proxy_headers:
+        wsgi = ProxyFix(wsgi, x_for=1, x_proto=1, x_host=1, x_port=1)
+    app.wsgi_app = wsgi  # type: ignore[method-assign]
+    return app

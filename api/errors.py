@@ -1,0 +1,82 @@
+"""Every error the API answers, as `{"error": {"code", "message"}}` with a 4xx/5xx status."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from celery.exceptions import CeleryError
+from flask import Flask, Response, jsonify
+from kombu.exceptions import KombuError
+from werkzeug.exceptions import HTTPException
+
+from shared.errors import (
+    BadCursor,
+    IdempotencyConflict,
+    InvalidRequest,
+    SessionNotFound,
+    StreamsError,
+)
+
+log = logging.getLogger(__name__)
+
+HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+}
+
+STATUS_OF: list[tuple[type[StreamsError], int]] = [
+    (SessionNotFound, 404),
+    (BadCursor, 400),
+    (IdempotencyConflict, 409),
+    (InvalidRequest, 400),
+]
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    """The contract's JSON error."""
+    response = jsonify(error={"code": code, "message": message})
+    response.status_code = status
+    return response
+
+
+def register(app: Flask) -> None:
+    """Turn every exception into a JSON error; never an HTML page."""
+
+    @app.errorhandler(StreamsError)
+    def _streams_error(e: StreamsError) -> Response:
+        for kind, status in STATUS_OF:
+            if isinstance(e, kind):
+                return error_response(status, e.code, e.message)
+        log.error("unmapped error %s: %s", type(e).__name__, e.message)
+        return error_response(500, "internal_error", "The server failed to handle this request.")
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> Response:
+        status = e.code or 500
+        message = {
+            404: "No such endpoint.",
+            405: "This method is not allowed on this endpoint.",
+            413: "The request body is too large.",
+        }.get(status, e.description or e.name)
+        return error_response(status, HTTP_CODES.get(status, "http_error"), message)
+
+    @app.errorhandler(redis.RedisError)
+    def _redis_down(e: redis.RedisError) -> Response:
+        log.warning("Redis failed: %s", e)
+        return error_response(503, "unavailable", "The stream store is unavailable; retry shortly.")
+
+    @app.errorhandler(KombuError)
+    @app.errorhandler(CeleryError)
+    def _broker_down(e: Exception) -> Response:
+        log.warning("broker failed: %s", e)
+        return error_response(503, "unavailable", "The job queue is unavailable; retry shortly.")
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception) -> Response:
+        log.exception("unexpected error")
+        return error_response(500, "internal_error", "The server failed to handle this request.")

@@ -1,0 +1,114 @@
+"""Followers: WebSocket (DESIGN.md 2.2) and Server-Sent Events (2.3) relays of `streams.follow`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, request
+from flask_sock import Sock
+from simple_websocket import ConnectionClosed
+
+from api.backend import backend
+from api.routes import session_id_or_404
+from shared import keys, streams
+from shared.errors import BadCursor, SessionNotFound
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("follow", __name__)
+sock = Sock()
+
+# WebSocket close codes of the contract.
+CLOSE_NORMAL = 1000
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_BAD_CURSOR = 4400
+CLOSE_NOT_FOUND = 4404
+
+
+def _dumps(event: dict[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def _error_frame(code: str, message: str) -> str:
+    return _dumps({"type": "error", "error": {"code": code, "message": message}})
+
+
+@sock.route("/api/streams/<session_id>/ws")
+def follow_ws(ws: Any, session_id: str) -> None:
+    """Send the events after `?after=`, then live ones, then close 1000."""
+    b = backend()
+    try:
+        after = streams.parse_cursor(request.args.get("after"))
+    except BadCursor as e:
+        ws.send(_error_frame(e.code, e.message))
+        ws.close(CLOSE_BAD_CURSOR, e.code)
+        return
+    try:
+        if not keys.is_session_id(session_id):
+            raise SessionNotFound(f"no session {session_id[:64]}")
+        for event in streams.follow(
+            b.follower_redis, session_id, after, block_ms=b.settings.xread_block_ms
+        ):
+            if event is None:
+                if not ws.connected:
+                    return
+                continue
+            ws.send(_dumps(event))
+    except SessionNotFound as e:
+        ws.send(_error_frame(e.code, e.message))
+        ws.close(CLOSE_NOT_FOUND, e.code)
+        return
+    except redis.RedisError as e:
+        log.warning("follower of %s lost Redis: %s", session_id, e)
+        ws.close(CLOSE_TRY_AGAIN_LATER, "unavailable")
+        return
+    except ConnectionClosed:
+        return
+    ws.close(CLOSE_NORMAL)
+
+
+def _sse(event: dict[str, Any]) -> str:
+    return f"id: {event['id']}\nevent: {event['type']}\ndata: {_dumps(event)}\n\n"
+
+
+@bp.get("/api/streams/<session_id>")
+def follow_sse(session_id: str) -> Response:
+    """Server-Sent Events from `Last-Event-ID` (or `?after=`), live until the terminal event."""
+    b = backend()
+    session_id_or_404(session_id)
+    # A browser's EventSource sends Last-Event-ID by itself on reconnect: it is the newest.
+    after = streams.parse_cursor(request.headers.get("Last-Event-ID") or request.args.get("after"))
+    streams.read_meta(b.redis, session_id)  # 404 before any event
+    ping_s = b.settings.sse_ping_s
+
+    def body() -> Iterator[str]:
+        last_write = time.monotonic()
+        yield ": connected\n\n"
+        try:
+            for event in streams.follow(
+                b.follower_redis, session_id, after, block_ms=b.settings.xread_block_ms
+            ):
+                now = time.monotonic()
+                if event is None:
+                    if now - last_write >= ping_s:
+                        last_write = now
+                        yield ": ping\n\n"
+                    continue
+                last_write = now
+                yield _sse(event)
+        except SessionNotFound as e:
+            yield f"event: error\ndata: {_error_frame(e.code, e.message)}\n\n"
+        except redis.RedisError as e:
+            # End the response; EventSource reconnects with Last-Event-ID by itself.
+            log.warning("SSE follower of %s lost Redis: %s", session_id, e)
+
+    return Response(
+        body(),
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

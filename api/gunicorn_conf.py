@@ -1,0 +1,23 @@
+"""gunicorn settings for the web process.
+
+Used as `gunicorn -c api/gunicorn_conf.py 'api.app:create_app()'`.
+
+The gevent worker holds thousands of long-lived WebSocket and SSE connections per process;
+a threaded worker would hold one thread per connection (gunicorn#908).
+"""
+
+import os
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+worker_class = "gevent"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_connections = int(os.environ.get("WEB_WORKER_CONNECTIONS", "2000"))
+# Heroku sends SIGKILL 30 s after SIGTERM.
+graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT_S", "20"))
+timeout = 30
+keepalive = 5
+accesslog = os.environ.get("WEB_ACCESS_LOG") or None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# Behind Heroku's router or another proxy, trust its X-Forwarded-Proto for wss:// URLs.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")

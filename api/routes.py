@@ -1,0 +1,188 @@
+"""The HTTP endpoints of the contract (DESIGN.md 2.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from nanoid import generate as nanoid
+
+from api.backend import backend
+from api.errors import error_response
+from api.validation import parse_generate
+from shared import keys, streams
+from shared.errors import InvalidRequest, SessionNotFound
+from shared.jobs import GENERATE, QUEUE
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("streams", __name__)
+
+MAX_IDEMPOTENCY_KEY_LEN = 255
+
+
+def session_id_or_404(session_id: str) -> str:
+    """Reject ids that cannot be session ids before they reach Redis."""
+    if not keys.is_session_id(session_id):
+        raise SessionNotFound(f"no session {session_id[:64]}")
+    return session_id
+
+
+def urls(session_id: str) -> dict[str, str]:
+    """Absolute SSE and WebSocket URLs of a session, as this request reached us."""
+    root = request.host_url.rstrip("/")
+    ws_root = (
+        "wss" + root[len("https") :] if root.startswith("https") else "ws" + root[len("http") :]
+    )
+    path = f"/api/streams/{session_id}"
+    return {"streamUrl": root + path, "wsUrl": ws_root + path + "/ws"}
+
+
+def _created(session_id: str, status: str, model: str, created_at: str | None) -> Response:
+    body = {
+        "sessionId": session_id,
+        "status": status,
+        "model": model,
+        **urls(session_id),
+        "createdAt": created_at,
+    }
+    response = jsonify(body)
+    response.status_code = 202
+    response.headers["Location"] = f"/api/streams/{session_id}"
+    return response
+
+
+def _json_body() -> Any:
+    raw = request.get_data(cache=False)
+    if not raw:
+        raise InvalidRequest("the body must be a JSON object", code="invalid_json")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("the body is not valid JSON", code="invalid_json") from None
+
+
+@bp.post("/api/streams/generate")
+def create() -> Response:
+    """Validate, store the request, enqueue generation."""
+    b = backend()
+    body = _json_body()
+    generation = parse_generate(body, b.settings)
+    session_id = nanoid()
+    idem_key = request.headers.get("Idempotency-Key")
+    if idem_key is not None:
+        if not idem_key or len(idem_key) > MAX_IDEMPOTENCY_KEY_LEN or not idem_key.isprintable():
+            raise InvalidRequest(
+                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable characters"
+            )
+        fingerprint = hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()[:32]
+        earlier = streams.claim_idempotency_key(
+            b.redis, idem_key, session_id, fingerprint, b.settings.stream_ttl_s
+        )
+        if earlier is not None:
+            info = streams.info(b.redis, earlier)
+            return _created(earlier, info["status"], info["model"], info["createdAt"])
+    try:
+        streams.create_session(b.redis, session_id, generation)
+    except Exception:
+        if idem_key:
+            streams.release_idempotency_key(b.redis, idem_key)
+        raise
+    try:
+        b.celery.send_task(GENERATE, args=[session_id], queue=QUEUE)
+    except Exception as e:  # noqa: BLE001 - kombu raises many kinds; all mean "not queued"
+        log.warning("could not enqueue %s: %s", session_id, e)
+        streams.append_error(
+            b.redis,
+            session_id,
+            "enqueue_failed",
+            "The job queue was unavailable; nothing was generated.",
+            token="",
+            ttl_s=b.settings.stream_ttl_s,
+        )
+        if idem_key:
+            streams.release_idempotency_key(b.redis, idem_key)
+        return error_response(503, "unavailable", "The job queue is unavailable; retry shortly.")
+    meta = streams.read_meta(b.redis, session_id)
+    log.info("session %s queued (model %s)", session_id, generation.model)
+    return _created(
+        session_id,
+        streams.Status.QUEUED.value,
+        generation.model,
+        streams.iso_ms(meta["created_ms"]),
+    )
+
+
+@bp.get("/api/streams/generate")
+def stream_info() -> Response:
+    """Status, chunk count and result of a session."""
+    session_id = request.args.get("sessionId")
+    if not session_id:
+        raise InvalidRequest("the sessionId query parameter is required")
+    return jsonify(streams.info(backend().redis, session_id_or_404(session_id)))
+
+
+@bp.get("/api/streams/<session_id>/text")
+def text(session_id: str) -> Response:
+    """Everything generated so far as one string."""
+    status, body, chunks = streams.read_text(backend().redis, session_id_or_404(session_id))
+    return jsonify(sessionId=session_id, status=status, text=body, chunks=chunks)
+
+
+@bp.delete("/api/streams/<session_id>")
+def stop(session_id: str) -> tuple[Response, int]:
+    """Cancel generation: 202 if it was live, 200 with the final status if it had ended."""
+    b = backend()
+    was_live, status = streams.cancel(
+        b.redis, session_id_or_404(session_id), ttl_s=b.settings.stream_ttl_s
+    )
+    if was_live:
+        log.info("session %s cancelled", session_id)
+    return jsonify(sessionId=session_id, status=status), 202 if was_live else 200
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process is alive."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Redis and the broker answer."""
+    b = backend()
+    checks = {"redis": _check_redis(b), "broker": _check_broker(b)}
+    down = [name for name, state in checks.items() if state != "ok"]
+    if down:
+        body = {
+            "error": {"code": "not_ready", "message": f"{' and '.join(down)} not reachable"},
+            "checks": checks,
+        }
+        return jsonify(body), 503
+    return jsonify(status="ok", checks=checks), 200
+
+
+def _check_redis(b: Any) -> str:
+    try:
+        b.redis.ping()
+        return "ok"
+    except Exception as e:  # noqa: BLE001 - any failure means "down" here
+        log.warning("readyz: Redis down: %s", e)
+        return "down"
+
+
+def _check_broker(b: Any) -> str:
+    if b.settings.celery_broker_url == b.settings.redis_url:
+        return _check_redis(b)
+    try:
+        with b.celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return "ok"
+    except Exception as e:  # noqa: BLE001 - any failure means "down" here
+        log.warning("readyz: broker down: %s", e)
+        return "down"

@@ -1,0 +1,87 @@
+"""Validate the body of `POST /api/streams/generate` into a `GenerationRequest`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.errors import InvalidRequest, UnknownModel
+from shared.jobs import ROLES, GenerationRequest, Message
+from shared.settings import Settings
+
+FIELDS = ("prompt", "messages", "model", "max_tokens", "temperature")
+MAX_MODEL_LEN = 200
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _messages(raw: Any) -> tuple[Message, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise InvalidRequest("messages must be a non-empty array of {role, content} objects")
+    out = []
+    for n, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"messages[{n}] must be an object with role and content")
+        extra = set(item) - {"role", "content"}
+        if extra:
+            raise InvalidRequest(f"messages[{n}] has unknown field {sorted(extra)[0]!r}")
+        role, content = item.get("role"), item.get("content")
+        if role not in ROLES:
+            raise InvalidRequest(f"messages[{n}].role must be one of {', '.join(ROLES)}")
+        if not isinstance(content, str) or not content.strip():
+            raise InvalidRequest(f"messages[{n}].content must be a non-empty string")
+        out.append(Message(role, content))
+    return tuple(out)
+
+
+def parse_generate(body: Any, settings: Settings) -> GenerationRequest:
+    """Check a decoded JSON body against the contract; raises `InvalidRequest`."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    unknown = [k for k in body if k not in FIELDS]
+    if unknown:
+        raise InvalidRequest(
+            f"unknown field {str(unknown[0])[:64]!r}; allowed: {', '.join(FIELDS)}"
+        )
+    has_prompt, has_messages = "prompt" in body, "messages" in body
+    if has_prompt == has_messages:
+        raise InvalidRequest("send exactly one of prompt or messages")
+    if has_prompt:
+        prompt = body["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InvalidRequest("prompt must be a non-empty string")
+        messages: tuple[Message, ...] = (Message("user", prompt),)
+    else:
+        messages = _messages(body["messages"])
+
+    model = body.get("model", settings.default_model)
+    if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_LEN:
+        raise InvalidRequest(
+            f"model must be a non-empty string of at most {MAX_MODEL_LEN} characters"
+        )
+    if not settings.is_model_allowed(model):
+        raise UnknownModel(f"model {model!r} is not available here")
+
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (
+        not _is_int(max_tokens) or not 1 <= max_tokens <= settings.max_tokens_cap
+    ):
+        raise InvalidRequest(
+            f"max_tokens must be a whole number from 1 to {settings.max_tokens_cap}"
+        )
+
+    temperature = body.get("temperature")
+    if temperature is not None and (not _is_number(temperature) or not 0 <= temperature <= 2):
+        raise InvalidRequest("temperature must be a number from 0 to 2")
+
+    return GenerationRequest(
+        model=model,
+        messages=messages,
+        max_tokens=max_tokens,
+        temperature=float(temperature) if temperature is not None else None,
+    )

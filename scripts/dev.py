@@ -1,0 +1,113 @@
+"""Run the whole stack locally: Redis (embedded if REDIS_URL is unset), a worker, the API.
+
+    python scripts/dev.py [--port 8000] [--workers-concurrency 50]
+
+Prints the page's address; Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from shared.localredis import LocalRedis, free_port
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Wait until `url` answers 200, or fail if `proc` exits first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the API exited with {proc.returncode} before it answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own URL
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"the API did not answer {url} within {timeout_s:.0f} s")
+
+
+def main() -> None:
+    """Start Redis, a worker and the API; stop them all on Ctrl-C."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", 0)) or None)
+    parser.add_argument("--worker-concurrency", type=int, default=50)
+    args = parser.parse_args()
+
+    env = dict(os.environ)
+    local_redis = None
+    if not env.get("REDIS_URL"):
+        local_redis = LocalRedis().start()
+        env["REDIS_URL"] = local_redis.url
+        print(f"Redis:  embedded {local_redis.binary} at {local_redis.url}", flush=True)
+    else:
+        print(f"Redis:  {env['REDIS_URL']}", flush=True)
+    port = args.port or free_port()
+    env.update(PORT=str(port), HOST=args.host, WEB_CONCURRENCY=env.get("WEB_CONCURRENCY", "1"))
+    bin_dir = os.path.dirname(sys.executable)
+    procs = [
+        subprocess.Popen(
+            [
+                os.path.join(bin_dir, "celery"),
+                "-A",
+                "worker.app",
+                "worker",
+                "-P",
+                "threads",
+                "-c",
+                str(args.worker_concurrency),
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=env,
+        ),
+        subprocess.Popen(
+            [
+                os.path.join(bin_dir, "gunicorn"),
+                "-c",
+                "api/gunicorn_conf.py",
+                "api.app:create_app()",
+            ],
+            env=env,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        ),
+    ]
+    try:
+        wait_http(f"http://{args.host}:{port}/readyz", procs[1])
+        model = (
+            "demo"
+            if not any(
+                env.get(k) for k in ("PROVIDER_API_KEY", "OPENROUTER_API_KEY", "OPENAI_API_KEY")
+            )
+            else "a provider model"
+        )
+        print(f"\nReady ({model}). Open http://{args.host}:{port}/   (Ctrl-C stops)\n", flush=True)
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        print("a process of the stack exited; stopping the rest", flush=True)
+    except KeyboardInterrupt:
+        print("\nstopping…", flush=True)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if local_redis:
+            local_redis.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The project's error tree. Map to HTTP status or WebSocket close codes only in `api/`."""
+
+from __future__ import annotations
+
+
+class StreamsError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    code = "internal"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ConfigError(StreamsError):
+    """A setting from the environment is missing or malformed."""
+
+    code = "bad_setting"
+
+
+class InvalidRequest(StreamsError):
+    """A client sent something the contract does not allow."""
+
+    code = "invalid_request"
+
+
+class UnknownModel(InvalidRequest):
+    """The requested model is not on the allowlist."""
+
+    code = "unknown_model"
+
+
+class SessionNotFound(StreamsError):
+    """No session with that id (never created, or expired)."""
+
+    code = "not_found"
+
+
+class BadCursor(StreamsError):
+    """A cursor that is not a stream entry id (`<ms>-<seq>`)."""
+
+    code = "bad_cursor"
+
+
+class IdempotencyConflict(StreamsError):
+    """An Idempotency-Key was reused with a different request body."""
+
+    code = "idempotency_conflict"
+
+
+class AppendRefused(StreamsError):
+    """The atomic append refused a write; `code` says why (terminal, lease_lost, ...)."""
+
+
+class ProviderError(StreamsError):
+    """The LLM provider failed; `retryable` says whether trying again may help."""
+
+    code = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status: int | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+        self.retryable = retryable
+
+
+class ProviderRateLimited(ProviderError):
+    """The provider answered 429; `retry_after_s` is its Retry-After, when it sent one."""
+
+    code = "provider_rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message, status=429, retryable=True)
+        self.retry_after_s = retry_after_s

@@ -1,0 +1,39 @@
+"""The Redis key scheme: the only place a key is spelled.
+
+The braces are a Redis Cluster hash tag, so all keys of one session live in one slot and
+the atomic scripts may touch them together.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "rs"
+
+# nanoid's default alphabet, 21 characters.
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{21}$")
+
+
+def events(session_id: str) -> str:
+    """The session's Redis Stream of events."""
+    return f"{PREFIX}:{{{session_id}}}:events"
+
+
+def meta(session_id: str) -> str:
+    """The session's Hash: status, model, request, counters, result."""
+    return f"{PREFIX}:{{{session_id}}}:meta"
+
+
+def lease(session_id: str) -> str:
+    """The generating worker's lease; its value is the fencing token."""
+    return f"{PREFIX}:{{{session_id}}}:lease"
+
+
+def idempotency(key: str) -> str:
+    """Maps a client's Idempotency-Key to the session it created."""
+    return f"{PREFIX}:idem:{key}"
+
+
+def is_session_id(value: str) -> bool:
+    """Whether `value` has the shape of a session id (never touch Redis with other keys)."""
+    return bool(SESSION_ID_RE.match(value))

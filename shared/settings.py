@@ -1,0 +1,181 @@
+"""Typed settings, read once from the environment at the edge (`Settings.from_env`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+
+from shared.errors import ConfigError
+
+OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+DEMO_MODEL = "demo"
+
+
+def _str(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ...]) -> str:
+    value = _str(env, name, default)
+    if not value.startswith(tuple(f"{s}://" for s in schemes)):
+        raise ConfigError(f"{name} must start with one of {', '.join(schemes)}://, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the API and the workers can be configured with; see `.env.example`."""
+
+    redis_url: str = "redis://localhost:6379/0"
+    celery_broker_url: str = "redis://localhost:6379/0"
+    default_model: str = DEMO_MODEL
+    model_allowlist: tuple[str, ...] = ("demo*",)
+    stream_ttl_s: int = 86400
+    stream_maxlen: int = 100_000
+    max_tokens_cap: int = 8192
+    max_body_bytes: int = 4 * 1024 * 1024
+    demo_tokens_per_s: float = 20.0
+    demo_max_tokens: int = 200
+    provider_base_url: str = OPENROUTER_BASE_URL
+    provider_api_key: str = field(default="", repr=False)
+    provider_http_referer: str = ""
+    provider_x_title: str = ""
+    provider_connect_timeout_s: float = 10.0
+    provider_read_timeout_s: float = 120.0
+    provider_max_retries: int = 3
+    provider_backoff_base_s: float = 0.5
+    provider_backoff_max_s: float = 8.0
+    lease_ttl_s: int = 30
+    visibility_timeout_s: int = 7200
+    worker_concurrency: int = 200
+    xread_block_ms: int = 5000
+    sse_ping_s: float = 15.0
+    ws_ping_s: float = 25.0
+    redis_max_connections: int = 2000
+    trust_proxy_headers: bool = False
+
+    @property
+    def has_provider_key(self) -> bool:
+        """Whether a real provider is configured."""
+        return bool(self.provider_api_key)
+
+    def is_model_allowed(self, model: str) -> bool:
+        """Whether `model` matches one of the allowlist's patterns."""
+        return any(fnmatchcase(model, pattern) for pattern in self.model_allowlist)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from environment variables; a bad value raises `ConfigError`."""
+        env = os.environ if environ is None else environ
+        redis_url = _url(env, "REDIS_URL", cls.redis_url, ("redis", "rediss", "unix"))
+        key = (
+            env.get("PROVIDER_API_KEY", "").strip()
+            or env.get("OPENROUTER_API_KEY", "").strip()
+            or env.get("OPENAI_API_KEY", "").strip()
+        )
+        only_openai = bool(env.get("OPENAI_API_KEY", "").strip()) and not (
+            env.get("PROVIDER_API_KEY", "").strip() or env.get("OPENROUTER_API_KEY", "").strip()
+        )
+        base_url = _url(
+            env,
+            "PROVIDER_BASE_URL",
+            OPENAI_BASE_URL if only_openai else OPENROUTER_BASE_URL,
+            ("http", "https"),
+        ).rstrip("/")
+        if key:
+            default_model = "gpt-4o-mini" if only_openai else "openai/gpt-4o-mini"
+            default_allowlist = "demo*,*"
+        else:
+            default_model, default_allowlist = DEMO_MODEL, "demo*"
+        allowlist = tuple(
+            p.strip()
+            for p in _str(env, "MODEL_ALLOWLIST", default_allowlist).split(",")
+            if p.strip()
+        )
+        settings = cls(
+            redis_url=redis_url,
+            celery_broker_url=_str(env, "CELERY_BROKER_URL", redis_url),
+            default_model=_str(env, "DEFAULT_MODEL", default_model),
+            model_allowlist=allowlist,
+            stream_ttl_s=_int(env, "STREAM_TTL_S", cls.stream_ttl_s, minimum=1),
+            stream_maxlen=_int(env, "STREAM_MAXLEN", cls.stream_maxlen, minimum=3),
+            max_tokens_cap=_int(env, "MAX_TOKENS_CAP", cls.max_tokens_cap, minimum=1),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
+            demo_tokens_per_s=_float(env, "DEMO_TOKENS_PER_S", cls.demo_tokens_per_s),
+            demo_max_tokens=_int(env, "DEMO_MAX_TOKENS", cls.demo_max_tokens, minimum=1),
+            provider_base_url=base_url,
+            provider_api_key=key,
+            provider_http_referer=_str(env, "PROVIDER_HTTP_REFERER", ""),
+            provider_x_title=_str(env, "PROVIDER_X_TITLE", ""),
+            provider_connect_timeout_s=_float(
+                env, "PROVIDER_CONNECT_TIMEOUT_S", cls.provider_connect_timeout_s, minimum=0.1
+            ),
+            provider_read_timeout_s=_float(
+                env, "PROVIDER_READ_TIMEOUT_S", cls.provider_read_timeout_s, minimum=0.1
+            ),
+            provider_max_retries=_int(env, "PROVIDER_MAX_RETRIES", cls.provider_max_retries),
+            provider_backoff_base_s=_float(
+                env, "PROVIDER_BACKOFF_BASE_S", cls.provider_backoff_base_s
+            ),
+            provider_backoff_max_s=_float(
+                env, "PROVIDER_BACKOFF_MAX_S", cls.provider_backoff_max_s
+            ),
+            lease_ttl_s=_int(env, "LEASE_TTL_S", cls.lease_ttl_s, minimum=3),
+            visibility_timeout_s=_int(
+                env, "VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s, minimum=60
+            ),
+            worker_concurrency=_int(env, "WORKER_CONCURRENCY", cls.worker_concurrency, minimum=1),
+            xread_block_ms=_int(env, "XREAD_BLOCK_MS", cls.xread_block_ms, minimum=100),
+            sse_ping_s=_float(env, "SSE_PING_S", cls.sse_ping_s, minimum=0.1),
+            ws_ping_s=_float(env, "WS_PING_S", cls.ws_ping_s, minimum=0.1),
+            redis_max_connections=_int(
+                env, "REDIS_MAX_CONNECTIONS", cls.redis_max_connections, minimum=4
+            ),
+            trust_proxy_headers=_bool(env, "TRUST_PROXY_HEADERS", cls.trust_proxy_headers),
+        )
+        if not settings.is_model_allowed(settings.default_model):
+            raise ConfigError(
+                f"DEFAULT_MODEL {settings.default_model!r} is not allowed by MODEL_ALLOWLIST"
+            )
+        return settings

@@ -1,0 +1,489 @@
+"""Sessions in Redis: creation, the one atomic append path, leases, reading and following.
+
+Every write to a session's stream goes through `_APPEND` (a Lua script), which refuses
+writes to a terminal session and writes from a worker whose lease (fencing token) is not
+the current one, checks chunk indices so a retried append cannot write twice, and changes
+the status in the same step as the event that causes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import redis
+
+from shared import keys
+from shared.errors import AppendRefused, BadCursor, IdempotencyConflict, SessionNotFound
+from shared.jobs import GenerationRequest
+
+
+class Status(StrEnum):
+    """A session's status."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class EventType(StrEnum):
+    """The `type` of an event frame."""
+
+    STATUS = "status"
+    CHUNK = "chunk"
+    DONE = "done"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+TERMINAL_EVENTS = frozenset({EventType.DONE, EventType.ERROR, EventType.CANCELLED})
+
+# Stream entry fields: short, spelled only here.
+F_TYPE, F_INDEX, F_TEXT, F_DATA = "t", "i", "x", "d"
+
+_MAX_U64 = 2**64 - 1
+_CURSOR_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+Event = dict[str, Any]
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return redis.call('XADD', KEYS[2], '*', 't', 'status', 'd', ARGV[1])
+"""
+
+# KEYS: meta, events, lease
+# ARGV: token, type, text, index, data, now_ms, maxlen, ttl_s, new_status, [field, value]...
+_APPEND = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return '!not_found' end
+if status == 'completed' or status == 'failed' or status == 'cancelled' then
+  return '!terminal'
+end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then return '!lease_lost' end
+local now = ARGV[6]
+local function finish()
+  redis.call('EXPIRE', KEYS[1], ARGV[8])
+  redis.call('EXPIRE', KEYS[2], ARGV[8])
+  redis.call('DEL', KEYS[3])
+end
+if ARGV[2] == 'chunk' then
+  local chunks = tonumber(redis.call('HGET', KEYS[1], 'chunks') or '0')
+  local index = tonumber(ARGV[4])
+  if index < chunks then return '!duplicate' end
+  if index > chunks then return '!gap' end
+  if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[7]) - 1 then
+    local err = cjson.encode({code = 'stream_too_long',
+      message = 'The answer reached the maximum stream length (' .. ARGV[7] .. ' events).'})
+    local id = redis.call('XADD', KEYS[2], '*', 't', 'error', 'd', '{"error":' .. err .. '}')
+    redis.call('HSET', KEYS[1], 'status', 'failed', 'error', err, 'updated_ms', now,
+      'last_id', id)
+    finish()
+    return '!stream_too_long'
+  end
+  local id = redis.call('XADD', KEYS[2], '*', 't', 'chunk', 'i', ARGV[4], 'x', ARGV[3])
+  redis.call('HSET', KEYS[1], 'chunks', chunks + 1, 'updated_ms', now, 'last_id', id)
+  return id
+end
+local id
+if ARGV[5] == '' then
+  id = redis.call('XADD', KEYS[2], '*', 't', ARGV[2])
+else
+  id = redis.call('XADD', KEYS[2], '*', 't', ARGV[2], 'd', ARGV[5])
+end
+redis.call('HSET', KEYS[1], 'updated_ms', now, 'last_id', id)
+if #ARGV > 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
+if ARGV[9] ~= '' then
+  redis.call('HSET', KEYS[1], 'status', ARGV[9])
+  if ARGV[9] == 'completed' or ARGV[9] == 'failed' or ARGV[9] == 'cancelled' then
+    finish()
+  end
+end
+return id
+"""
+
+# KEYS: meta, lease; ARGV: ttl_ms
+_ACQUIRE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'not_found'} end
+if status == 'completed' or status == 'failed' or status == 'cancelled' then
+  return {'terminal'}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'held'} end
+local token = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('SET', KEYS[2], token, 'PX', ARGV[1])
+return {'ok', tostring(token)}
+"""
+
+# KEYS: lease; ARGV: token, ttl_ms
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_scripts: dict[str, Any] = {}
+
+
+def _run(r: redis.Redis, source: str, keys_: list[str], args: list[Any]) -> Any:
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = r.register_script(source)
+    return script(keys=keys_, args=args, client=r)
+
+
+def now_ms() -> int:
+    """Milliseconds since the epoch, as stored in meta."""
+    return int(time.time() * 1000)
+
+
+def iso_ms(ms: int | str | None) -> str | None:
+    """`1700000000123` -> `2023-11-14T22:13:20.123Z`."""
+    if ms in (None, ""):
+        return None
+    dt = datetime.fromtimestamp(int(ms) / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_cursor(raw: str | None) -> str | None:
+    """Validate a client's cursor (`<ms>-<seq>`); `None` or empty means the beginning."""
+    if raw is None or raw == "":
+        return None
+    match = _CURSOR_RE.match(raw)
+    if not match or int(match[1]) > _MAX_U64 or int(match[2]) > _MAX_U64:
+        raise BadCursor(f"cursor {raw[:64]!r} is not a stream entry id like 1700000000000-0")
+    return f"{int(match[1])}-{int(match[2])}"
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def create_session(
+    r: redis.Redis, session_id: str, request: GenerationRequest, *, owner: str = ""
+) -> str:
+    """Store a new session (`queued`) with its request and first event; returns that event's id."""
+    now = now_ms()
+    fields = {
+        "status": Status.QUEUED.value,
+        "model": request.model,
+        "request": request.to_json(),
+        "created_ms": now,
+        "updated_ms": now,
+        "chunks": 0,
+        "attempt": 0,
+        "owner": owner,
+    }
+    args: list[Any] = [_dumps({"status": Status.QUEUED.value})]
+    for name, value in fields.items():
+        args += [name, value]
+    event_id = _run(r, _CREATE, [keys.meta(session_id), keys.events(session_id)], args)
+    if not event_id:
+        raise AppendRefused(f"session {session_id} exists already", code="exists")
+    r.hset(keys.meta(session_id), "last_id", event_id)
+    return str(event_id)
+
+
+def claim_idempotency_key(
+    r: redis.Redis, key: str, session_id: str, fingerprint: str, ttl_s: int
+) -> str | None:
+    """Bind `key` to `session_id`; returns the session an earlier request bound it to, if any."""
+    value = f"{session_id}:{fingerprint}"
+    if r.set(keys.idempotency(key), value, nx=True, ex=ttl_s):
+        return None
+    existing = r.get(keys.idempotency(key)) or value
+    earlier_id, _, earlier_fingerprint = existing.partition(":")
+    if earlier_fingerprint != fingerprint:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    return earlier_id
+
+
+def release_idempotency_key(r: redis.Redis, key: str) -> None:
+    """Forget a key whose session could not be created, so a retry can try again."""
+    r.delete(keys.idempotency(key))
+
+
+def _append(
+    r: redis.Redis,
+    session_id: str,
+    etype: EventType,
+    *,
+    token: str,
+    maxlen: int,
+    ttl_s: int,
+    text: str = "",
+    index: int = 0,
+    data: dict[str, Any] | None = None,
+    new_status: Status | None = None,
+    meta_fields: dict[str, Any] | None = None,
+) -> str | None:
+    args: list[Any] = [
+        token,
+        etype.value,
+        text,
+        index,
+        _dumps(data) if data else "",
+        now_ms(),
+        maxlen,
+        ttl_s,
+        new_status.value if new_status else "",
+    ]
+    for name, value in (meta_fields or {}).items():
+        args += [name, value]
+    result = str(
+        _run(
+            r,
+            _APPEND,
+            [keys.meta(session_id), keys.events(session_id), keys.lease(session_id)],
+            args,
+        )
+    )
+    if result == "!duplicate":
+        return None
+    if result.startswith("!"):
+        code = result[1:]
+        raise AppendRefused(f"append to session {session_id} refused: {code}", code=code)
+    return result
+
+
+def append_chunk(
+    r: redis.Redis, session_id: str, index: int, text: str, *, token: str, maxlen: int, ttl_s: int
+) -> str | None:
+    """Append chunk `index`; `None` if that index was written already (a retried append)."""
+    return _append(
+        r,
+        session_id,
+        EventType.CHUNK,
+        token=token,
+        maxlen=maxlen,
+        ttl_s=ttl_s,
+        text=text,
+        index=index,
+    )
+
+
+def append_status(
+    r: redis.Redis, session_id: str, status: str, *, token: str, ttl_s: int, **extra: Any
+) -> str | None:
+    """Append a `status` event (`running`, `resumed`) and set the session running."""
+    return _append(
+        r,
+        session_id,
+        EventType.STATUS,
+        token=token,
+        maxlen=0,
+        ttl_s=ttl_s,
+        data={"status": status, **extra},
+        new_status=Status.RUNNING,
+    )
+
+
+def append_done(
+    r: redis.Redis,
+    session_id: str,
+    *,
+    token: str,
+    ttl_s: int,
+    finish_reason: str,
+    chunks: int,
+    usage: dict[str, Any] | None,
+) -> str | None:
+    """Append the terminal `done` event; the session becomes `completed` in the same step."""
+    data: dict[str, Any] = {"finishReason": finish_reason, "chunks": chunks}
+    fields: dict[str, Any] = {"finish_reason": finish_reason}
+    if usage:
+        data["usage"] = usage
+        fields["usage"] = _dumps(usage)
+    return _append(
+        r,
+        session_id,
+        EventType.DONE,
+        token=token,
+        maxlen=0,
+        ttl_s=ttl_s,
+        data=data,
+        new_status=Status.COMPLETED,
+        meta_fields=fields,
+    )
+
+
+def append_error(
+    r: redis.Redis, session_id: str, code: str, message: str, *, token: str, ttl_s: int
+) -> str | None:
+    """Append the terminal `error` event; the session becomes `failed` in the same step."""
+    error = {"code": code, "message": message}
+    return _append(
+        r,
+        session_id,
+        EventType.ERROR,
+        token=token,
+        maxlen=0,
+        ttl_s=ttl_s,
+        data={"error": error},
+        new_status=Status.FAILED,
+        meta_fields={"error": _dumps(error)},
+    )
+
+
+def cancel(r: redis.Redis, session_id: str, *, ttl_s: int) -> tuple[bool, str]:
+    """Write the terminal `cancelled` event; returns (whether it was live, the final status)."""
+    try:
+        _append(
+            r,
+            session_id,
+            EventType.CANCELLED,
+            token="",
+            maxlen=0,
+            ttl_s=ttl_s,
+            new_status=Status.CANCELLED,
+        )
+    except AppendRefused as e:
+        if e.code == "not_found":
+            raise SessionNotFound(f"no session {session_id}") from e
+        status = r.hget(keys.meta(session_id), "status")
+        if status is None:
+            raise SessionNotFound(f"no session {session_id}") from e
+        return False, str(status)
+    return True, Status.CANCELLED.value
+
+
+def acquire_lease(r: redis.Redis, session_id: str, ttl_ms: int) -> tuple[str, str | None]:
+    """Take the session's lease: ("ok", token), or (held|terminal|not_found, None)."""
+    result = _run(r, _ACQUIRE, [keys.meta(session_id), keys.lease(session_id)], [ttl_ms])
+    return (str(result[0]), str(result[1]) if len(result) > 1 else None)
+
+
+def renew_lease(r: redis.Redis, session_id: str, token: str, ttl_ms: int) -> bool:
+    """Extend the lease if `token` still holds it; False: lost, or the session ended."""
+    return bool(_run(r, _RENEW, [keys.lease(session_id)], [token, ttl_ms]))
+
+
+def release_lease(r: redis.Redis, session_id: str, token: str) -> None:
+    """Give the lease up if `token` still holds it."""
+    _run(r, _RELEASE, [keys.lease(session_id)], [token])
+
+
+def read_meta(r: redis.Redis, session_id: str) -> dict[str, str]:
+    """The session's meta hash; raises `SessionNotFound`."""
+    meta = r.hgetall(keys.meta(session_id))
+    if not meta or "status" not in meta:
+        raise SessionNotFound(f"no session {session_id}")
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def info(r: redis.Redis, session_id: str) -> dict[str, Any]:
+    """The contract's stream info object (`GET /api/streams/generate?sessionId=`)."""
+    meta = read_meta(r, session_id)
+    out: dict[str, Any] = {
+        "sessionId": session_id,
+        "status": meta["status"],
+        "model": meta.get("model"),
+        "chunks": int(meta.get("chunks", 0)),
+        "createdAt": iso_ms(meta.get("created_ms")),
+        "updatedAt": iso_ms(meta.get("updated_ms")),
+    }
+    if meta.get("finish_reason"):
+        out["finishReason"] = meta["finish_reason"]
+    if meta.get("usage"):
+        out["usage"] = json.loads(meta["usage"])
+    if meta.get("error"):
+        out["error"] = json.loads(meta["error"])
+    return out
+
+
+def read_request(r: redis.Redis, session_id: str) -> GenerationRequest:
+    """The stored generation request of a session."""
+    return GenerationRequest.from_json(read_meta(r, session_id)["request"])
+
+
+def decode_event(entry_id: str, fields: dict[str, str]) -> Event:
+    """A stream entry as the contract's event frame."""
+    etype = fields.get(F_TYPE, "")
+    event: Event = {"type": etype, "id": entry_id}
+    if etype == EventType.CHUNK:
+        event["index"] = int(fields.get(F_INDEX, 0))
+        event["text"] = fields.get(F_TEXT, "")
+    elif F_DATA in fields:
+        event.update(json.loads(fields[F_DATA]))
+    return event
+
+
+def _entries(response: Any) -> list[tuple[str, dict[str, str]]]:
+    # RESP2 answers XREAD with [[key, entries]], RESP3 with {key: [entries]}.
+    if not response:
+        return []
+    if isinstance(response, dict):
+        return [e for value in response.values() for entries in value for e in entries]
+    return [e for _key, entries in response for e in entries]
+
+
+def read_text(r: redis.Redis, session_id: str, page: int = 1000) -> tuple[str, str, int]:
+    """Everything generated so far: (status, text, chunks).
+
+    Reads the status first: if it is terminal, the text read after it is the whole answer.
+    """
+    status = read_meta(r, session_id)["status"]
+    parts: list[str] = []
+    start = "-"
+    key = keys.events(session_id)
+    while True:
+        entries = r.xrange(key, start, "+", count=page)
+        for _entry_id, fields in entries:
+            if fields.get(F_TYPE) == EventType.CHUNK:
+                parts.append(fields.get(F_TEXT, ""))
+        if len(entries) < page:
+            break
+        start = "(" + entries[-1][0]
+    return status, "".join(parts), len(parts)
+
+
+def follow(
+    r: redis.Redis, session_id: str, after: str | None = None, *, block_ms: int, count: int = 500
+) -> Iterator[Event | None]:
+    """Yield the session's events after `after`, then live ones, until the terminal event.
+
+    Yields `None` each time `block_ms` passes with nothing new (a chance to send a
+    keep-alive). Raises `SessionNotFound` if the session does not exist or vanishes while
+    followed. `r` must have a socket timeout above `block_ms`.
+    """
+    key = keys.events(session_id)
+    cursor = after or "0-0"
+    status = r.hget(keys.meta(session_id), "status")
+    if status is None:
+        raise SessionNotFound(f"no session {session_id}")
+    is_terminal = status in TERMINAL_STATUSES
+    while True:
+        # A terminal session gets no more entries: read what is left without blocking.
+        response = r.xread({key: cursor}, count=count, block=None if is_terminal else block_ms)
+        entries = _entries(response)
+        for entry_id, fields in entries:
+            event = decode_event(entry_id, fields)
+            cursor = entry_id
+            yield event
+            if event["type"] in TERMINAL_EVENTS:
+                return
+        if entries:
+            continue
+        if is_terminal:
+            return
+        status = r.hget(keys.meta(session_id), "status")
+        if status is None:
+            raise SessionNotFound(f"session {session_id} expired or was deleted")
+        is_terminal = status in TERMINAL_STATUSES
+        if not is_terminal:
+            yield None

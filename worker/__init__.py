@@ -1,0 +1,1 @@
+"""The consumer side: the Celery app, the generate task and the providers."""

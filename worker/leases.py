@@ -1,0 +1,87 @@
+"""Keeps the leases of the sessions this worker process generates alive.
+
+One thread per process renews every held lease each third of its TTL. A lease that
+could not be renewed (another worker took the session over, or it was cancelled and the
+terminal step deleted the lease) is marked lost, and the generation stops at its next
+step; its writes would be refused anyway by the fencing token.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+
+from shared import streams
+
+log = logging.getLogger(__name__)
+
+
+class Held:
+    """A lease this process holds on one session."""
+
+    def __init__(self, session_id: str, token: str) -> None:
+        self.session_id = session_id
+        self.token = token
+        self.lost = threading.Event()
+
+    def is_lost(self) -> bool:
+        """Whether the lease was lost since it was taken."""
+        return self.lost.is_set()
+
+
+class LeaseKeeper:
+    """Renews the held leases from one background thread."""
+
+    def __init__(self, r: redis.Redis, ttl_s: int) -> None:
+        self.r = r
+        self.ttl_ms = ttl_s * 1000
+        self.interval_s = ttl_s / 3
+        self._held: dict[str, Held] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def acquire(self, session_id: str) -> tuple[str, Held | None]:
+        """Take the session's lease: ("ok", Held) or (why not: held/terminal/not_found, None)."""
+        state, token = streams.acquire_lease(self.r, session_id, self.ttl_ms)
+        if state != "ok" or token is None:
+            return state, None
+        held = Held(session_id, token)
+        with self._lock:
+            self._held[session_id] = held
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+                self._thread.start()
+        return state, held
+
+    def release(self, held: Held) -> None:
+        """Stop renewing and give the lease up."""
+        with self._lock:
+            if self._held.get(held.session_id) is held:
+                del self._held[held.session_id]
+        try:
+            streams.release_lease(self.r, held.session_id, held.token)
+        except redis.RedisError:
+            log.warning("could not release lease of %s; it expires by itself", held.session_id)
+
+    def renew_all(self) -> None:
+        """Renew every held lease once; mark the ones that could not be renewed lost."""
+        with self._lock:
+            held = list(self._held.values())
+        for h in held:
+            try:
+                if not streams.renew_lease(self.r, h.session_id, h.token, self.ttl_ms):
+                    log.warning("lease of %s lost (taken over or session ended)", h.session_id)
+                    h.lost.set()
+            except redis.RedisError as e:
+                log.warning("could not renew lease of %s: %s", h.session_id, e)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval_s):
+            self.renew_all()
+
+    def stop(self) -> None:
+        """Stop the renewing thread."""
+        self._stopping.set()

@@ -1,0 +1,36 @@
+"""What a provider is: something that streams text for a request until it finishes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from shared.jobs import GenerationRequest
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of generated text, in order."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The provider ended the answer normally."""
+
+    finish_reason: str
+    usage: dict[str, Any] | None = field(default=None)
+
+
+StreamItem = TextDelta | Finished
+ShouldStop = Callable[[], bool]
+
+
+class Provider(Protocol):
+    """Streams a generation; raises `shared.errors.ProviderError` when the provider fails."""
+
+    def stream(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[StreamItem]:
+        """Yield `TextDelta`s then one `Finished`; return early once `should_stop()` is true."""
+        ...
