@@ -7,7 +7,7 @@ import json
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from nanoid import generate as nanoid
 
 from api.backend import backend
@@ -144,6 +144,12 @@ def stop(session_id: str) -> tuple[Response, int]:
     if was_live:
         log.info("session %s cancelled", session_id)
     return jsonify(sessionId=session_id, status=status), 202 if was_live else 200
+
+
+@bp.get("/")
+def page() -> Response:
+    """The demo page."""
+    return current_app.send_static_file("index.html")
 
 
 @bp.get("/healthz")

@@ -53,10 +53,12 @@ class DemoProvider:
         tokens_per_s: float,
         default_max_tokens: int,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.interval_s = 1.0 / tokens_per_s if tokens_per_s > 0 else 0.0
         self.default_max_tokens = default_max_tokens
         self.sleep = sleep
+        self.clock = clock
 
     def stream(
         self, request: GenerationRequest, should_stop: ShouldStop, start: int = 0
@@ -64,11 +66,11 @@ class DemoProvider:
         """Yield chunks `start`.. of the demo answer, paced, then `Finished`."""
         total = request.max_tokens or self.default_max_tokens
         prompt = request.prompt
-        next_at = time.monotonic()
+        next_at = self.clock()
         for index in range(start, total):
             if self.interval_s:
                 next_at += self.interval_s
-                delay = next_at - time.monotonic()
+                delay = next_at - self.clock()
                 if delay > 0:
                     self.sleep(delay)
             if should_stop():
