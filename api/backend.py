@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
+from redis import Redis
 from celery import Celery
 from flask import current_app
 
@@ -20,8 +20,8 @@ class Backend:
     """Clients built once per app; nothing connects until first used."""
 
     settings: Settings
-    redis: redis.Redis
-    follower_redis: redis.Redis
+    redis: Redis
+    follower_redis: Redis
     celery: Celery
 
     @classmethod
@@ -42,4 +42,5 @@ class Backend:
 
 def backend() -> Backend:
     """The current app's backend."""
-    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+    backend: Backend = current_app.extensions[EXTENSION]
+    return backend

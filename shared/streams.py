@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -204,7 +204,7 @@ def claim_idempotency_key(
     value = f"{session_id}:{fingerprint}"
     if r.set(keys.idempotency(key), value, nx=True, ex=ttl_s):
         return None
-    existing = r.get(keys.idempotency(key)) or value
+    existing = str(r.get(keys.idempotency(key)) or value)
     earlier_id, _, earlier_fingerprint = existing.partition(":")
     if earlier_fingerprint != fingerprint:
         raise IdempotencyConflict(
@@ -442,7 +442,9 @@ def read_text(r: redis.Redis, session_id: str, page: int = 1000) -> tuple[str, s
     start = "-"
     key = keys.events(session_id)
     while True:
-        entries = r.xrange(key, start, "+", count=page)
+        entries: list[tuple[str, dict[str, str]]] = cast(
+            Any, r.xrange(key, start, "+", count=page)
+        )
         for _entry_id, fields in entries:
             if fields.get(F_TYPE) == EventType.CHUNK:
                 parts.append(fields.get(F_TEXT, ""))

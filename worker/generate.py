@@ -60,7 +60,7 @@ def run(
             r, session_id, "running", token=token, ttl_s=ttl_s, attempt=int(token)
         )
         provider = provider_for(request.model, settings)
-        with contextlib.closing(provider.stream(request, held.is_lost)) as items:  # type: ignore[arg-type]
+        with contextlib.closing(provider.stream(request, held.is_lost)) as items:
             for item in items:
                 if isinstance(item, TextDelta):
                     streams.append_chunk(

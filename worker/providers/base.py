@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,6 +31,8 @@ ShouldStop = Callable[[], bool]
 class Provider(Protocol):
     """Streams a generation; raises `shared.errors.ProviderError` when the provider fails."""
 
-    def stream(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[StreamItem]:
+    def stream(
+        self, request: GenerationRequest, should_stop: ShouldStop
+    ) -> Generator[StreamItem, None, None]:
         """Yield `TextDelta`s then one `Finished`; return early once `should_stop()` is true."""
         ...

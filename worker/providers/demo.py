@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 
 from shared.jobs import GenerationRequest
 from worker.providers.base import Finished, ShouldStop, StreamItem, TextDelta
@@ -62,7 +62,7 @@ class DemoProvider:
 
     def stream(
         self, request: GenerationRequest, should_stop: ShouldStop, start: int = 0
-    ) -> Iterator[StreamItem]:
+    ) -> Generator[StreamItem, None, None]:
         """Yield chunks `start`.. of the demo answer, paced, then `Finished`."""
         total = request.max_tokens or self.default_max_tokens
         prompt = request.prompt
