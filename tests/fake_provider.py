@@ -1,0 +1,188 @@
+"""A local server that speaks the OpenAI streaming chat-completions wire format.
+
+The behaviour follows the request's model name (after any `vendor/` prefix):
+
+- `fake-ok`: a comment line, a role-only delta, one word per delta (`max_tokens` of them,
+  default 8), a `finish_reason` chunk, a usage chunk with `choices: []`, `[DONE]`.
+- `fake-crlf`: the same with CRLF line ends; `fake-split`: the same written a few bytes at
+  a time, so lines and UTF-8 characters arrive cut in two.
+- `fake-slow`: the same with 50 ms between deltas; `fake-http10` too, its body ended by
+  closing the connection instead of chunked encoding.
+- `fake-error-mid`: three deltas, then an `error` object, then the body ends.
+- `fake-truncated`: three deltas, then the body ends (no finish reason, no `[DONE]`).
+- `fake-401`, `fake-429` (`Retry-After: 1`), `fake-500`: that status before any event.
+- `fake-429-once`, `fake-500-once`: that status the first time, then as `fake-ok`.
+- `fake-silent`: the headers and a comment, then nothing for 30 s.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAKE_WORDS = (
+    "Streams survive restarts because every chunk lands in Redis before anyone reads it, "
+    "and a cursor says exactly where a reader stopped — café ✓ naïve"
+).split()
+
+
+def expected_text(n: int) -> str:
+    """The text `fake-ok` streams in `n` deltas."""
+    return "".join(_word(i) for i in range(n))
+
+
+def _word(i: int) -> str:
+    word = FAKE_WORDS[i % len(FAKE_WORDS)]
+    return word if i == 0 else " " + word
+
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": "gen-1",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+class FakeProvider:
+    """The server, on 127.0.0.1 and a free port, in a daemon thread."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.disconnects: list[str] = []  # models whose client went away mid-stream
+        self._seen: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"null")
+                fake._record(self.path, dict(self.headers), body)
+                try:
+                    fake._answer(self, body)
+                except (BrokenPipeError, ConnectionResetError):
+                    with fake._lock:
+                        fake.disconnects.append(str(body.get("model")))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeProvider:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop serving."""
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _record(self, path: str, headers: dict[str, str], body: Any) -> None:
+        with self._lock:
+            self.requests.append({"path": path, "headers": headers, "json": body})
+
+    def requests_for(self, model: str) -> list[dict[str, Any]]:
+        """The requests that asked for `model`."""
+        with self._lock:
+            return [r for r in self.requests if (r["json"] or {}).get("model") == model]
+
+    def _answer(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        model = str(body.get("model", ""))
+        scenario = model.rsplit("/", 1)[-1]
+        with self._lock:
+            self._seen[model] += 1
+            first = self._seen[model] == 1
+        if h.path != "/v1/chat/completions":
+            return self._status(h, 404, "Not found", {})
+        if scenario == "fake-401":
+            return self._status(h, 401, "Invalid API key", {})
+        if scenario == "fake-429" or (scenario == "fake-429-once" and first):
+            return self._status(
+                h, 429, "Rate limited", {"Retry-After": "1" if scenario == "fake-429" else "0"}
+            )
+        if scenario == "fake-500" or (scenario == "fake-500-once" and first):
+            return self._status(h, 500, "Internal error", {})
+
+        # Providers send chunked bodies; `fake-http10` ends its body by closing instead.
+        chunked = scenario != "fake-http10"
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream")
+        h.send_header("Cache-Control", "no-cache")
+        h.send_header(
+            "Transfer-Encoding" if chunked else "Connection", "chunked" if chunked else "close"
+        )
+        h.end_headers()
+        h.close_connection = True
+        eol = "\r\n" if scenario == "fake-crlf" else "\n"
+
+        def send(data: bytes) -> None:
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
+            h.wfile.flush()
+
+        def write(text: str) -> None:
+            data = text.replace("\n", eol).encode()
+            step = 3 if scenario == "fake-split" else len(data)
+            for i in range(0, len(data), step):
+                send(data[i : i + step])
+
+        def event(obj: Any) -> None:
+            write(f"data: {json.dumps(obj, ensure_ascii=False)}\n\n")
+
+        write(": OPENROUTER PROCESSING\n\n")
+        if scenario == "fake-silent":
+            time.sleep(30)
+            return None
+        try:
+            self._events(h, model, scenario, body, event, write)
+        finally:
+            if chunked:
+                h.wfile.write(b"0\r\n\r\n")
+
+    def _events(self, h: Any, model: str, scenario: str, body: Any, event: Any, write: Any) -> None:
+        n = body.get("max_tokens") or 8
+        if scenario in ("fake-error-mid", "fake-truncated"):
+            n = 3
+        event(_chunk(model, {"role": "assistant"}))
+        for i in range(n):
+            if scenario in ("fake-slow", "fake-http10"):
+                time.sleep(0.05)
+            event(_chunk(model, {"content": _word(i)}))
+        if scenario == "fake-error-mid":
+            event({"error": {"code": 502, "message": "Upstream model overloaded"}})
+            return None
+        if scenario == "fake-truncated":
+            return None
+        event(_chunk(model, {}, "stop"))
+        usage = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}
+        event({"id": "gen-1", "object": "chat.completion.chunk", "choices": [], "usage": usage})
+        write("data: [DONE]\n\n")
+        return None
+
+    @staticmethod
+    def _status(
+        h: BaseHTTPRequestHandler, status: int, message: str, headers: dict[str, str]
+    ) -> None:
+        payload = json.dumps({"error": {"message": message, "code": status}}).encode()
+        h.send_response(status)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            h.send_header(name, value)
+        h.end_headers()
+        h.wfile.write(payload)

@@ -1,0 +1,152 @@
+"""Following a session over WebSocket and SSE: backlog, live, resume, many followers."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import requests
+
+from tests import client
+from tests.procs import Api
+from worker.providers.demo import demo_text
+
+
+def assert_well_formed(events: list[dict], chunks: int) -> None:
+    """Ordered ids, chunk indices 0..n-1 each once, one terminal event at the end."""
+    ids = [tuple(map(int, e["id"].split("-"))) for e in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert [e["index"] for e in events if e["type"] == "chunk"] == list(range(chunks))
+    assert [e["type"] for e in events].count("done") == 1
+    assert events[-1]["type"] == "done"
+
+
+def test_ws_follower_gets_everything_then_close_1000(api: Api) -> None:
+    session_id = client.create(api.url, prompt="follow me", max_tokens=30)["sessionId"]
+    result = client.ws_follow(api.ws_url, session_id)
+    assert result.close_code == 1000
+    assert_well_formed(result.events, 30)
+    assert result.events[-1]["chunks"] == 30
+    assert result.events[-1]["finishReason"] == "stop"
+    assert client.chunks_text(result.events) == demo_text("follow me", 30)
+    # After the end, a new follower replays the same events.
+    assert client.ws_follow(api.ws_url, session_id).events == result.events
+
+
+@pytest.mark.parametrize("cut", [1, 2, 7, 20])
+def test_ws_resume_from_cursor_has_no_gap_and_no_duplicate(api: Api, cut: int) -> None:
+    session_id = client.create(api.url, prompt="resume me", max_tokens=40)["sessionId"]
+    first = client.ws_follow(api.ws_url, session_id, max_events=cut).events
+    rest = client.ws_follow(api.ws_url, session_id, after=first[-1]["id"])
+    assert rest.close_code == 1000
+    events = first + rest.events
+    assert_well_formed(events, 40)
+    assert client.chunks_text(events) == client.text(api.url, session_id)["text"]
+
+
+def test_ws_many_drops_and_reconnects_rebuild_the_text(api: Api) -> None:
+    session_id = client.create(api.url, prompt="flaky network", max_tokens=60)["sessionId"]
+    events: list[dict] = []
+    while not events or events[-1]["type"] != "done":
+        after = events[-1]["id"] if events else None
+        events += client.ws_follow(api.ws_url, session_id, after=after, max_events=5).events
+    assert_well_formed(events, 60)
+    assert client.chunks_text(events) == client.text(api.url, session_id)["text"]
+
+
+def test_sse_follower_gets_everything_with_ids_and_types(api: Api) -> None:
+    session_id = client.create(api.url, prompt="sse please", max_tokens=25)["sessionId"]
+    result = client.sse_follow(api.url, session_id)
+    assert_well_formed(result.events, 25)
+    assert result.ids == [e["id"] for e in result.events]
+    assert result.types == [e["type"] for e in result.events]
+    assert client.chunks_text(result.events) == demo_text("sse please", 25)
+
+
+@pytest.mark.parametrize("how", ["last_event_id", "after"])
+def test_sse_resume_from_cursor_has_no_gap_and_no_duplicate(api: Api, how: str) -> None:
+    session_id = client.create(api.url, prompt="sse resume", max_tokens=40)["sessionId"]
+    first = client.sse_follow(api.url, session_id, max_events=9)
+    cursor = first.ids[-1]
+    rest = client.sse_follow(api.url, session_id, **{how: cursor})
+    events = first.events + rest.events
+    assert_well_formed(events, 40)
+    assert client.chunks_text(events) == client.text(api.url, session_id)["text"]
+
+
+def test_sse_last_event_id_wins_over_after(api: Api) -> None:
+    session_id = client.create(api.url, prompt="both cursors", max_tokens=10)["sessionId"]
+    full = client.sse_follow(api.url, session_id)
+    rest = client.sse_follow(api.url, session_id, last_event_id=full.ids[5], after=full.ids[1])
+    assert rest.events == full.events[6:]
+
+
+def test_sse_sends_keepalive_comments_while_waiting(api: Api) -> None:
+    # 15 chunks at 50/s is 0.3 s of generation; ask before it is queued long.
+    session_id = client.create(api.url, prompt="pings", max_tokens=100)["sessionId"]
+    result = client.sse_follow(api.url, session_id)
+    assert result.comments >= 1  # ": connected" at least; pings while idle
+    assert result.events[-1]["type"] == "done"
+
+
+def test_three_followers_get_identical_events(api: Api) -> None:
+    session_id = client.create(api.url, prompt="share it", max_tokens=50)["sessionId"]
+    results: list[list[dict]] = [[], [], []]
+
+    def ws(i: int) -> None:
+        results[i] = client.ws_follow(api.ws_url, session_id).events
+
+    def sse(i: int) -> None:
+        results[i] = client.sse_follow(api.url, session_id).events
+
+    threads = [threading.Thread(target=f, args=(i,)) for i, f in enumerate((ws, ws, sse))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results[0] == results[1] == results[2]
+    assert_well_formed(results[0], 50)
+
+
+def test_late_second_device_gets_backlog_then_live(api: Api) -> None:
+    session_id = client.create(api.url, prompt="second device", max_tokens=80)["sessionId"]
+    client.ws_follow(api.ws_url, session_id, max_events=20)  # the first device saw some
+    second = client.ws_follow(api.ws_url, session_id)
+    assert_well_formed(second.events, 80)
+    assert second.events[0]["status"] == "queued"
+
+
+def test_ws_unknown_session_gets_not_found_frame_and_4404(api: Api) -> None:
+    result = client.ws_follow(api.ws_url, "Z" * 21)
+    assert result.close_code == 4404
+    assert [e["type"] for e in result.events] == ["error"]
+    assert result.events[0]["error"]["code"] == "not_found"
+    assert "id" not in result.events[0]
+    garbage = client.ws_follow(api.ws_url, "not-an-id")
+    assert garbage.close_code == 4404
+
+
+@pytest.mark.parametrize("cursor", ["abc", "1-", "-1", "1-2-3", "99999999999999999999999-0", "1.5"])
+def test_bad_cursors_are_refused(api: Api, cursor: str) -> None:
+    session_id = client.create(api.url, prompt="cursor", max_tokens=2)["sessionId"]
+    ws = client.ws_follow(api.ws_url, session_id, after=cursor)
+    assert ws.close_code == 4400
+    assert ws.events[0]["error"]["code"] == "bad_cursor"
+    sse = requests.get(f"{api.url}/api/streams/{session_id}", params={"after": cursor})
+    assert sse.status_code == 400 and sse.json()["error"]["code"] == "bad_cursor"
+    sse = requests.get(f"{api.url}/api/streams/{session_id}", headers={"Last-Event-ID": cursor})
+    assert sse.status_code == 400 and sse.json()["error"]["code"] == "bad_cursor"
+
+
+def test_well_formed_cursor_between_entries_means_after_that_position(api: Api) -> None:
+    session_id = client.create(api.url, prompt="between", max_tokens=10)["sessionId"]
+    full = client.ws_follow(api.ws_url, session_id).events
+    ms, seq = map(int, full[4]["id"].split("-"))
+    between = f"{ms}-{seq + 1}" if full[5]["id"] != f"{ms}-{seq + 1}" else full[4]["id"]
+    rest = client.ws_follow(api.ws_url, session_id, after=between).events
+    assert rest == full[5:]
+    assert client.ws_follow(api.ws_url, session_id, after="0-0").events == full
+    end = client.ws_follow(api.ws_url, session_id, after=full[-1]["id"])
+    assert end.events == [] and end.close_code == 1000
+    huge = f"{2**64 - 1}-{2**64 - 1}"
+    assert client.ws_follow(api.ws_url, session_id, after=huge).close_code == 1000

@@ -1,0 +1,63 @@
+"""The OpenAI-compatible provider through the whole stack: API -> worker -> local provider."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+from tests import client
+from tests.fake_provider import FakeProvider, expected_text
+from tests.procs import Api
+
+
+def test_provider_answer_streams_to_followers(api: Api, fake_provider: FakeProvider) -> None:
+    created = client.create(api.url, prompt="Say hello", model="fake-ok", max_tokens=12)
+    session_id = created["sessionId"]
+    result = client.ws_follow(api.ws_url, session_id)
+    assert result.close_code == 1000
+    assert client.chunks_text(result.events) == expected_text(12)
+    done = result.events[-1]
+    assert done["type"] == "done"
+    assert done["finishReason"] == "stop"
+    assert done["usage"]["completion_tokens"] == 12
+    sent = fake_provider.requests_for("fake-ok")[-1]
+    assert sent["json"]["messages"] == [{"role": "user", "content": "Say hello"}]
+    assert sent["json"]["stream"] is True
+    assert sent["headers"]["Authorization"] == "Bearer sk-test-provider-key"
+
+
+def test_provider_error_mid_stream_ends_with_its_reason_and_keeps_the_text(api: Api) -> None:
+    session_id = client.create(api.url, prompt="fail later", model="fake-error-mid")["sessionId"]
+    result = client.ws_follow(api.ws_url, session_id)
+    assert [e["type"] for e in result.events][-1] == "error"
+    assert "Upstream model overloaded" in result.events[-1]["error"]["message"]
+    assert result.close_code == 1000
+    final = client.text(api.url, session_id)
+    assert final["status"] == "failed"
+    assert final["chunks"] == 3
+    assert final["text"] == client.chunks_text(result.events) != ""
+    assert client.info(api.url, session_id)["error"]["code"] == "provider_error"
+
+
+def test_provider_auth_failure_is_an_error_event_without_the_key(api: Api) -> None:
+    session_id = client.create(api.url, prompt="no entry", model="fake-401")["sessionId"]
+    events = client.ws_follow(api.ws_url, session_id).events
+    error = events[-1]["error"]
+    assert error["code"] == "provider_auth"
+    assert "Invalid API key" in error["message"]
+    assert "sk-test-provider-key" not in error["message"]
+
+
+def test_cancel_closes_the_upstream_request(api: Api, fake_provider: FakeProvider) -> None:
+    session_id = client.create(api.url, prompt="long one", model="fake-slow", max_tokens=400)[
+        "sessionId"
+    ]
+    seen = client.ws_follow(api.ws_url, session_id, max_events=8).events
+    assert requests.delete(f"{api.url}/api/streams/{session_id}", timeout=10).status_code == 202
+    rest = client.ws_follow(api.ws_url, session_id, after=seen[-1]["id"]).events
+    assert rest[-1]["type"] == "cancelled"
+    chunks = client.text(api.url, session_id)["chunks"]
+    time.sleep(0.5)
+    assert client.text(api.url, session_id)["chunks"] == chunks < 400
+    assert "fake-slow" in fake_provider.disconnects

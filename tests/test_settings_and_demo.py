@@ -1,0 +1,101 @@
+"""Settings from the environment, and the demo provider's determinism."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from shared.errors import ConfigError
+from shared.jobs import GenerationRequest, Message
+from shared.settings import OPENAI_BASE_URL, OPENROUTER_BASE_URL, Settings
+from worker.providers.base import Finished, TextDelta
+from worker.providers.demo import DemoProvider, demo_text
+
+
+def test_defaults_run_the_demo_model_without_a_key() -> None:
+    settings = Settings.from_env({})
+    assert settings.default_model == "demo"
+    assert settings.stream_ttl_s == 86400
+    assert settings.demo_tokens_per_s == 20
+    assert settings.celery_broker_url == settings.redis_url
+    assert settings.is_model_allowed("demo") and settings.is_model_allowed("demo-fast")
+    assert not settings.is_model_allowed("openai/gpt-4o")
+
+
+def test_a_provider_key_opens_every_model_on_openrouter() -> None:
+    settings = Settings.from_env({"OPENROUTER_API_KEY": "sk-or-1", "REDIS_URL": "redis://r:1/2"})
+    assert settings.provider_base_url == OPENROUTER_BASE_URL
+    assert settings.is_model_allowed("anthropic/claude-sonnet-4")
+    assert settings.default_model == "openai/gpt-4o-mini"
+    assert settings.celery_broker_url == "redis://r:1/2"
+    assert "sk-or-1" not in repr(settings)
+
+
+def test_an_openai_key_alone_points_at_openai() -> None:
+    settings = Settings.from_env({"OPENAI_API_KEY": "sk-1"})
+    assert settings.provider_base_url == OPENAI_BASE_URL
+    assert settings.default_model == "gpt-4o-mini"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"STREAM_TTL_S": "a day"}, "STREAM_TTL_S"),
+        ({"STREAM_TTL_S": "0"}, "STREAM_TTL_S"),
+        ({"DEMO_TOKENS_PER_S": "-1"}, "DEMO_TOKENS_PER_S"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"PROVIDER_BASE_URL": "ftp://x"}, "PROVIDER_BASE_URL"),
+        ({"TRUST_PROXY_HEADERS": "maybe"}, "TRUST_PROXY_HEADERS"),
+        ({"DEFAULT_MODEL": "gpt-4o"}, "DEFAULT_MODEL"),
+    ],
+)
+def test_bad_settings_fail_at_start_naming_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Settings.from_env(env)
+
+
+def request(prompt: str, max_tokens: int | None = None) -> GenerationRequest:
+    return GenerationRequest(
+        model="demo", messages=(Message("user", prompt),), max_tokens=max_tokens
+    )
+
+
+def test_demo_is_deterministic_and_counts_chunks() -> None:
+    provider = DemoProvider(tokens_per_s=0, default_max_tokens=200)
+    items = list(provider.stream(request("Why is the sky blue?"), lambda: False))
+    deltas = [i for i in items if isinstance(i, TextDelta)]
+    assert len(deltas) == 200
+    assert items[-1] == Finished(
+        "stop", {"prompt_tokens": 5, "completion_tokens": 200, "total_tokens": 205}
+    )
+    assert "".join(d.text for d in deltas) == demo_text("Why is the sky blue?", 200)
+    assert demo_text("Why is the sky blue?", 200).startswith("You asked: Why is the sky blue?.")
+    assert demo_text("another prompt", 50) != demo_text("Why is the sky blue?", 50)
+    started = list(provider.stream(request("Why is the sky blue?", 30), lambda: False, start=10))
+    assert (
+        "".join(i.text for i in started if isinstance(i, TextDelta))
+        == demo_text("Why is the sky blue?", 30)[len(demo_text("Why is the sky blue?", 10)) :]
+    )
+
+
+def test_demo_stops_when_asked() -> None:
+    provider = DemoProvider(tokens_per_s=0, default_max_tokens=200)
+    seen = []
+    for item in provider.stream(request("stop early"), lambda: len(seen) >= 3):
+        seen.append(item)
+    assert len(seen) == 3 and all(isinstance(i, TextDelta) for i in seen)
+
+
+def test_demo_paces_chunks_at_the_configured_rate() -> None:
+    now = [100.0]
+    emitted_at: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    provider = DemoProvider(20, 10, sleep=sleep, clock=lambda: now[0])
+    for _item in provider.stream(request("paced"), lambda: False):
+        emitted_at.append(now[0])
+    gaps = [b - a for a, b in itertools.pairwise(emitted_at[:-1])]
+    assert gaps == pytest.approx([0.05] * 9)
