@@ -15,7 +15,7 @@ from api.errors import error_response
 from api.validation import parse_generate
 from shared import keys, streams
 from shared.errors import InvalidRequest, SessionNotFound
-from shared.jobs import GENERATE, QUEUE
+from shared.jobs import enqueue
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,13 @@ def create() -> Response:
             info = streams.info(b.redis, earlier)
             return _created(earlier, info["status"], info["model"], info["createdAt"])
     try:
-        streams.create_session(b.redis, session_id, generation)
+        streams.create_session(b.redis, session_id, generation, queue=b.settings.celery_queue)
     except Exception:
         if idem_key:
             streams.release_idempotency_key(b.redis, idem_key)
         raise
     try:
-        b.celery.send_task(GENERATE, args=[session_id], queue=QUEUE)
+        enqueue(b.celery, session_id, b.settings.celery_queue)
     except Exception as e:  # noqa: BLE001 - kombu raises many kinds; all mean "not queued"
         log.warning("could not enqueue %s: %s", session_id, e)
         streams.append_error(

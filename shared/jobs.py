@@ -15,7 +15,6 @@ from celery import Celery
 from shared.settings import Settings
 
 GENERATE = "rstreams.generate"
-QUEUE = "generate"
 
 ROLES = ("system", "user", "assistant")
 
@@ -73,10 +72,15 @@ def make_celery(settings: Settings, name: str = "rstreams") -> Celery:
         accept_content=["json"],
         result_serializer="json",
         task_ignore_result=True,
-        task_default_queue=QUEUE,
+        task_default_queue=settings.celery_queue,
         broker_connection_retry_on_startup=True,
         # The Redis transport hands an unacknowledged job out again after this long; the
         # session lease makes such a second copy stand down (celery#5935).
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
     )
     return app
+
+
+def enqueue(app: Celery, session_id: str, queue: str) -> None:
+    """Ask a worker to generate `session_id` (its request is stored with the session)."""
+    app.send_task(GENERATE, args=[session_id], queue=queue)

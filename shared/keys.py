@@ -29,6 +29,20 @@ def lease(session_id: str) -> str:
     return f"{PREFIX}:{{{session_id}}}:lease"
 
 
+def active() -> str:
+    """A sorted set of the sessions not yet terminal (score: creation ms), for the reaper.
+
+    An index only: terminal sessions are removed after the fact, and the reaper drops
+    entries whose session ended or expired.
+    """
+    return f"{PREFIX}:active"
+
+
+def reaper_lock() -> str:
+    """Held by the one worker process that runs the reaper's pass."""
+    return f"{PREFIX}:reaper"
+
+
 def idempotency(key: str) -> str:
     """Maps a client's Idempotency-Key to the session it created."""
     return f"{PREFIX}:idem:{key}"

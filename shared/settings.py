@@ -63,6 +63,10 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ..
     return value
 
 
+def _patterns(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in _str(env, name, default).split(",") if p.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the API and the workers can be configured with; see `.env.example`."""
@@ -86,7 +90,15 @@ class Settings:
     provider_max_retries: int = 3
     provider_backoff_base_s: float = 0.5
     provider_backoff_max_s: float = 8.0
-    lease_ttl_s: int = 30
+    lease_ttl_s: int = 15
+    max_attempts: int = 3
+    reaper_interval_s: float = 5.0
+    queued_requeue_s: int = 60
+    queued_timeout_s: int = 600
+    prefill_models: tuple[str, ...] = ()
+    celery_queue: str = "generate"
+    worker_buffer_chunks: int = 10_000
+    redis_outage_max_s: float = 300.0
     visibility_timeout_s: int = 7200
     worker_concurrency: int = 200
     xread_block_ms: int = 5000
@@ -99,6 +111,10 @@ class Settings:
     def has_provider_key(self) -> bool:
         """Whether a real provider is configured."""
         return bool(self.provider_api_key)
+
+    def may_prefill(self, model: str) -> bool:
+        """Whether `model` continues an answer given as a trailing assistant message."""
+        return any(fnmatchcase(model, pattern) for pattern in self.prefill_models)
 
     def is_model_allowed(self, model: str) -> bool:
         """Whether `model` matches one of the allowlist's patterns."""
@@ -128,11 +144,7 @@ class Settings:
             default_allowlist = "demo*,*"
         else:
             default_model, default_allowlist = DEMO_MODEL, "demo*"
-        allowlist = tuple(
-            p.strip()
-            for p in _str(env, "MODEL_ALLOWLIST", default_allowlist).split(",")
-            if p.strip()
-        )
+        allowlist = _patterns(env, "MODEL_ALLOWLIST", default_allowlist)
         settings = cls(
             redis_url=redis_url,
             celery_broker_url=_str(env, "CELERY_BROKER_URL", redis_url),
@@ -162,6 +174,16 @@ class Settings:
                 env, "PROVIDER_BACKOFF_MAX_S", cls.provider_backoff_max_s
             ),
             lease_ttl_s=_int(env, "LEASE_TTL_S", cls.lease_ttl_s, minimum=3),
+            max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts, minimum=1),
+            reaper_interval_s=_float(env, "REAPER_INTERVAL_S", cls.reaper_interval_s, minimum=0.1),
+            queued_requeue_s=_int(env, "QUEUED_REQUEUE_S", cls.queued_requeue_s, minimum=1),
+            queued_timeout_s=_int(env, "QUEUED_TIMEOUT_S", cls.queued_timeout_s, minimum=1),
+            prefill_models=_patterns(env, "PREFILL_MODELS", ""),
+            celery_queue=_str(env, "CELERY_QUEUE", cls.celery_queue),
+            worker_buffer_chunks=_int(
+                env, "WORKER_BUFFER_CHUNKS", cls.worker_buffer_chunks, minimum=1
+            ),
+            redis_outage_max_s=_float(env, "REDIS_OUTAGE_MAX_S", cls.redis_outage_max_s, minimum=1),
             visibility_timeout_s=_int(
                 env, "VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s, minimum=60
             ),

@@ -56,7 +56,9 @@ Event = dict[str, Any]
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-return redis.call('XADD', KEYS[2], '*', 't', 'status', 'd', ARGV[1])
+local id = redis.call('XADD', KEYS[2], '*', 't', 'status', 'd', ARGV[1])
+redis.call('HSET', KEYS[1], 'last_id', id)
+return id
 """
 
 # KEYS: meta, events, lease
@@ -67,7 +69,9 @@ if not status then return '!not_found' end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then
   return '!terminal'
 end
-if ARGV[1] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[1] then return '!lease_lost' end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then
+  return '!lease_lost'
+end
 local now = ARGV[6]
 local function finish()
   redis.call('EXPIRE', KEYS[1], ARGV[8])
@@ -109,7 +113,10 @@ end
 return id
 """
 
-# KEYS: meta, lease; ARGV: ttl_ms
+# The fencing token is the meta's `attempt`: taking the lease increments it, and the
+# append refuses a token that is not the current one. The lease key itself says that the
+# holder is alive; the reaper hands sessions whose lease key expired to another worker.
+# KEYS: meta, lease; ARGV: ttl_ms, worker
 _ACQUIRE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'not_found'} end
@@ -118,16 +125,22 @@ if status == 'completed' or status == 'failed' or status == 'cancelled' then
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return {'held'} end
 local token = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'worker', ARGV[2])
 redis.call('SET', KEYS[2], token, 'PX', ARGV[1])
 return {'ok', tostring(token)}
 """
 
-# KEYS: lease; ARGV: token, ttl_ms
+# Renewing also re-creates a lease key that expired while Redis was unreachable, as long
+# as nobody took the session over meanwhile (the token is still the current attempt).
+# KEYS: meta, lease; ARGV: token, ttl_ms
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'completed' or status == 'failed' or status == 'cancelled' then
+  return 0
 end
-return 0
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
+return 1
 """
 
 _RELEASE = """
@@ -173,7 +186,12 @@ def _dumps(data: Any) -> str:
 
 
 def create_session(
-    r: redis.Redis, session_id: str, request: GenerationRequest, *, owner: str = ""
+    r: redis.Redis,
+    session_id: str,
+    request: GenerationRequest,
+    *,
+    queue: str,
+    owner: str = "",
 ) -> str:
     """Store a new session (`queued`) with its request and first event; returns that event's id."""
     now = now_ms()
@@ -185,6 +203,8 @@ def create_session(
         "updated_ms": now,
         "chunks": 0,
         "attempt": 0,
+        "queue": queue,
+        "enqueued_ms": now,
         "owner": owner,
     }
     args: list[Any] = [_dumps({"status": Status.QUEUED.value})]
@@ -193,7 +213,7 @@ def create_session(
     event_id = _run(r, _CREATE, [keys.meta(session_id), keys.events(session_id)], args)
     if not event_id:
         raise AppendRefused(f"session {session_id} exists already", code="exists")
-    r.hset(keys.meta(session_id), "last_id", event_id)
+    r.zadd(keys.active(), {session_id: now})
     return str(event_id)
 
 
@@ -255,6 +275,10 @@ def _append(
     )
     if result == "!duplicate":
         return None
+    if (new_status in TERMINAL_STATUSES and not result.startswith("!")) or (
+        result == "!stream_too_long"
+    ):
+        r.zrem(keys.active(), session_id)
     if result.startswith("!"):
         code = result[1:]
         raise AppendRefused(f"append to session {session_id} refused: {code}", code=code)
@@ -362,15 +386,17 @@ def cancel(r: redis.Redis, session_id: str, *, ttl_s: int) -> tuple[bool, str]:
     return True, Status.CANCELLED.value
 
 
-def acquire_lease(r: redis.Redis, session_id: str, ttl_ms: int) -> tuple[str, str | None]:
+def acquire_lease(
+    r: redis.Redis, session_id: str, ttl_ms: int, worker: str = ""
+) -> tuple[str, str | None]:
     """Take the session's lease: ("ok", token), or (held|terminal|not_found, None)."""
-    result = _run(r, _ACQUIRE, [keys.meta(session_id), keys.lease(session_id)], [ttl_ms])
+    result = _run(r, _ACQUIRE, [keys.meta(session_id), keys.lease(session_id)], [ttl_ms, worker])
     return (str(result[0]), str(result[1]) if len(result) > 1 else None)
 
 
 def renew_lease(r: redis.Redis, session_id: str, token: str, ttl_ms: int) -> bool:
     """Extend the lease if `token` still holds it; False: lost, or the session ended."""
-    return bool(_run(r, _RENEW, [keys.lease(session_id)], [token, ttl_ms]))
+    return bool(_run(r, _RENEW, [keys.meta(session_id), keys.lease(session_id)], [token, ttl_ms]))
 
 
 def release_lease(r: redis.Redis, session_id: str, token: str) -> None:
@@ -442,9 +468,7 @@ def read_text(r: redis.Redis, session_id: str, page: int = 1000) -> tuple[str, s
     start = "-"
     key = keys.events(session_id)
     while True:
-        entries: list[tuple[str, dict[str, str]]] = cast(
-            Any, r.xrange(key, start, "+", count=page)
-        )
+        entries: list[tuple[str, dict[str, str]]] = cast(Any, r.xrange(key, start, "+", count=page))
         for _entry_id, fields in entries:
             if fields.get(F_TYPE) == EventType.CHUNK:
                 parts.append(fields.get(F_TEXT, ""))

@@ -13,6 +13,8 @@ The behaviour follows the request's model name (after any `vendor/` prefix):
 - `fake-401`, `fake-429` (`Retry-After: 1`), `fake-500`: that status before any event.
 - `fake-429-once`, `fake-500-once`: that status the first time, then as `fake-ok`.
 - `fake-silent`: the headers and a comment, then nothing for 30 s.
+
+A trailing assistant message (a prefill) makes every scenario continue after its words.
 """
 
 from __future__ import annotations
@@ -159,7 +161,10 @@ class FakeProvider:
         if scenario in ("fake-error-mid", "fake-truncated"):
             n = 3
         event(_chunk(model, {"role": "assistant"}))
-        for i in range(n):
+        # A trailing assistant message is a prefill: continue after its words.
+        last = (body.get("messages") or [{}])[-1]
+        start = len(last.get("content", "").split()) if last.get("role") == "assistant" else 0
+        for i in range(start, n):
             if scenario in ("fake-slow", "fake-http10"):
                 time.sleep(0.05)
             event(_chunk(model, {"content": _word(i)}))

@@ -9,7 +9,7 @@ import pytest
 from shared.errors import ConfigError
 from shared.jobs import GenerationRequest, Message
 from shared.settings import OPENAI_BASE_URL, OPENROUTER_BASE_URL, Settings
-from worker.providers.base import Finished, TextDelta
+from worker.providers.base import Finished, Resume, TextDelta
 from worker.providers.demo import DemoProvider, demo_text
 
 
@@ -72,7 +72,9 @@ def test_demo_is_deterministic_and_counts_chunks() -> None:
     assert "".join(d.text for d in deltas) == demo_text("Why is the sky blue?", 200)
     assert demo_text("Why is the sky blue?", 200).startswith("You asked: Why is the sky blue?.")
     assert demo_text("another prompt", 50) != demo_text("Why is the sky blue?", 50)
-    started = list(provider.stream(request("Why is the sky blue?", 30), lambda: False, start=10))
+    started = list(
+        provider.stream(request("Why is the sky blue?", 30), lambda: False, Resume(10, "ignored"))
+    )
     assert (
         "".join(i.text for i in started if isinstance(i, TextDelta))
         == demo_text("Why is the sky blue?", 30)[len(demo_text("Why is the sky blue?", 10)) :]

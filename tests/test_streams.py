@@ -17,7 +17,7 @@ TTL = 60
 def session(r: redis.Redis) -> str:
     session_id = nanoid()
     request = GenerationRequest(model="demo", messages=(Message("user", "hi"),), max_tokens=5)
-    streams.create_session(r, session_id, request)
+    streams.create_session(r, session_id, request, queue="unused")
     return session_id
 
 
@@ -44,7 +44,7 @@ def test_writes_from_a_worker_that_lost_its_lease_are_refused(r: redis.Redis, se
     old = lease(r, session)
     append(r, session, 0, old)
     r.delete(keys.lease(session))  # the lease expired
-    new = lease(r, session)
+    new = lease(r, session)  # and another worker took the session over
     assert int(new) == int(old) + 1
     with pytest.raises(AppendRefused) as refused:
         append(r, session, 1, old)

@@ -1,21 +1,26 @@
 """The Celery worker: `celery -A worker.app worker -P threads`.
 
 Settings come from the environment when the worker starts; Redis clients are built on
-the first task, not at import.
+first use, not at import.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
+from celery.signals import worker_ready, worker_shutting_down
 
-from shared.jobs import make_celery
+from shared.jobs import enqueue, make_celery
 from shared.redisconn import connect
 from shared.settings import Settings
 from worker.leases import LeaseKeeper
+from worker.reaper import Reaper
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     keeper: LeaseKeeper
+    # Set when the worker begins to shut down: generations hand their sessions over.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
 
 _runtime: Runtime | None = None
@@ -55,3 +62,25 @@ def runtime() -> Runtime:
             client = connect(settings.redis_url, max_connections=settings.worker_concurrency + 10)
             _runtime = Runtime(settings, client, LeaseKeeper(client, settings.lease_ttl_s))
         return _runtime
+
+
+def hand_over(session_id: str) -> None:
+    """Enqueue a session again so another worker continues it."""
+    enqueue(app, session_id, settings.celery_queue)
+
+
+@worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    rt = runtime()
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    Reaper(rt.redis, settings, lambda sid, queue: enqueue(app, sid, queue), name).start()
+
+
+@worker_shutting_down.connect
+def _begin_handover(**_: Any) -> None:
+    # Called from the signal handler on SIGTERM (warm shutdown): running generations stop at
+    # their next chunk, write what they have and re-enqueue their session, so the warm
+    # shutdown ends in moments and another worker continues without waiting for a lease
+    # to expire.
+    log.warning("worker shutting down: handing running sessions over")
+    runtime().stopping.set()

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
 
 import redis
@@ -11,12 +15,123 @@ import redis
 from shared import streams
 from shared.errors import AppendRefused, ProviderError
 from shared.settings import Settings
-from worker.leases import LeaseKeeper
-from worker.providers.base import Finished, Provider, TextDelta
+from worker.leases import Held, LeaseKeeper
+from worker.providers import is_demo_model
+from worker.providers.base import Finished, Provider, Resume, TextDelta
 
 log = logging.getLogger(__name__)
 
 ProviderFor = Callable[[str, Settings], Provider]
+
+_BACKOFF_START_S = 0.05
+_BACKOFF_MAX_S = 2.0
+
+
+class StoreUnavailable(Exception):
+    """Redis stayed unreachable longer than `REDIS_OUTAGE_MAX_S`."""
+
+
+class Sink:
+    """Appends a session's chunks in order, holding them in a bounded buffer while Redis
+    is unreachable, so the worker keeps reading from the provider through a Redis restart.
+    """
+
+    def __init__(
+        self, r: redis.Redis, session_id: str, token: str, first_index: int, settings: Settings
+    ) -> None:
+        self.r = r
+        self.session_id = session_id
+        self.token = token
+        self.index = first_index
+        self.settings = settings
+        self.pending: deque[tuple[int, str]] = deque()
+        self._retry_at = 0.0
+        self._backoff_s = _BACKOFF_START_S
+        self._down_since: float | None = None
+
+    def chunk(self, text: str) -> None:
+        """Queue the next chunk and write what Redis will take now."""
+        if len(self.pending) >= self.settings.worker_buffer_chunks:
+            self.flush()  # the buffer is full: wait for Redis rather than grow
+        self.pending.append((self.index, text))
+        self.index += 1
+        self._flush(block=False)
+
+    def flush(self) -> None:
+        """Write every buffered chunk, waiting for Redis up to `REDIS_OUTAGE_MAX_S`."""
+        self._flush(block=True)
+
+    def _flush(self, *, block: bool) -> None:
+        while self.pending:
+            if not block and time.monotonic() < self._retry_at:
+                return
+            index, text = self.pending[0]
+            try:
+                streams.append_chunk(
+                    self.r,
+                    self.session_id,
+                    index,
+                    text,
+                    token=self.token,
+                    maxlen=self.settings.stream_maxlen,
+                    ttl_s=self.settings.stream_ttl_s,
+                )
+            except redis.RedisError as e:
+                self._failed(e)
+                if block:
+                    time.sleep(max(0.0, self._retry_at - time.monotonic()))
+                continue
+            self.pending.popleft()
+            self._recovered()
+
+    def terminal(self, write: Callable[[], object]) -> None:
+        """Flush, then write the terminal event, retrying through a Redis outage."""
+        self.flush()
+        first = True
+        while True:
+            try:
+                write()
+                self._recovered()
+                return
+            except AppendRefused as e:
+                # A retry after a lost reply finds the session already ended by our write.
+                if first or e.code != "terminal":
+                    raise
+                return
+            except redis.RedisError as e:
+                first = False
+                self._failed(e)
+                time.sleep(max(0.0, self._retry_at - time.monotonic()))
+
+    def _failed(self, error: redis.RedisError) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                "session %s: Redis unreachable (%s); holding chunks", self.session_id, error
+            )
+        elif now - self._down_since > self.settings.redis_outage_max_s:
+            raise StoreUnavailable(
+                f"Redis unreachable for over {self.settings.redis_outage_max_s} s"
+            ) from error
+        self._retry_at = now + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
+
+    def _recovered(self) -> None:
+        if self._down_since is not None:
+            log.warning(
+                "session %s: Redis back after %.1f s",
+                self.session_id,
+                time.monotonic() - self._down_since,
+            )
+        self._down_since = None
+        self._backoff_s = _BACKOFF_START_S
+        self._retry_at = 0.0
+
+
+def may_resume(model: str, settings: Settings) -> bool:
+    """Whether an answer of `model` can be continued by another attempt."""
+    return is_demo_model(model) or settings.may_prefill(model)
 
 
 def run(
@@ -26,95 +141,136 @@ def run(
     *,
     keeper: LeaseKeeper,
     provider_for: ProviderFor,
+    stopping: threading.Event | None = None,
+    hand_over: Callable[[str], None] | None = None,
 ) -> str:
     """Generate `session_id` to its end; returns what happened (completed, failed, held, ...).
 
     Stands down without writing when another worker holds the lease or the session is
     already terminal or gone. Stops at the next chunk once the session is cancelled or the
     lease is lost: the atomic append refuses the write, and leaving the `with` block closes
-    the provider's stream, which closes the upstream HTTP response.
+    the provider's stream, which closes the upstream HTTP response. When `stopping` is set
+    (the worker is shutting down), writes what it has, gives the lease up and calls
+    `hand_over(session_id)` so another worker continues at once.
     """
     state, held = keeper.acquire(session_id)
     if held is None:
         log.info("session %s not generated here: %s", session_id, state)
         return state
+    stopping = stopping or threading.Event()
+    try:
+        outcome = _generate(
+            r, settings, session_id, held, provider_for, stopping, can_hand_over=bool(hand_over)
+        )
+    finally:
+        keeper.release(held)
+    if outcome == "handed_over" and hand_over is not None:
+        hand_over(session_id)  # after the release, or the next worker finds the lease held
+    return outcome
+
+
+def _generate(
+    r: redis.Redis,
+    settings: Settings,
+    session_id: str,
+    held: Held,
+    provider_for: ProviderFor,
+    stopping: threading.Event,
+    *,
+    can_hand_over: bool,
+) -> str:
     ttl_s = settings.stream_ttl_s
     token = held.token
+    attempt = int(token)
+    meta = streams.read_meta(r, session_id)
+    request = streams.read_request(r, session_id)
+    sink = Sink(r, session_id, token, int(meta.get("chunks", 0)), settings)
     try:
-        meta = streams.read_meta(r, session_id)
-        request = streams.read_request(r, session_id)
-        index = int(meta.get("chunks", 0))
-        if index > 0:
-            # An earlier attempt died after writing text. The text is append-only, so
-            # starting over would garble it; end the session and keep the partial text.
-            streams.append_error(
-                r,
-                session_id,
-                "worker_lost",
-                "The worker generating this answer stopped; the partial answer stays readable.",
-                token=token,
-                ttl_s=ttl_s,
+        resume = None
+        if attempt > 1:
+            if sink.index > 0:
+                if not may_resume(request.model, settings):
+                    # The text is append-only: starting over would garble it.
+                    streams.append_error(
+                        r,
+                        session_id,
+                        "worker_lost",
+                        "The worker generating this answer stopped and this model cannot "
+                        "continue it; the partial answer stays readable.",
+                        token=token,
+                        ttl_s=ttl_s,
+                    )
+                    return "failed"
+                resume = Resume(sink.index, streams.read_text(r, session_id)[1])
+            streams.append_status(
+                r, session_id, "resumed", token=token, ttl_s=ttl_s, attempt=attempt
             )
-            return "failed"
-        streams.append_status(
-            r, session_id, "running", token=token, ttl_s=ttl_s, attempt=int(token)
-        )
+            log.info(
+                "session %s resumed (attempt %d, from chunk %d)", session_id, attempt, sink.index
+            )
+        else:
+            streams.append_status(
+                r, session_id, "running", token=token, ttl_s=ttl_s, attempt=attempt
+            )
+
+        def should_stop() -> bool:
+            return held.is_lost() or stopping.is_set()
+
         provider = provider_for(request.model, settings)
-        with contextlib.closing(provider.stream(request, held.is_lost)) as items:
+        with contextlib.closing(provider.stream(request, should_stop, resume)) as items:
             for item in items:
                 if isinstance(item, TextDelta):
-                    streams.append_chunk(
-                        r,
-                        session_id,
-                        index,
-                        item.text,
-                        token=token,
-                        maxlen=settings.stream_maxlen,
-                        ttl_s=ttl_s,
-                    )
-                    index += 1
+                    sink.chunk(item.text)
                 elif isinstance(item, Finished):
-                    streams.append_done(
-                        r,
-                        session_id,
-                        token=token,
-                        ttl_s=ttl_s,
-                        finish_reason=item.finish_reason,
-                        chunks=index,
-                        usage=item.usage,
+                    sink.terminal(
+                        functools.partial(
+                            streams.append_done,
+                            r,
+                            session_id,
+                            token=token,
+                            ttl_s=ttl_s,
+                            finish_reason=item.finish_reason,
+                            chunks=sink.index,
+                            usage=item.usage,
+                        )
                     )
-                    log.info("session %s completed: %d chunks", session_id, index)
+                    log.info("session %s completed: %d chunks", session_id, sink.index)
                     return "completed"
-        log.info("session %s stopped by its lease: %s", session_id, "lost")
+        sink.flush()
+        if stopping.is_set() and not held.is_lost() and can_hand_over:
+            log.info("session %s handed over at chunk %d (shutdown)", session_id, sink.index)
+            return "handed_over"
+        log.info("session %s stopped: lease lost", session_id)
         return "stopped"
     except AppendRefused as e:
         log.info("session %s stopped: %s", session_id, e.code)
         return e.code
     except ProviderError as e:
         log.warning("session %s failed at the provider: %s (%s)", session_id, e.code, e.message)
-        _end_with_error(r, session_id, e.code, e.message, token=token, ttl_s=ttl_s)
+        _end_with_error(sink, e.code, e.message)
         return "failed"
+    except StoreUnavailable:
+        log.error("session %s: giving up, Redis unreachable; the reaper retries it", session_id)
+        raise
     except Exception:
         log.exception("session %s failed in the worker", session_id)
-        _end_with_error(
-            r,
-            session_id,
-            "internal_error",
-            "The worker failed while generating this answer.",
-            token=token,
-            ttl_s=ttl_s,
-        )
+        _end_with_error(sink, "internal_error", "The worker failed while generating this answer.")
         raise
-    finally:
-        keeper.release(held)
 
 
-def _end_with_error(
-    r: redis.Redis, session_id: str, code: str, message: str, *, token: str, ttl_s: int
-) -> None:
+def _end_with_error(sink: Sink, code: str, message: str) -> None:
     try:
-        streams.append_error(r, session_id, code, message, token=token, ttl_s=ttl_s)
+        sink.terminal(
+            lambda: streams.append_error(
+                sink.r,
+                sink.session_id,
+                code,
+                message,
+                token=sink.token,
+                ttl_s=sink.settings.stream_ttl_s,
+            )
+        )
     except AppendRefused as e:
-        log.info("error event for %s not written: %s", session_id, e.code)
-    except redis.RedisError:
-        log.exception("error event for %s not written: Redis failed", session_id)
+        log.info("error event for %s not written: %s", sink.session_id, e.code)
+    except (redis.RedisError, StoreUnavailable):
+        log.exception("error event for %s not written: Redis failed", sink.session_id)

@@ -9,6 +9,8 @@ step; its writes would be refused anyway by the fencing token.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 
 import redis
@@ -36,6 +38,7 @@ class LeaseKeeper:
 
     def __init__(self, r: redis.Redis, ttl_s: int) -> None:
         self.r = r
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.ttl_ms = ttl_s * 1000
         self.interval_s = ttl_s / 3
         self._held: dict[str, Held] = {}
@@ -45,7 +48,7 @@ class LeaseKeeper:
 
     def acquire(self, session_id: str) -> tuple[str, Held | None]:
         """Take the session's lease: ("ok", Held) or (why not: held/terminal/not_found, None)."""
-        state, token = streams.acquire_lease(self.r, session_id, self.ttl_ms)
+        state, token = streams.acquire_lease(self.r, session_id, self.ttl_ms, self.worker)
         if state != "ok" or token is None:
             return state, None
         held = Held(session_id, token)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from shared import keys
 from shared.jobs import GENERATE
 from worker import generate
-from worker.app import app, runtime
+from worker.app import app, hand_over, runtime
 from worker.providers import provider_for
 
 
@@ -16,5 +16,11 @@ def generate_session(session_id: str) -> str:
         return "bad_session_id"
     rt = runtime()
     return generate.run(
-        rt.redis, rt.settings, session_id, keeper=rt.keeper, provider_for=provider_for
+        rt.redis,
+        rt.settings,
+        session_id,
+        keeper=rt.keeper,
+        provider_for=provider_for,
+        stopping=rt.stopping,
+        hand_over=hand_over,
     )

@@ -24,6 +24,14 @@ class Finished:
     usage: dict[str, Any] | None = field(default=None)
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where an earlier attempt stopped: continue after `chunks` chunks that read `text`."""
+
+    chunks: int
+    text: str
+
+
 StreamItem = TextDelta | Finished
 ShouldStop = Callable[[], bool]
 
@@ -32,7 +40,10 @@ class Provider(Protocol):
     """Streams a generation; raises `shared.errors.ProviderError` when the provider fails."""
 
     def stream(
-        self, request: GenerationRequest, should_stop: ShouldStop
+        self, request: GenerationRequest, should_stop: ShouldStop, resume: Resume | None = None
     ) -> Generator[StreamItem, None, None]:
-        """Yield `TextDelta`s then one `Finished`; return early once `should_stop()` is true."""
+        """Yield `TextDelta`s then one `Finished`; return early once `should_stop()` is true.
+
+        With `resume`, yield only what comes after the text an earlier attempt wrote.
+        """
         ...

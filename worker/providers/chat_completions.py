@@ -20,7 +20,7 @@ import urllib3
 from shared.errors import ProviderError, ProviderRateLimited
 from shared.jobs import GenerationRequest
 from shared.settings import Settings
-from worker.providers.base import Finished, ShouldStop, StreamItem, TextDelta
+from worker.providers.base import Finished, Resume, ShouldStop, StreamItem, TextDelta
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,14 @@ class ChatCompletionsProvider:
         self.settings = settings
         self.session = session or requests.Session()
 
-    def _body(self, request: GenerationRequest) -> dict[str, Any]:
+    def _body(self, request: GenerationRequest, resume: Resume | None) -> dict[str, Any]:
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        if resume and resume.text:
+            # Assistant prefill: the model continues this text instead of starting over.
+            messages.append({"role": "assistant", "content": resume.text})
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -148,14 +152,18 @@ class ChatCompletionsProvider:
         return headers
 
     def stream(
-        self, request: GenerationRequest, should_stop: ShouldStop
+        self, request: GenerationRequest, should_stop: ShouldStop, resume: Resume | None = None
     ) -> Generator[StreamItem, None, None]:
-        """Yield the answer's text deltas, then `Finished`; retry only before the first one."""
+        """Yield the answer's text deltas, then `Finished`; retry only before the first one.
+
+        With `resume`, the text written so far goes as a trailing assistant message, which
+        models that support prefill continue (`PREFILL_MODELS` says which).
+        """
         attempt = 0
         while True:
             started = False
             try:
-                for item in self._attempt(request, should_stop):
+                for item in self._attempt(request, should_stop, resume):
                     started = started or isinstance(item, TextDelta)
                     yield item
                 return
@@ -193,13 +201,15 @@ class ChatCompletionsProvider:
             time.sleep(min(_STOP_POLL_S, left))
         return should_stop()
 
-    def _attempt(self, request: GenerationRequest, should_stop: ShouldStop) -> Iterator[StreamItem]:
+    def _attempt(
+        self, request: GenerationRequest, should_stop: ShouldStop, resume: Resume | None
+    ) -> Iterator[StreamItem]:
         s = self.settings
         url = f"{s.provider_base_url}/chat/completions"
         try:
             response = self.session.post(
                 url,
-                json=self._body(request),
+                json=self._body(request, resume),
                 headers=self._headers(),
                 stream=True,
                 timeout=(s.provider_connect_timeout_s, s.provider_read_timeout_s),

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Generator
 
 from shared.jobs import GenerationRequest
-from worker.providers.base import Finished, ShouldStop, StreamItem, TextDelta
+from worker.providers.base import Finished, Resume, ShouldStop, StreamItem, TextDelta
 
 _WORDS = (
     "stream resumes cursor token worker redis answer client replay follow live chunk "
@@ -61,9 +61,10 @@ class DemoProvider:
         self.clock = clock
 
     def stream(
-        self, request: GenerationRequest, should_stop: ShouldStop, start: int = 0
+        self, request: GenerationRequest, should_stop: ShouldStop, resume: Resume | None = None
     ) -> Generator[StreamItem, None, None]:
-        """Yield chunks `start`.. of the demo answer, paced, then `Finished`."""
+        """Yield the demo answer's chunks (after `resume.chunks`), paced, then `Finished`."""
+        start = resume.chunks if resume else 0
         total = request.max_tokens or self.default_max_tokens
         prompt = request.prompt
         next_at = self.clock()
