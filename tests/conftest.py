@@ -116,3 +116,57 @@ def api(stack_env: dict[str, str], logs_dir: Path, worker: Worker) -> Iterator[A
     proc = Api(stack_env, logs_dir).start()
     yield proc
     proc.stop()
+
+
+class Stack:
+    """An API and workers of their own, on a queue of their own, for tests that kill them."""
+
+    def __init__(self, env: dict[str, str], logs_dir: Path, name: str) -> None:
+        self.env = env
+        self.logs_dir = logs_dir
+        self.name = name
+        self.workers: list[Worker] = []
+        self.apis: list[Api] = []
+
+    def worker(self) -> Worker:
+        """Start one more worker."""
+        proc = Worker(self.env, self.logs_dir, name=f"{self.name}-w{len(self.workers)}").start()
+        self.workers.append(proc)
+        return proc
+
+    def api(self) -> Api:
+        """Start one more API process."""
+        proc = Api(self.env, self.logs_dir, name=f"{self.name}-api{len(self.apis)}").start()
+        self.apis.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        """Stop everything this stack started."""
+        for proc in [*self.apis, *self.workers]:
+            proc.stop(timeout_s=10)
+
+
+@pytest.fixture
+def make_stack(
+    stack_env: dict[str, str], logs_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """`make_stack(**env)`: a Stack with short leases and a fast reaper."""
+    stacks: list[Stack] = []
+
+    def make(**overrides: str) -> Stack:
+        name = f"{request.node.name[:40]}-{len(stacks)}".replace("[", "-").replace("]", "")
+        env = {
+            **stack_env,
+            "CELERY_QUEUE": f"q-{name}",
+            "LEASE_TTL_S": "3",
+            "REAPER_INTERVAL_S": "0.5",
+            "QUEUED_REQUEUE_S": "3",
+            **overrides,
+        }
+        stack = Stack(env, logs_dir, name)
+        stacks.append(stack)
+        return stack
+
+    yield make
+    for stack in stacks:
+        stack.stop()
