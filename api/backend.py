@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from redis import Redis
 from celery import Celery
 from flask import current_app
+from redis import Redis
 
 from shared.jobs import make_celery
 from shared.redisconn import connect

@@ -13,6 +13,7 @@ from flask import Blueprint, Response, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
+from api import shutdown
 from api.backend import backend
 from api.routes import session_id_or_404
 from shared import keys, streams
@@ -48,17 +49,21 @@ def follow_ws(ws: Any, session_id: str) -> None:
         ws.send(_error_frame(e.code, e.message))
         ws.close(CLOSE_BAD_CURSOR, e.code)
         return
+    shutdown.register(ws)
     try:
         if not keys.is_session_id(session_id):
             raise SessionNotFound(f"no session {session_id[:64]}")
-        for event in streams.follow(
-            b.follower_redis, session_id, after, block_ms=b.settings.xread_block_ms
+        for event in streams.follow_reconnecting(
+            b.follower_redis,
+            session_id,
+            after,
+            block_ms=b.settings.xread_block_ms,
+            outage_max_s=b.settings.redis_outage_max_s,
         ):
-            if event is None:
-                if not ws.connected:
-                    return
-                continue
-            ws.send(_dumps(event))
+            if shutdown.is_stopping() or not ws.connected:
+                return
+            if event is not None:
+                ws.send(_dumps(event))
     except SessionNotFound as e:
         ws.send(_error_frame(e.code, e.message))
         ws.close(CLOSE_NOT_FOUND, e.code)
@@ -69,6 +74,8 @@ def follow_ws(ws: Any, session_id: str) -> None:
         return
     except ConnectionClosed:
         return
+    finally:
+        shutdown.unregister(ws)
     ws.close(CLOSE_NORMAL)
 
 
@@ -90,9 +97,15 @@ def follow_sse(session_id: str) -> Response:
         last_write = time.monotonic()
         yield ": connected\n\n"
         try:
-            for event in streams.follow(
-                b.follower_redis, session_id, after, block_ms=b.settings.xread_block_ms
+            for event in streams.follow_reconnecting(
+                b.follower_redis,
+                session_id,
+                after,
+                block_ms=b.settings.xread_block_ms,
+                outage_max_s=b.settings.redis_outage_max_s,
             ):
+                if shutdown.is_stopping():
+                    return  # EventSource reconnects with Last-Event-ID, to another process
                 now = time.monotonic()
                 if event is None:
                     if now - last_write >= ping_s:

@@ -21,3 +21,21 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Behind Heroku's router or another proxy, trust its X-Forwarded-Proto for wss:// URLs.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+
+def post_worker_init(worker: object) -> None:
+    """On SIGTERM, tell followers to reconnect elsewhere before gunicorn drains them."""
+    import signal
+
+    import gevent
+
+    from api import shutdown
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: object) -> None:
+        gevent.spawn(shutdown.begin)
+        if callable(previous):
+            previous(signum, frame)  # type: ignore[arg-type]
+
+    signal.signal(signal.SIGTERM, on_term)

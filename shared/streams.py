@@ -9,9 +9,10 @@ the status in the same step as the event that causes it.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, cast
@@ -21,6 +22,8 @@ import redis
 from shared import keys
 from shared.errors import AppendRefused, BadCursor, IdempotencyConflict, SessionNotFound
 from shared.jobs import GenerationRequest
+
+log = logging.getLogger(__name__)
 
 
 class Status(StrEnum):
@@ -513,3 +516,41 @@ def follow(
         is_terminal = status in TERMINAL_STATUSES
         if not is_terminal:
             yield None
+
+
+def follow_reconnecting(
+    r: redis.Redis,
+    session_id: str,
+    after: str | None = None,
+    *,
+    block_ms: int,
+    outage_max_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[Event | None]:
+    """`follow`, riding out Redis restarts: on a connection error it waits with capped
+    backoff (yielding `None` ticks meanwhile) and continues from the last event it
+    delivered. Raises the Redis error once Redis has been unreachable for `outage_max_s`.
+    """
+    cursor = after
+    down_since: float | None = None
+    backoff_s = 0.1
+    while True:
+        try:
+            for event in follow(r, session_id, cursor, block_ms=block_ms):
+                if down_since is not None:
+                    log.info("follower of %s: Redis back", session_id)
+                    down_since, backoff_s = None, 0.1
+                if event is not None:
+                    cursor = event["id"]
+                yield event
+            return
+        except redis.ConnectionError as e:
+            now = time.monotonic()
+            if down_since is None:
+                down_since = now
+                log.warning("follower of %s: Redis unreachable (%s); retrying", session_id, e)
+            elif now - down_since > outage_max_s:
+                raise
+            yield None
+            sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 2.0)

@@ -33,7 +33,9 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     worker_concurrency=settings.worker_concurrency,
     worker_pool="threads",
-    # Otherwise late-acked tasks are handed out again while still running after a blip.
+    # Celery's advice for late-acked tasks after a broker blip. The threads pool cannot
+    # cancel a running task (Celery logs that it failed to), so a generation goes on
+    # through a Redis restart; a copy the broker hands out again finds its lease held.
     worker_cancel_long_running_tasks_on_connection_loss=True,
     worker_hijack_root_logger=False,
 )

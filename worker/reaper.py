@@ -112,15 +112,21 @@ class Reaper:
         self._stop.set()
 
     def _run(self) -> None:
-        interval_ms = int(self.settings.reaper_interval_s * 1000)
+        # Released after each pass, so workers with different intervals never starve each
+        # other; it expires by itself soon after, so a worker killed mid-pass stalls no one.
+        lock = self.r.lock(
+            keys.reaper_lock(), timeout=self.settings.reaper_interval_s + 1, blocking=False
+        )
         while not self._stop.wait(self.settings.reaper_interval_s):
             try:
-                if self.r.set(
-                    keys.reaper_lock(), self.name, nx=True, px=max(100, interval_ms - 50)
-                ):
+                if not lock.acquire(blocking=False):
+                    continue
+                try:
                     counts = reap_once(self.r, self.settings, self.enqueue)
-                    if any(counts[k] for k in ("requeued", "expired", "gave_up")):
-                        log.info("reaper pass: %s", counts)
+                finally:
+                    lock.release()
+                if any(counts[k] for k in ("requeued", "expired", "gave_up")):
+                    log.info("reaper pass: %s", counts)
             except redis.RedisError as e:
                 log.warning("reaper pass skipped: Redis unreachable (%s)", e)
             except Exception:
