@@ -24,9 +24,12 @@ class _SendAllSocket:
     under a lock keeps every frame whole and frames from interleaving.
     """
 
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: Any, send_timeout_s: float) -> None:
         self._sock = sock
         self._lock = threading.Lock()
+        # A client that stops reading fails our send after this long, instead of holding
+        # its handler (and a Redis connection) forever.
+        sock.settimeout(send_timeout_s)
 
     def send(self, data: bytes) -> int:
         with self._lock:
@@ -40,13 +43,14 @@ class _SendAllSocket:
 class _WholeFrames:
     """WSGI middleware that hands flask-sock a `_SendAllSocket`."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, send_timeout_s: float) -> None:
         self.app = app
+        self.send_timeout_s = send_timeout_s
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         for key in ("gunicorn.socket", "werkzeug.socket"):
             if key in environ and environ.get("HTTP_UPGRADE", "").lower() == "websocket":
-                environ[key] = _SendAllSocket(environ[key])
+                environ[key] = _SendAllSocket(environ[key], self.send_timeout_s)
         return self.app(environ, start_response)
 
 
@@ -65,7 +69,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(routes.bp)
     app.register_blueprint(follow.bp)
     follow.sock.init_app(app)
-    wsgi: Any = _WholeFrames(app.wsgi_app)
+    wsgi: Any = _WholeFrames(app.wsgi_app, settings.ws_send_timeout_s)
     if settings.trust_proxy_headers:
         wsgi = ProxyFix(wsgi, x_for=1, x_proto=1, x_host=1, x_port=1)
     app.wsgi_app = wsgi  # type: ignore[method-assign]

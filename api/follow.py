@@ -74,6 +74,11 @@ def follow_ws(ws: Any, session_id: str) -> None:
         return
     except ConnectionClosed:
         return
+    except OSError as e:  # the send timed out or the socket broke: a dead client
+        log.info("follower of %s dropped: %s", session_id, e)
+        ws.connected = False
+        ws.sock.close()
+        return
     finally:
         shutdown.unregister(ws)
     ws.close(CLOSE_NORMAL)

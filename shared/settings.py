@@ -104,6 +104,7 @@ class Settings:
     xread_block_ms: int = 5000
     sse_ping_s: float = 15.0
     ws_ping_s: float = 25.0
+    ws_send_timeout_s: float = 30.0
     redis_max_connections: int = 2000
     trust_proxy_headers: bool = False
 
@@ -191,6 +192,7 @@ class Settings:
             xread_block_ms=_int(env, "XREAD_BLOCK_MS", cls.xread_block_ms, minimum=100),
             sse_ping_s=_float(env, "SSE_PING_S", cls.sse_ping_s, minimum=0.1),
             ws_ping_s=_float(env, "WS_PING_S", cls.ws_ping_s, minimum=0.1),
+            ws_send_timeout_s=_float(env, "WS_SEND_TIMEOUT_S", cls.ws_send_timeout_s, minimum=0.1),
             redis_max_connections=_int(
                 env, "REDIS_MAX_CONNECTIONS", cls.redis_max_connections, minimum=4
             ),
