@@ -61,9 +61,8 @@ def main() -> None:
         worker.stop()
         redis_server.close()
 
-    print(
-        f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
+    machine = f"{platform.platform()}, {os.cpu_count()} cores"
+    print(f"machine: {machine}, Python {platform.python_version()}")
     print(f"redis-server: {redis_server.binary}")
     print(f"sessions: {args.sessions} one after another, {args.chunks} demo chunks each\n")
     print("| measure | median | min | max |")

@@ -1,0 +1,227 @@
+"""A chaos run: many sessions and followers while API, worker and Redis are knocked over.
+
+Used by the suite (small) and by `bench/soak.py` (large).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+import websocket
+
+from shared.localredis import LocalRedis
+from tests import client
+from tests.procs import Api, Worker
+
+TERMINAL = {"done", "error", "cancelled"}
+
+
+@dataclass
+class Report:
+    """What a chaos run saw."""
+
+    sessions: int = 0
+    followers: int = 0
+    reconnects: int = 0
+    faults: list[str] = field(default_factory=list)
+    recovery_s: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+    # Per session resumed by another worker: the pause its readers saw, in seconds.
+    takeover_pauses_s: list[float] = field(default_factory=list)
+    # The longest pause between two chunks of any session (worker kill or Redis restart).
+    longest_pause_s: float = 0.0
+
+
+class Cluster:
+    """The processes of a chaos run, replaced as they are killed."""
+
+    def __init__(self, env: dict[str, str], logs_dir: Any, redis_server: LocalRedis) -> None:
+        self.env = env
+        self.logs_dir = logs_dir
+        self.redis = redis_server
+        self.apis: list[Api] = []
+        self.workers: list[Worker] = []
+        self.lock = threading.Lock()
+        self.n = 0
+
+    def add_api(self) -> Api:
+        self.n += 1
+        api = Api(self.env, self.logs_dir, name=f"chaos-api{self.n}").start()
+        with self.lock:
+            self.apis.append(api)
+        return api
+
+    def add_worker(self) -> Worker:
+        self.n += 1
+        worker = Worker(self.env, self.logs_dir, name=f"chaos-w{self.n}").start()
+        self.workers.append(worker)
+        return worker
+
+    def live_apis(self) -> list[Api]:
+        with self.lock:
+            return [a for a in self.apis if a.proc and a.proc.poll() is None]
+
+    def stop(self) -> None:
+        for proc in [*self.apis, *self.workers]:
+            proc.stop(timeout_s=10)
+
+
+def follow_with_drops(
+    cluster: Cluster,
+    session_id: str,
+    kind: str,
+    rng: random.Random,
+    deadline: float,
+    report: Report,
+) -> list[dict[str, Any]]:
+    """Follow to the end, dropping the connection at random and resuming from the cursor."""
+    events: list[dict[str, Any]] = []
+    while not events or events[-1]["type"] not in TERMINAL:
+        if time.monotonic() > deadline:
+            report.problems.append(f"{session_id} {kind}: no end before the deadline")
+            return events
+        apis = cluster.live_apis()
+        if not apis:
+            time.sleep(0.1)
+            continue
+        api = rng.choice(apis)
+        after = events[-1]["id"] if events else None
+        budget = rng.randint(3, 60)
+        try:
+            if kind == "ws":
+                got = client.ws_follow(
+                    api.ws_url, session_id, after=after, max_events=budget, timeout_s=15
+                ).events
+            else:
+                got = client.sse_follow(
+                    api.url, session_id, after=after, max_events=budget, timeout_s=15
+                ).events
+        except (OSError, websocket.WebSocketException, requests.RequestException, AssertionError):
+            got = []
+            time.sleep(rng.uniform(0.05, 0.3))
+        events += got
+        report.reconnects += 1
+        if rng.random() < 0.3:
+            time.sleep(rng.uniform(0, 0.3))
+    return events
+
+
+def check(events: list[dict[str, Any]], text: dict[str, Any], label: str) -> list[str]:
+    """Everything a follower saw must be whole, in order, once, and equal `/text`."""
+    problems = []
+    ids = [tuple(map(int, e["id"].split("-"))) for e in events if "id" in e]
+    if ids != sorted(set(ids)):
+        problems.append(f"{label}: ids repeated or out of order")
+    indices = [e["index"] for e in events if e["type"] == "chunk"]
+    if indices != list(range(len(indices))):
+        problems.append(f"{label}: chunk indices not 0..n-1 exactly once")
+    if client.chunks_text(events) != text["text"]:
+        problems.append(f"{label}: text differs from /text")
+    if text["status"] != "completed" or not events or events[-1]["type"] != "done":
+        problems.append(
+            f"{label}: ended {text['status']} / {events[-1]['type'] if events else None}"
+        )
+    return problems
+
+
+def _ms(event: dict[str, Any]) -> int:
+    return int(event["id"].split("-")[0])
+
+
+def measure_pauses(events: list[dict[str, Any]], report: Report) -> None:
+    """Pauses between chunks, read off the entry ids (Redis millisecond timestamps)."""
+    chunks = [e for e in events if e["type"] == "chunk"]
+    gaps = [(_ms(b) - _ms(a)) / 1000 for a, b in itertools.pairwise(chunks)]
+    report.longest_pause_s = max([report.longest_pause_s, *gaps])
+    for resumed in (e for e in events if e["type"] == "status" and e["status"] == "resumed"):
+        before = [c for c in chunks if _ms(c) <= _ms(resumed)]
+        after = [c for c in chunks if _ms(c) >= _ms(resumed)]
+        if before and after:
+            report.takeover_pauses_s.append((_ms(after[0]) - _ms(before[-1])) / 1000)
+
+
+def run_chaos(
+    cluster: Cluster,
+    *,
+    sessions: int,
+    followers_per_session: int,
+    chunks: int,
+    seed: int,
+    redis_down_s: float,
+    deadline_s: float,
+) -> Report:
+    """Start sessions and followers, inject one API kill, one worker kill, one Redis restart."""
+    rng = random.Random(seed)
+    report = Report(sessions=sessions, followers=sessions * followers_per_session)
+    started = time.monotonic()
+    deadline = started + deadline_s
+    api0 = cluster.live_apis()[0]
+    ids = [
+        client.create(api0.url, prompt=f"chaos {seed} {n}", max_tokens=chunks)["sessionId"]
+        for n in range(sessions)
+    ]
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+
+    def follower(session_id: str, k: int) -> None:
+        kind = "sse" if k % 3 == 2 else "ws"
+        results[(session_id, k)] = follow_with_drops(
+            cluster, session_id, kind, random.Random(f"{seed}-{session_id}-{k}"), deadline, report
+        )
+
+    threads = [
+        threading.Thread(target=follower, args=(sid, k), daemon=True)
+        for sid in ids
+        for k in range(followers_per_session)
+    ]
+    for t in threads:
+        t.start()
+
+    def probe_ready(url_of: Any) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(url_of() + "/readyz", timeout=2).status_code == 200:
+                    return time.monotonic() - t0
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        return float("nan")
+
+    time.sleep(1.0)
+    victim = cluster.live_apis()[0]
+    victim.kill()
+    report.faults.append(f"kill -9 API {victim.name}")
+    t0 = time.monotonic()
+    cluster.add_api()
+    report.recovery_s["api_replaced"] = time.monotonic() - t0
+
+    time.sleep(1.0)
+    worker = rng.choice([w for w in cluster.workers if w.proc and w.proc.poll() is None])
+    worker.kill()
+    report.faults.append(f"kill -9 worker {worker.name}")
+    cluster.add_worker()
+
+    time.sleep(1.0)
+    cluster.redis.stop()
+    report.faults.append(f"Redis stopped for {redis_down_s} s")
+    time.sleep(redis_down_s)
+    cluster.redis.start()
+    report.recovery_s["redis_ready_after_start"] = probe_ready(lambda: cluster.live_apis()[0].url)
+
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()) + 5)
+    api = cluster.live_apis()[0]
+    for sid in ids:
+        text = client.text(api.url, sid)
+        for k in range(followers_per_session):
+            report.problems += check(results.get((sid, k), []), text, f"{sid}/{k}")
+        measure_pauses(results.get((sid, 0), []), report)
+    report.duration_s = time.monotonic() - started
+    return report
