@@ -14,7 +14,7 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
 from api import shutdown
-from api.backend import backend
+from api.backend import Backend, backend
 from api.routes import session_id_or_404
 from shared import keys, streams
 from shared.errors import BadCursor, SessionNotFound
@@ -39,6 +39,17 @@ def _error_frame(code: str, message: str) -> str:
     return _dumps({"type": "error", "error": {"code": code, "message": message}})
 
 
+def _events(b: Backend, session_id: str, after: str | None) -> Iterator[dict[str, Any] | None]:
+    """The session's events after `after`, riding out Redis restarts."""
+    return streams.follow_reconnecting(
+        b.follower_redis,
+        session_id,
+        after,
+        block_ms=b.settings.xread_block_ms,
+        outage_max_s=b.settings.redis_outage_max_s,
+    )
+
+
 @sock.route("/api/streams/<session_id>/ws")
 def follow_ws(ws: Any, session_id: str) -> None:
     """Send the events after `?after=`, then live ones, then close 1000."""
@@ -53,13 +64,7 @@ def follow_ws(ws: Any, session_id: str) -> None:
     try:
         if not keys.is_session_id(session_id):
             raise SessionNotFound(f"no session {session_id[:64]}")
-        for event in streams.follow_reconnecting(
-            b.follower_redis,
-            session_id,
-            after,
-            block_ms=b.settings.xread_block_ms,
-            outage_max_s=b.settings.redis_outage_max_s,
-        ):
+        for event in _events(b, session_id, after):
             if shutdown.is_stopping() or not ws.connected:
                 return
             if event is not None:
@@ -102,13 +107,7 @@ def follow_sse(session_id: str) -> Response:
         last_write = time.monotonic()
         yield ": connected\n\n"
         try:
-            for event in streams.follow_reconnecting(
-                b.follower_redis,
-                session_id,
-                after,
-                block_ms=b.settings.xread_block_ms,
-                outage_max_s=b.settings.redis_outage_max_s,
-            ):
+            for event in _events(b, session_id, after):
                 if shutdown.is_stopping():
                     return  # EventSource reconnects with Last-Event-ID, to another process
                 now = time.monotonic()

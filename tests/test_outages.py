@@ -30,11 +30,19 @@ def own_redis() -> Iterator[LocalRedis]:
     server.close()
 
 
-def follow_in_background(api: Api, session_id: str) -> tuple[threading.Thread, list[Any]]:
+def follow_in_background(
+    api: Api, session_id: str, kind: str = "ws"
+) -> tuple[threading.Thread, list[Any]]:
+    """Follow to the end in a thread; the result lands in the list."""
     out: list[Any] = []
-    thread = threading.Thread(
-        target=lambda: out.append(client.ws_follow(api.ws_url, session_id, timeout_s=60))
-    )
+
+    def follow() -> None:
+        if kind == "ws":
+            out.append(client.ws_follow(api.ws_url, session_id, timeout_s=60))
+        else:
+            out.append(client.sse_follow(api.url, session_id, timeout_s=60))
+
+    thread = threading.Thread(target=follow)
     thread.start()
     return thread, out
 
@@ -47,11 +55,7 @@ def test_redis_restart_loses_nothing_and_followers_continue(
     api = stack.api()
     session_id = client.create(api.url, prompt="through an outage", max_tokens=250)["sessionId"]
     ws_thread, ws_out = follow_in_background(api, session_id)
-    sse_out: list[Any] = []
-    sse_thread = threading.Thread(
-        target=lambda: sse_out.append(client.sse_follow(api.url, session_id, timeout_s=60))
-    )
-    sse_thread.start()
+    sse_thread, sse_out = follow_in_background(api, session_id, "sse")
     deadline = time.monotonic() + 10
     while client.info(api.url, session_id)["chunks"] < 30:
         assert time.monotonic() < deadline
@@ -82,11 +86,7 @@ def test_web_sigterm_closes_websockets_with_1012_and_ends_sse(api: Api, make_sta
     doomed = make_stack().api()
     session_id = client.create(api.url, prompt="redeploy", max_tokens=300)["sessionId"]
     ws_thread, ws_out = follow_in_background(doomed, session_id)
-    sse_out: list[Any] = []
-    sse_thread = threading.Thread(
-        target=lambda: sse_out.append(client.sse_follow(doomed.url, session_id, timeout_s=60))
-    )
-    sse_thread.start()
+    sse_thread, sse_out = follow_in_background(doomed, session_id, "sse")
     time.sleep(1)
     assert doomed.proc is not None
     started = time.monotonic()
