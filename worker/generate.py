@@ -9,11 +9,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 
 from shared import streams
 from shared.errors import AppendRefused, ProviderError
+from shared.jobs import GenerationRequest
 from shared.settings import Settings
 from worker.leases import Held, LeaseKeeper
 from worker.providers import is_demo_model
@@ -22,6 +24,7 @@ from worker.providers.base import Finished, Provider, Resume, TextDelta
 log = logging.getLogger(__name__)
 
 ProviderFor = Callable[[str, Settings], Provider]
+T = TypeVar("T")
 
 _BACKOFF_START_S = 0.05
 _BACKOFF_MAX_S = 2.0
@@ -129,6 +132,21 @@ class Sink:
         self._retry_at = 0.0
 
 
+def patiently(fn: Callable[[], T], session_id: str, settings: Settings) -> T:
+    """Call `fn`, retrying with capped backoff while Redis is unreachable (a restart)."""
+    started = time.monotonic()
+    backoff_s = _BACKOFF_START_S
+    while True:
+        try:
+            return fn()
+        except redis.ConnectionError as e:
+            if time.monotonic() - started > settings.redis_outage_max_s:
+                raise StoreUnavailable(f"Redis unreachable: {e}") from e
+            log.warning("session %s: Redis unreachable (%s); retrying", session_id, e)
+            time.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
+
+
 def may_resume(model: str, settings: Settings) -> bool:
     """Whether an answer of `model` can be continued by another attempt."""
     return is_demo_model(model) or settings.may_prefill(model)
@@ -153,7 +171,7 @@ def run(
     (the worker is shutting down), writes what it has, gives the lease up and calls
     `hand_over(session_id)` so another worker continues at once.
     """
-    state, held = keeper.acquire(session_id)
+    state, held = patiently(lambda: keeper.acquire(session_id), session_id, settings)
     if held is None:
         log.info("session %s not generated here: %s", session_id, state)
         return state
@@ -182,8 +200,8 @@ def _generate(
     ttl_s = settings.stream_ttl_s
     token = held.token
     attempt = int(token)
-    meta = streams.read_meta(r, session_id)
-    request = streams.read_request(r, session_id)
+    meta = patiently(lambda: streams.read_meta(r, session_id), session_id, settings)
+    request = GenerationRequest.from_json(meta["request"])
     sink = Sink(r, session_id, token, int(meta.get("chunks", 0)), settings)
     try:
         resume = None
@@ -201,16 +219,21 @@ def _generate(
                         ttl_s=ttl_s,
                     )
                     return "failed"
-                resume = Resume(sink.index, streams.read_text(r, session_id)[1])
-            streams.append_status(
-                r, session_id, "resumed", token=token, ttl_s=ttl_s, attempt=attempt
-            )
+                text = patiently(lambda: streams.read_text(r, session_id)[1], session_id, settings)
+                resume = Resume(sink.index, text)
+            status = "resumed"
+        else:
+            status = "running"
+        patiently(
+            lambda: streams.append_status(
+                r, session_id, status, token=token, ttl_s=ttl_s, attempt=attempt
+            ),
+            session_id,
+            settings,
+        )
+        if status == "resumed":
             log.info(
                 "session %s resumed (attempt %d, from chunk %d)", session_id, attempt, sink.index
-            )
-        else:
-            streams.append_status(
-                r, session_id, "running", token=token, ttl_s=ttl_s, attempt=attempt
             )
 
         def should_stop() -> bool:

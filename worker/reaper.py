@@ -58,9 +58,12 @@ def reap_once(r: redis.Redis, settings: Settings, enqueue: Enqueue) -> dict[str,
                 _requeue(r, session_id, queue or settings.celery_queue, enqueue)
                 counts["requeued"] += 1
             continue
-        # Running, and its lease expired: the worker that held it is gone.
-        if since_enqueued_ms < settings.lease_ttl_s * 1000:
-            continue  # handed out again recently; give a worker time to take it
+        # Running, and its lease expired: the worker that held it is gone. After a hand-out
+        # that no worker took yet (a backlog, a broker reconnecting), wait longer each time
+        # rather than pile copies into the queue.
+        wait_ms = settings.lease_ttl_s * 1000 * 2 ** min(int(requeues or 0), 4)
+        if since_enqueued_ms < wait_ms:
+            continue
         if int(attempt or 0) >= settings.max_attempts:
             _end(
                 r,
