@@ -68,9 +68,7 @@ class Worker(Proc):
                 "worker.app",
                 "worker",
                 "-P",
-                "threads",
-                "-c",
-                "50",
+                "threads",  # concurrency from WORKER_CONCURRENCY, as in production
                 "--loglevel",
                 "INFO",
                 "--without-mingle",

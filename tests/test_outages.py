@@ -80,6 +80,11 @@ def test_redis_restart_loses_nothing_and_followers_continue(
     assert client.text(api.url, session_id)["text"] == expected
     assert requests.get(f"{api.url}/readyz", timeout=10).status_code == 200
     assert "Redis back" in "".join(w.log() for w in stack.workers)
+    # The worker outlived its broker connection and takes new work.
+    assert all(w.proc and w.proc.poll() is None for w in stack.workers)
+    after = client.create(api.url, prompt="after the outage", max_tokens=5)["sessionId"]
+    assert client.wait_terminal(api.url, after, timeout_s=30)["status"] == "completed"
+    assert "Unrecoverable error" not in "".join(w.log() for w in stack.workers)
 
 
 def test_web_sigterm_closes_websockets_with_1012_and_ends_sse(api: Api, make_stack: Any) -> None:

@@ -33,10 +33,10 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     worker_concurrency=settings.worker_concurrency,
     worker_pool="threads",
-    # Celery's advice for late-acked tasks after a broker blip. The threads pool cannot
-    # cancel a running task (Celery logs that it failed to), so a generation goes on
-    # through a Redis restart; a copy the broker hands out again finds its lease held.
-    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # Keep generating through a broker blip: the threads pool cannot cancel a running task
+    # (Celery 5.6 fails the consumer when it tries), and a copy the broker hands out again
+    # after the blip finds the session's lease held and stands down.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_hijack_root_logger=False,
 )
 
