@@ -104,9 +104,12 @@ def _retry_after_s(response: requests.Response) -> float | None:
         return None
 
 
-def _status_error(response: requests.Response) -> ProviderError:
+def _status_error(response: requests.Response, api_key: str) -> ProviderError:
     status = response.status_code
-    message = f"The provider answered {status}: {_error_message(response)}"
+    reason = _error_message(response)
+    if api_key:
+        reason = reason.replace(api_key, "[redacted]")  # some providers echo the key back
+    message = f"The provider answered {status}: {reason}"
     if status == 429:
         return ProviderRateLimited(message, retry_after_s=_retry_after_s(response))
     if status in (401, 403):
@@ -228,7 +231,7 @@ class ChatCompletionsProvider:
         # until bytes arrive (psf/requests#5372).
         with response:
             if response.status_code != 200:
-                raise _status_error(response)
+                raise _status_error(response, s.provider_api_key)
             yield from self._read(response, should_stop)
 
     def _read(self, response: requests.Response, should_stop: ShouldStop) -> Iterator[StreamItem]:
