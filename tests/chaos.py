@@ -83,6 +83,7 @@ def follow_with_drops(
 ) -> list[dict[str, Any]]:
     """Follow to the end, dropping the connection at random and resuming from the cursor."""
     events: list[dict[str, Any]] = []
+    failures = 0
     while not events or events[-1]["type"] not in TERMINAL:
         if time.monotonic() > deadline:
             report.problems.append(f"{session_id} {kind}: no end before the deadline")
@@ -104,8 +105,13 @@ def follow_with_drops(
                     api.url, session_id, after=after, max_events=budget, timeout_s=15
                 ).events
         except (OSError, websocket.WebSocketException, requests.RequestException, AssertionError):
+            # As a real client does: exponential backoff with jitter, so that a struggling
+            # server is not met by every follower retrying at once.
             got = []
-            time.sleep(rng.uniform(0.05, 0.3))
+            failures += 1
+            time.sleep(rng.uniform(0.5, 1.0) * min(5.0, 0.2 * 2**failures))
+        else:
+            failures = 0
         events += got
         report.reconnects += 1
         if rng.random() < 0.3:

@@ -30,10 +30,18 @@ def reap_once(r: redis.Redis, settings: Settings, enqueue: Enqueue) -> dict[str,
             Any,
             r.hmget(
                 keys.meta(session_id),
-                ["status", "attempt", "enqueued_ms", "created_ms", "requeues", "queue"],
+                [
+                    "status",
+                    "attempt",
+                    "enqueued_ms",
+                    "created_ms",
+                    "requeues",
+                    "queue",
+                    "updated_ms",
+                ],
             ),
         )
-        status, attempt, enqueued_ms, created_ms, requeues, queue = fields
+        status, attempt, enqueued_ms, created_ms, requeues, queue, updated_ms = fields
         if status is None or status in streams.TERMINAL_STATUSES:
             r.zrem(keys.active(), session_id)
             counts["dropped"] += 1
@@ -57,6 +65,10 @@ def reap_once(r: redis.Redis, settings: Settings, enqueue: Enqueue) -> dict[str,
             ):
                 _requeue(r, session_id, queue or settings.celery_queue, enqueue)
                 counts["requeued"] += 1
+            continue
+        # Running with no lease key, but written to within a lease: its worker lives and lost
+        # the key to a Redis restart (it re-creates it on its next renewal).
+        if now - int(updated_ms or 0) < settings.lease_ttl_s * 1000:
             continue
         # Running, and its lease expired: the worker that held it is gone. After a hand-out
         # that no worker took yet (a backlog, a broker reconnecting), wait longer each time
