@@ -1,7 +1,7 @@
 """A larger chaos soak: hundreds of sessions, followers that drop at random, and one API
 kill -9, one worker kill -9 and one Redis restart during the run.
 
-    .venv/bin/python -m bench.soak [--sessions 300] [--followers 3] [--chunks 400]
+    .venv/bin/python -m bench.soak [--sessions 200] [--followers 3] [--chunks 600] [--rate 20]
 
 Prints the figures as Markdown for docs/RELIABILITY.md.
 """
@@ -23,12 +23,13 @@ from tests.procs import child_env
 def main() -> None:
     """Run the soak and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sessions", type=int, default=300)
+    parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--followers", type=int, default=3)
-    parser.add_argument("--chunks", type=int, default=400)
+    parser.add_argument("--chunks", type=int, default=600)
     parser.add_argument("--redis-down-s", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fault-gap-s", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=20.0, help="demo chunks/s per session")
     args = parser.parse_args()
 
     logs = Path(tempfile.mkdtemp(prefix="rstreams-soak-"))
@@ -39,7 +40,7 @@ def main() -> None:
         LEASE_TTL_S="5",
         REAPER_INTERVAL_S="1",
         MAX_ATTEMPTS="6",
-        DEMO_TOKENS_PER_S="40",
+        DEMO_TOKENS_PER_S=str(args.rate),
         XREAD_BLOCK_MS="1000",
         WORKER_CONCURRENCY="400",
         REDIS_MAX_CONNECTIONS="4000",
@@ -69,7 +70,7 @@ def main() -> None:
     print(
         f"command: python -m bench.soak --sessions {args.sessions} --followers {args.followers} "
         f"--chunks {args.chunks} --redis-down-s {args.redis_down_s} --seed {args.seed} "
-        f"--fault-gap-s {args.fault_gap_s}\n"
+        f"--fault-gap-s {args.fault_gap_s} --rate {args.rate}\n"
     )
     print("| figure | value |\n|---|---|")
     print(f"| sessions | {report.sessions} ({args.chunks} chunks each) |")
