@@ -8,6 +8,7 @@ from celery import Celery
 from flask import current_app
 from redis import Redis
 
+from api.hub import Hub
 from shared.jobs import make_celery
 from shared.redisconn import connect
 from shared.settings import Settings
@@ -23,20 +24,25 @@ class Backend:
     redis: Redis
     follower_redis: Redis
     celery: Celery
+    # One Redis reader for all followers of this process (None: one blocking read each).
+    hub: Hub | None
 
     @classmethod
     def build(cls, settings: Settings) -> Backend:
         """Clients for `settings`."""
+        # Blocking readers need a socket timeout that outlasts their block.
+        follower_redis = connect(
+            settings.redis_url,
+            socket_timeout_s=settings.xread_block_ms / 1000 + 5,
+            # With the hub, its reader is the only blocking client; without, one per follower.
+            max_connections=2 if settings.follower_hub else settings.follower_max_connections,
+        )
         return cls(
             settings=settings,
             redis=connect(settings.redis_url, max_connections=settings.redis_max_connections),
-            # Followers block in XREAD; their socket timeout must outlast the block.
-            follower_redis=connect(
-                settings.redis_url,
-                socket_timeout_s=settings.xread_block_ms / 1000 + 5,
-                max_connections=settings.redis_max_connections,
-            ),
+            follower_redis=follower_redis,
             celery=make_celery(settings, "rstreams-api"),
+            hub=Hub(follower_redis, settings.xread_block_ms) if settings.follower_hub else None,
         )
 
 

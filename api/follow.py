@@ -13,7 +13,7 @@ from flask import Blueprint, Response, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from api import shutdown
+from api import hub, shutdown
 from api.backend import Backend, backend
 from api.routes import session_id_or_404
 from shared import keys, streams
@@ -41,12 +41,15 @@ def _error_frame(code: str, message: str) -> str:
 
 def _events(b: Backend, session_id: str, after: str | None) -> Iterator[dict[str, Any] | None]:
     """The session's events after `after`, riding out Redis restarts."""
+    block_ms = b.settings.xread_block_ms
+
+    def open_follow(cursor: str | None) -> Iterator[dict[str, Any] | None]:
+        if b.hub is not None:
+            return hub.follow(b.hub, b.redis, session_id, cursor, block_ms=block_ms)
+        return streams.follow(b.follower_redis, session_id, cursor, block_ms=block_ms)
+
     return streams.follow_reconnecting(
-        b.follower_redis,
-        session_id,
-        after,
-        block_ms=b.settings.xread_block_ms,
-        outage_max_s=b.settings.redis_outage_max_s,
+        open_follow, session_id, after, outage_max_s=b.settings.redis_outage_max_s
     )
 
 

@@ -105,8 +105,10 @@ class Settings:
     sse_ping_s: float = 15.0
     ws_ping_s: float = 25.0
     ws_send_timeout_s: float = 30.0
-    redis_max_connections: int = 2000
+    redis_max_connections: int = 16
+    follower_max_connections: int = 2000
     trust_proxy_headers: bool = False
+    follower_hub: bool = True
 
     @property
     def has_provider_key(self) -> bool:
@@ -194,9 +196,13 @@ class Settings:
             ws_ping_s=_float(env, "WS_PING_S", cls.ws_ping_s, minimum=0.1),
             ws_send_timeout_s=_float(env, "WS_SEND_TIMEOUT_S", cls.ws_send_timeout_s, minimum=0.1),
             redis_max_connections=_int(
-                env, "REDIS_MAX_CONNECTIONS", cls.redis_max_connections, minimum=4
+                env, "REDIS_MAX_CONNECTIONS", cls.redis_max_connections, minimum=2
+            ),
+            follower_max_connections=_int(
+                env, "FOLLOWER_MAX_CONNECTIONS", cls.follower_max_connections, minimum=2
             ),
             trust_proxy_headers=_bool(env, "TRUST_PROXY_HEADERS", cls.trust_proxy_headers),
+            follower_hub=_bool(env, "FOLLOWER_HUB", cls.follower_hub),
         )
         if not settings.is_model_allowed(settings.default_model):
             raise ConfigError(

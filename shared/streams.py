@@ -452,7 +452,8 @@ def decode_event(entry_id: str, fields: dict[str, str]) -> Event:
     return event
 
 
-def _entries(response: Any) -> list[tuple[str, dict[str, str]]]:
+def xread_entries(response: Any) -> list[tuple[str, dict[str, str]]]:
+    """The entries of an XREAD answer for one stream, in order."""
     # RESP2 answers XREAD with [[key, entries]], RESP3 with {key: [entries]}.
     if not response:
         return []
@@ -499,7 +500,7 @@ def follow(
     while True:
         # A terminal session gets no more entries: read what is left without blocking.
         response = r.xread({key: cursor}, count=count, block=None if is_terminal else block_ms)
-        entries = _entries(response)
+        entries = xread_entries(response)
         for entry_id, fields in entries:
             event = decode_event(entry_id, fields)
             cursor = entry_id
@@ -519,24 +520,24 @@ def follow(
 
 
 def follow_reconnecting(
-    r: redis.Redis,
+    open_follow: Callable[[str | None], Iterator[Event | None]],
     session_id: str,
     after: str | None = None,
     *,
-    block_ms: int,
     outage_max_s: float,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[Event | None]:
-    """`follow`, riding out Redis restarts: on a connection error it waits with capped
-    backoff (yielding `None` ticks meanwhile) and continues from the last event it
-    delivered. Raises the Redis error once Redis has been unreachable for `outage_max_s`.
+    """Follow with `open_follow(cursor)` (`follow` or the API's hub), riding out Redis
+    restarts: on a connection error it waits with capped backoff (yielding `None` ticks
+    meanwhile) and opens again from the last event it delivered. Raises the Redis error
+    once Redis has been unreachable for `outage_max_s`.
     """
     cursor = after
     down_since: float | None = None
     backoff_s = 0.1
     while True:
         try:
-            for event in follow(r, session_id, cursor, block_ms=block_ms):
+            for event in open_follow(cursor):
                 if down_since is not None:
                     log.info("follower of %s: Redis back", session_id)
                     down_since, backoff_s = None, 0.1

@@ -1,0 +1,242 @@
+"""One Redis reader per API process for every live follower in it.
+
+Followers first catch up from their own cursor with non-blocking reads, then subscribe:
+the hub's reader runs one `XREAD BLOCK` over every followed stream (plus a wake-up
+stream of its own, so a new stream is read at once) and hands each batch to the
+followers' bounded queues. A follower whose queue overflows leaves the hub, catches up
+from Redis with its own cursor and subscribes again, so a slow client never holds the
+others back. Redis connections per process stay at one for the hub, plus the pool's few
+for catch-up reads, however many followers there are.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Generator, Iterator
+from typing import Any, cast
+
+import redis
+
+from shared import keys, streams
+from shared.errors import SessionNotFound
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[str, dict[str, str]]
+_BEHIND = object()
+
+
+def id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a sortable pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class Subscription:
+    """One follower's queue of entries from the hub."""
+
+    def __init__(self, key: str, max_entries: int) -> None:
+        self.key = key
+        self.max_entries = max_entries
+        self.entries: deque[Entry] = deque()
+        self.is_behind = False
+        self.ready = threading.Event()
+
+    def push(self, entries: list[Entry]) -> None:
+        """Called by the hub's reader: queue a batch, or mark the follower behind."""
+        if self.is_behind:
+            return
+        if len(self.entries) + len(entries) > self.max_entries:
+            self.is_behind = True
+            self.entries.clear()
+        else:
+            self.entries.extend(entries)
+        self.ready.set()
+
+    def take(self, timeout_s: float) -> list[Entry] | object | None:
+        """Everything queued; `_BEHIND` if the queue overflowed; None after `timeout_s`."""
+        if not self.entries and not self.is_behind:
+            self.ready.wait(timeout_s)
+        self.ready.clear()
+        if self.is_behind:
+            return _BEHIND
+        if not self.entries:
+            return None
+        batch = list(self.entries)
+        self.entries.clear()
+        return batch
+
+
+class Hub:
+    """The per-process reader; `follow` is what handlers use."""
+
+    def __init__(self, r: redis.Redis, block_ms: int, max_queue: int = 2000) -> None:
+        # `r` must have a socket timeout above `block_ms`.
+        self.r = r
+        self.block_ms = block_ms
+        self.max_queue = max_queue
+        self.wake_key = f"{keys.PREFIX}:hub:{uuid.uuid4().hex}"
+        self._wake_cursor = "0-0"
+        self._cursors: dict[str, str] = {}
+        self._subs: dict[str, set[Subscription]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def subscribe(self, session_id: str, cursor: str) -> Subscription:
+        """Start receiving the entries the hub reads from now on for a session.
+
+        A stream the hub already reads keeps its position; a new one is read from
+        `cursor`. The follower reads once more from its own cursor after subscribing, so
+        nothing between its last read and the hub's position is missed.
+        """
+        key = keys.events(session_id)
+        sub = Subscription(key, self.max_queue)
+        with self._lock:
+            is_new = key not in self._subs
+            self._subs.setdefault(key, set()).add(sub)
+            if is_new:
+                self._cursors[key] = cursor
+            self._start()
+        if is_new:
+            self._wake()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Stop delivering to `sub`."""
+        with self._lock:
+            subs = self._subs.get(sub.key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[sub.key]
+                    self._cursors.pop(sub.key, None)
+
+    def followers(self) -> int:
+        """How many followers the hub serves now."""
+        with self._lock:
+            return sum(len(s) for s in self._subs.values())
+
+    def _wake(self) -> None:
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.xadd(self.wake_key, {"w": "1"}, maxlen=10, approximate=True)
+            pipe.expire(self.wake_key, 3600)
+            pipe.execute()
+        except redis.RedisError as e:
+            log.debug("hub wake-up not sent (%s); the next read picks the stream up", e)
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="follower-hub", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        backoff_s = 0.1
+        while True:
+            with self._lock:
+                if not self._subs:
+                    self._thread = None
+                    return
+                wanted = dict(self._cursors)
+            wanted[self.wake_key] = self._wake_cursor
+            try:
+                response = self.r.xread(cast(Any, wanted), count=500, block=self.block_ms)
+                backoff_s = 0.1
+            except redis.RedisError as e:
+                # Followers see the outage themselves when they check their session.
+                log.warning("follower hub: Redis read failed (%s); retrying", e)
+                time.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 2.0)
+                continue
+            for key, entries in _by_key(response):
+                if not entries:
+                    continue
+                if key == self.wake_key:
+                    self._wake_cursor = entries[-1][0]
+                    continue
+                with self._lock:
+                    if key not in self._subs:
+                        continue
+                    self._cursors[key] = max(
+                        self._cursors.get(key, "0-0"), entries[-1][0], key=id_key
+                    )
+                    subs = list(self._subs[key])
+                for sub in subs:
+                    sub.push(entries)
+
+
+def _by_key(response: Any) -> list[tuple[str, list[Entry]]]:
+    # RESP2 answers XREAD with [[key, entries]], RESP3 with {key: [entries]}.
+    if not response:
+        return []
+    if isinstance(response, dict):
+        return [(k, [e for batch in v for e in batch]) for k, v in response.items()]
+    return [(k, list(v)) for k, v in response]
+
+
+def _catch_up(
+    r: redis.Redis, key: str, cursor: str
+) -> Generator[streams.Event, None, tuple[str, bool]]:
+    """Yield what Redis has after `cursor`; returns (the new cursor, whether it ended)."""
+    while True:
+        entries = streams.xread_entries(r.xread({key: cursor}, count=500))
+        for entry_id, fields in entries:
+            event = streams.decode_event(entry_id, fields)
+            cursor = entry_id
+            yield event
+            if event["type"] in streams.TERMINAL_EVENTS:
+                return cursor, True
+        if len(entries) < 500:
+            return cursor, False
+
+
+def follow(
+    hub: Hub, r: redis.Redis, session_id: str, after: str | None, *, block_ms: int
+) -> Iterator[streams.Event | None]:
+    """Like `streams.follow`, but live entries come through the process's hub.
+
+    Yields `None` when `block_ms` passes with nothing new. Raises `SessionNotFound` if the
+    session does not exist or vanishes while followed.
+    """
+    key = keys.events(session_id)
+    cursor = after or "0-0"
+    status = r.hget(keys.meta(session_id), "status")
+    if status is None:
+        raise SessionNotFound(f"no session {session_id}")
+    while True:
+        # The backlog, or what we missed after falling behind: from Redis, our own cursor.
+        cursor, ended = yield from _catch_up(r, key, cursor)
+        if ended or status in streams.TERMINAL_STATUSES:
+            return
+        sub = hub.subscribe(session_id, cursor)
+        try:
+            cursor, ended = yield from _catch_up(r, key, cursor)
+            if ended:
+                return
+            while True:
+                batch = sub.take(block_ms / 1000)
+                if batch is _BEHIND:
+                    break  # catch up on our own, then join again
+                if batch is None:
+                    status = r.hget(keys.meta(session_id), "status")
+                    if status is None:
+                        raise SessionNotFound(f"session {session_id} expired or was deleted")
+                    if status in streams.TERMINAL_STATUSES:
+                        break  # the catch-up drains what is left and ends
+                    yield None
+                    continue
+                assert isinstance(batch, list)
+                for entry_id, fields in batch:
+                    if id_key(entry_id) <= id_key(cursor):
+                        continue  # already read while catching up
+                    event = streams.decode_event(entry_id, fields)
+                    cursor = entry_id
+                    yield event
+                    if event["type"] in streams.TERMINAL_EVENTS:
+                        return
+        finally:
+            hub.unsubscribe(sub)
