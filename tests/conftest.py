@@ -61,6 +61,14 @@ def redis_server() -> Iterator[RedisUnderTest]:
         server.container.stop()
 
 
+@pytest.fixture
+def own_redis() -> Iterator[LocalRedis]:
+    """A Redis of this test's own, which it may stop and start again (append-only file on)."""
+    server = LocalRedis().start()
+    yield server
+    server.close()
+
+
 @pytest.fixture(scope="session")
 def r(redis_server: RedisUnderTest) -> Iterator[redis.Redis]:
     """A client of the test Redis."""

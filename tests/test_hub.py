@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -83,13 +82,6 @@ def test_many_followers_share_one_reader(
         t.join(10)
     assert all(res == results[0] for res in results)
     assert [e["index"] for e in results[0] if e["type"] == "chunk"] == list(range(20))
-
-
-@pytest.fixture
-def own_redis() -> Iterator[LocalRedis]:
-    server = LocalRedis().start()
-    yield server
-    server.close()
 
 
 def test_redis_connections_do_not_grow_with_followers(

@@ -8,10 +8,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import redis
 import requests
 
@@ -20,14 +18,6 @@ from shared.localredis import LocalRedis
 from tests import client
 from tests.procs import Api
 from worker.providers.demo import demo_text
-
-
-@pytest.fixture
-def own_redis() -> Iterator[LocalRedis]:
-    """A Redis that this test may stop and start again (append-only file on)."""
-    server = LocalRedis().start()
-    yield server
-    server.close()
 
 
 def follow_in_background(
