@@ -7,7 +7,8 @@ creates the sessions, connects every follower (WebSocket) before any worker runs
 starts one worker with the demo provider at `--rate` chunks/s, so every chunk is
 delivered live. Latency is the client's receive time minus the chunk's stream id (a
 Redis millisecond timestamp on the same machine), so it has 1 ms resolution. Prints a
-Markdown table with p50/p99/max, losses and the API process's CPU and Redis connections.
+Markdown table with p50/p99/max, losses, deliveries per second from the worker's start
+to the last delivery, and the API process's CPU and Redis connections.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def cpu_s(pid: int) -> float:
     return total / TICKS
 
 
-def follow(url: str, latencies: list[float], counts: list[int], i: int) -> None:
+def follow(
+    url: str, latencies: list[float], counts: list[int], i: int, last_ms: list[float]
+) -> None:
     """Receive until the terminal event, recording each chunk's latency."""
     ws = websocket.create_connection(url, timeout=60)
     try:
@@ -61,6 +64,7 @@ def follow(url: str, latencies: list[float], counts: list[int], i: int) -> None:
             if event["type"] == "chunk":
                 latencies.append(now_ms - int(event["id"].split("-")[0]))
                 counts[i] += 1
+                last_ms[i] = now_ms
             elif event["type"] in ("done", "error", "cancelled"):
                 return
     except websocket.WebSocketException:
@@ -88,10 +92,17 @@ def run_load(sessions: int, followers: int, args: argparse.Namespace, logs: Path
         ]
         latencies: list[float] = []
         counts = [0] * (sessions * followers)
+        last_ms = [0.0] * (sessions * followers)
         threads = [
             threading.Thread(
                 target=follow,
-                args=(f"{api.ws_url}/api/streams/{sid}/ws", latencies, counts, s * followers + k),
+                args=(
+                    f"{api.ws_url}/api/streams/{sid}/ws",
+                    latencies,
+                    counts,
+                    s * followers + k,
+                    last_ms,
+                ),
                 daemon=True,
             )
             for s, sid in enumerate(ids)
@@ -103,6 +114,7 @@ def run_load(sessions: int, followers: int, args: argparse.Namespace, logs: Path
         redis_clients = int(redis.Redis.from_url(server.url).info("clients")["connected_clients"])
         assert api.proc is not None
         cpu_before, wall_before = cpu_s(api.proc.pid), time.monotonic()
+        started_ms = time.time() * 1000
         worker = Worker(env, logs, name=f"worker-{sessions}x{followers}").start()
         for t in threads:
             t.join(args.chunks / args.rate + 60)
@@ -116,7 +128,7 @@ def run_load(sessions: int, followers: int, args: argparse.Namespace, logs: Path
             "p50": q[49],
             "p99": q[98],
             "max": max(latencies, default=0),
-            "per_s": len(latencies) / (args.chunks / args.rate),
+            "per_s": len(latencies) / max(0.001, (max(last_ms) - started_ms) / 1000),
             "api_cpu": cpu,
             "redis_clients": redis_clients,
         }
