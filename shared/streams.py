@@ -435,11 +435,6 @@ def info(r: redis.Redis, session_id: str) -> dict[str, Any]:
     return out
 
 
-def read_request(r: redis.Redis, session_id: str) -> GenerationRequest:
-    """The stored generation request of a session."""
-    return GenerationRequest.from_json(read_meta(r, session_id)["request"])
-
-
 def decode_event(entry_id: str, fields: dict[str, str]) -> Event:
     """A stream entry as the contract's event frame."""
     etype = fields.get(F_TYPE, "")

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 
 import redis
 
@@ -44,7 +45,6 @@ class LeaseKeeper:
         self._held: dict[str, Held] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
 
     def acquire(self, session_id: str) -> tuple[str, Held | None]:
         """Take the session's lease: ("ok", Held) or (why not: held/terminal/not_found, None)."""
@@ -82,9 +82,6 @@ class LeaseKeeper:
                 log.warning("could not renew lease of %s: %s", h.session_id, e)
 
     def _run(self) -> None:
-        while not self._stopping.wait(self.interval_s):
+        while True:
+            time.sleep(self.interval_s)
             self.renew_all()
-
-    def stop(self) -> None:
-        """Stop the renewing thread."""
-        self._stopping.set()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -115,16 +116,11 @@ class Reaper:
         self.settings = settings
         self.enqueue = enqueue
         self.name = name
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reaper", daemon=True)
 
     def start(self) -> None:
         """Start the background thread."""
         self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the current pass."""
-        self._stop.set()
 
     def _run(self) -> None:
         # Released after each pass, so workers with different intervals never starve each
@@ -132,7 +128,8 @@ class Reaper:
         lock = self.r.lock(
             keys.reaper_lock(), timeout=self.settings.reaper_interval_s + 1, blocking=False
         )
-        while not self._stop.wait(self.settings.reaper_interval_s):
+        while True:
+            time.sleep(self.settings.reaper_interval_s)
             try:
                 if not lock.acquire(blocking=False):
                     continue
