@@ -139,6 +139,51 @@ def run_load(sessions: int, followers: int, args: argparse.Namespace, logs: Path
         server.close()
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of `pid` and its children, in MB."""
+    pids = [pid] + [
+        int(p)
+        for p in subprocess.run(
+            ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+    ]
+    total_kb = 0
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total_kb += int(line.split()[1])
+    return total_kb / 1024
+
+
+def idle_load(n: int, args: argparse.Namespace, logs: Path) -> None:
+    """`n` WebSocket followers of sessions no worker generates: the API's memory and
+    Redis connections while they wait."""
+    server = LocalRedis().start()
+    env = child_env(REDIS_URL=server.url, FOLLOWER_HUB=args.hub, WEB_WORKER_CONNECTIONS="5000")
+    api = Api(env, logs, name=f"api-idle-{n}").start()
+    try:
+        assert api.proc is not None
+        rss_before = rss_mb(api.proc.pid)
+        ids = [client.create(api.url, prompt=f"idle {k}")["sessionId"] for k in range(n // 10)]
+        sockets = []
+        for k in range(n):
+            ws = websocket.create_connection(f"{api.ws_url}/api/streams/{ids[k % len(ids)]}/ws")
+            ws.recv()  # the queued status: this follower is live and waiting
+            sockets.append(ws)
+        time.sleep(3)
+        info = redis.Redis.from_url(server.url).info("clients")
+        print(
+            f"| {n} idle WebSocket followers, hub {args.hub} | API RSS {rss_before:.0f} MB "
+            f"before, {rss_mb(api.proc.pid):.0f} MB with them | Redis connections "
+            f"{int(info['connected_clients']) - 1} |"
+        )
+        for ws in sockets:
+            ws.close()
+    finally:
+        api.stop()
+        server.close()
+
+
 def main() -> None:
     """Run every load and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -146,8 +191,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--chunks", type=int, default=250)
     parser.add_argument("--loads", default="1x1,100x1,100x10")
+    parser.add_argument("--idle", type=int, default=0, help="only measure N idle followers")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="rstreams-followers-"))
+    if args.idle:
+        idle_load(args.idle, args, logs)
+        return
     rows = []
     for load in args.loads.split(","):
         sessions, followers = (int(x) for x in load.split("x"))
