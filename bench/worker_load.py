@@ -1,0 +1,99 @@
+"""Can one worker process carry N concurrent demo generations with chunks on time?
+
+    .venv/bin/python -m bench.worker_load [--sessions 500] [--rate 20] [--chunks 200]
+
+Starts its own redis-server and one worker process (threads pool, WORKER_CONCURRENCY =
+sessions), stores N sessions and enqueues them at once through the API's job contract,
+then reads every session's stream: chunk i should be written `i / rate` seconds after
+chunk 0. Lateness is the entry id's time (a Redis millisecond timestamp) minus that
+schedule. Prints a Markdown row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+from nanoid import generate as nanoid
+
+from shared import keys, streams
+from shared.jobs import GenerationRequest, Message, enqueue, make_celery
+from shared.localredis import LocalRedis
+from shared.settings import Settings
+from tests.procs import Worker, child_env
+
+
+def main() -> None:
+    """Run the load and print the row."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=20)
+    parser.add_argument("--chunks", type=int, default=200)
+    args = parser.parse_args()
+    server = LocalRedis().start()
+    env = child_env(
+        REDIS_URL=server.url,
+        DEMO_TOKENS_PER_S=str(args.rate),
+        WORKER_CONCURRENCY=str(args.sessions),
+    )
+    worker = Worker(env, Path(tempfile.mkdtemp(prefix="rstreams-wload-"))).start()
+    r = redis.Redis.from_url(server.url, decode_responses=True)
+    settings = Settings.from_env(env)
+    celery = make_celery(settings)
+    try:
+        ids = []
+        for n in range(args.sessions):
+            session_id = nanoid()
+            request = GenerationRequest(
+                model="demo", messages=(Message("user", f"load {n}"),), max_tokens=args.chunks
+            )
+            streams.create_session(r, session_id, request, queue=settings.celery_queue)
+            ids.append(session_id)
+        for session_id in ids:
+            enqueue(celery, session_id, settings.celery_queue)
+        deadline = time.monotonic() + args.chunks / args.rate + 120
+        while any(r.hget(keys.meta(s), "status") not in ("completed", "failed") for s in ids):
+            assert time.monotonic() < deadline, "generations did not finish"
+            time.sleep(0.5)
+        lateness, starts, failed = [], [], 0
+        for session_id in ids:
+            if r.hget(keys.meta(session_id), "status") != "completed":
+                failed += 1
+                continue
+            chunk_ms = [
+                int(entry_id.split("-")[0])
+                for entry_id, fields in r.xrange(keys.events(session_id))
+                if fields.get("t") == "chunk"
+            ]
+            starts.append(chunk_ms[0])
+            lateness += [ms - (chunk_ms[0] + i * 1000 / args.rate) for i, ms in enumerate(chunk_ms)]
+        spread_s = (max(starts) - min(starts)) / 1000
+    finally:
+        worker.stop()
+        server.close()
+    q = statistics.quantiles(lateness, n=100)
+    machine = f"{platform.platform()}, {os.cpu_count()} cores"
+    print(f"machine: {machine}, Python {platform.python_version()}")
+    print(
+        f"command: python -m bench.worker_load --sessions {args.sessions} --rate {args.rate} "
+        f"--chunks {args.chunks}\n"
+    )
+    print(
+        "| sessions | chunks/s each | failed | starts spread (s) | lateness p50 ms "
+        "| p99 ms | max ms |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    print(
+        f"| {args.sessions} | {args.rate:g} | {failed} | {spread_s:.1f} | {q[49]:.0f} | "
+        f"{q[98]:.0f} | {max(lateness):.0f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
