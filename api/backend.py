@@ -36,10 +36,15 @@ class Backend:
             socket_timeout_s=settings.xread_block_ms / 1000 + 5,
             # With the hub, its reader is the only blocking client; without, one per follower.
             max_connections=2 if settings.follower_hub else settings.follower_max_connections,
+            name="rstreams-api-follow",
         )
         return cls(
             settings=settings,
-            redis=connect(settings.redis_url, max_connections=settings.redis_max_connections),
+            redis=connect(
+                settings.redis_url,
+                max_connections=settings.redis_max_connections,
+                name="rstreams-api",
+            ),
             follower_redis=follower_redis,
             celery=make_celery(settings, "rstreams-api"),
             hub=Hub(follower_redis, settings.xread_block_ms) if settings.follower_hub else None,

@@ -45,16 +45,18 @@ class Subscription:
         self.entries: deque[Entry] = deque()
         self.is_behind = False
         self.ready = threading.Event()
+        self._lock = threading.Lock()
 
     def push(self, entries: list[Entry]) -> None:
         """Called by the hub's reader: queue a batch, or mark the follower behind."""
-        if self.is_behind:
-            return
-        if len(self.entries) + len(entries) > self.max_entries:
-            self.is_behind = True
-            self.entries.clear()
-        else:
-            self.entries.extend(entries)
+        with self._lock:
+            if self.is_behind:
+                return
+            if len(self.entries) + len(entries) > self.max_entries:
+                self.is_behind = True
+                self.entries.clear()
+            else:
+                self.entries.extend(entries)
         self.ready.set()
 
     def take(self, timeout_s: float) -> list[Entry] | object | None:
@@ -62,12 +64,13 @@ class Subscription:
         if not self.entries and not self.is_behind:
             self.ready.wait(timeout_s)
         self.ready.clear()
-        if self.is_behind:
-            return _BEHIND
-        if not self.entries:
-            return None
-        batch = list(self.entries)
-        self.entries.clear()
+        with self._lock:
+            if self.is_behind:
+                return _BEHIND
+            if not self.entries:
+                return None
+            batch = list(self.entries)
+            self.entries.clear()
         return batch
 
 

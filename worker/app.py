@@ -61,7 +61,11 @@ def runtime() -> Runtime:
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            client = connect(settings.redis_url, max_connections=settings.worker_concurrency + 10)
+            client = connect(
+                settings.redis_url,
+                max_connections=settings.worker_concurrency + 10,
+                name="rstreams-worker",
+            )
             _runtime = Runtime(settings, client, LeaseKeeper(client, settings.lease_ttl_s))
         return _runtime
 
