@@ -38,16 +38,19 @@ class Backend:
             max_connections=2 if settings.follower_hub else settings.follower_max_connections,
             name="rstreams-api-follow",
         )
+        commands = connect(
+            settings.redis_url, max_connections=settings.redis_max_connections, name="rstreams-api"
+        )
         return cls(
             settings=settings,
-            redis=connect(
-                settings.redis_url,
-                max_connections=settings.redis_max_connections,
-                name="rstreams-api",
-            ),
+            redis=commands,
             follower_redis=follower_redis,
             celery=make_celery(settings, "rstreams-api"),
-            hub=Hub(follower_redis, settings.xread_block_ms) if settings.follower_hub else None,
+            hub=(
+                Hub(follower_redis, settings.xread_block_ms, commands=commands)
+                if settings.follower_hub
+                else None
+            ),
         )
 
 

@@ -77,9 +77,17 @@ class Subscription:
 class Hub:
     """The per-process reader; `follow` is what handlers use."""
 
-    def __init__(self, r: redis.Redis, block_ms: int, max_queue: int = 2000) -> None:
-        # `r` must have a socket timeout above `block_ms`.
+    def __init__(
+        self,
+        r: redis.Redis,
+        block_ms: int,
+        max_queue: int = 2000,
+        commands: redis.Redis | None = None,
+    ) -> None:
+        # `r` must have a socket timeout above `block_ms`; the reader holds one of its
+        # connections for good. Short writes (the wake-ups) go through `commands`.
         self.r = r
+        self.commands = commands or r
         self.block_ms = block_ms
         self.max_queue = max_queue
         self.wake_key = f"{keys.PREFIX}:hub:{uuid.uuid4().hex}"
@@ -125,7 +133,7 @@ class Hub:
 
     def _wake(self) -> None:
         try:
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self.commands.pipeline(transaction=False)
             pipe.xadd(self.wake_key, {"w": "1"}, maxlen=10, approximate=True)
             pipe.expire(self.wake_key, 3600)
             pipe.execute()

@@ -105,7 +105,7 @@ class Settings:
     sse_ping_s: float = 15.0
     ws_ping_s: float = 25.0
     ws_send_timeout_s: float = 30.0
-    redis_max_connections: int = 16
+    redis_max_connections: int = 4
     follower_max_connections: int = 2000
     trust_proxy_headers: bool = False
     follower_hub: bool = True
