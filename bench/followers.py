@@ -34,16 +34,16 @@ from tests.procs import Api, Worker, child_env
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def family(pid: int) -> list[int]:
+    """`pid` and its children still running (gunicorn's master and its worker)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [pid] + [int(p) for p in out.stdout.split()]
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds of `pid` and its children still running."""
-    pids = [pid] + [
-        int(p)
-        for p in subprocess.run(
-            ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
-        ).stdout.split()
-    ]
     total = 0
-    for p in pids:
+    for p in family(pid):
         fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / TICKS
@@ -141,14 +141,8 @@ def run_load(sessions: int, followers: int, args: argparse.Namespace, logs: Path
 
 def rss_mb(pid: int) -> float:
     """Resident memory of `pid` and its children, in MB."""
-    pids = [pid] + [
-        int(p)
-        for p in subprocess.run(
-            ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
-        ).stdout.split()
-    ]
     total_kb = 0
-    for p in pids:
+    for p in family(pid):
         for line in Path(f"/proc/{p}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total_kb += int(line.split()[1])
