@@ -12,6 +12,7 @@ import redis
 from flask import Blueprint, Response, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
+from wsproto.events import TextMessage
 
 from api import hub, shutdown
 from api.backend import Backend, backend
@@ -39,11 +40,11 @@ def _error_frame(code: str, message: str) -> str:
     return _dumps({"type": "error", "error": {"code": code, "message": message}})
 
 
-def _events(b: Backend, session_id: str, after: str | None) -> Iterator[dict[str, Any] | None]:
-    """The session's events after `after`, riding out Redis restarts."""
+def _events(b: Backend, session_id: str, after: str | None) -> Iterator[streams.Batch]:
+    """The session's events after `after` in batches, riding out Redis restarts."""
     block_ms = b.settings.xread_block_ms
 
-    def open_follow(cursor: str | None) -> Iterator[dict[str, Any] | None]:
+    def open_follow(cursor: str | None) -> Iterator[streams.Batch]:
         if b.hub is not None:
             return hub.follow(b.hub, b.redis, session_id, cursor, block_ms=block_ms)
         return streams.follow(b.follower_redis, session_id, cursor, block_ms=block_ms)
@@ -51,6 +52,19 @@ def _events(b: Backend, session_id: str, after: str | None) -> Iterator[dict[str
     return streams.follow_reconnecting(
         open_follow, session_id, after, outage_max_s=b.settings.redis_outage_max_s
     )
+
+
+def _send_frames(ws: Any, texts: list[str]) -> None:
+    """Send text frames with one socket write.
+
+    simple-websocket's `send` makes a system call per frame, which is most of the time a
+    replay of thousands of events takes. The frames are made by the connection's own
+    wsproto state (so permessage-deflate, when negotiated, still applies) and written
+    together through the app's `_SendAllSocket`.
+    """
+    if not ws.connected:
+        raise ConnectionClosed(ws.close_reason, ws.close_message)
+    ws.sock.send(b"".join(ws.ws.send(TextMessage(data=text)) for text in texts))
 
 
 @sock.route("/api/streams/<session_id>/ws")
@@ -67,11 +81,11 @@ def follow_ws(ws: Any, session_id: str) -> None:
     try:
         if not keys.is_session_id(session_id):
             raise SessionNotFound(f"no session {session_id[:64]}")
-        for event in _events(b, session_id, after):
+        for batch in _events(b, session_id, after):
             if shutdown.is_stopping() or not ws.connected:
                 return
-            if event is not None:
-                ws.send(_dumps(event))
+            if batch:
+                _send_frames(ws, [event.json() for event in batch])
     except SessionNotFound as e:
         ws.send(_error_frame(e.code, e.message))
         ws.close(CLOSE_NOT_FOUND, e.code)
@@ -92,8 +106,8 @@ def follow_ws(ws: Any, session_id: str) -> None:
     ws.close(CLOSE_NORMAL)
 
 
-def _sse(event: dict[str, Any]) -> str:
-    return f"id: {event['id']}\nevent: {event['type']}\ndata: {_dumps(event)}\n\n"
+def _sse(event: streams.Event) -> str:
+    return f"id: {event['id']}\nevent: {event['type']}\ndata: {event.json()}\n\n"
 
 
 @bp.get("/api/streams/<session_id>")
@@ -110,17 +124,17 @@ def follow_sse(session_id: str) -> Response:
         last_write = time.monotonic()
         yield ": connected\n\n"
         try:
-            for event in _events(b, session_id, after):
+            for batch in _events(b, session_id, after):
                 if shutdown.is_stopping():
                     return  # EventSource reconnects with Last-Event-ID, to another process
                 now = time.monotonic()
-                if event is None:
+                if not batch:
                     if now - last_write >= ping_s:
                         last_write = now
                         yield ": ping\n\n"
                     continue
                 last_write = now
-                yield _sse(event)
+                yield "".join(_sse(event) for event in batch)
         except SessionNotFound as e:
             yield f"event: error\ndata: {_error_frame(e.code, e.message)}\n\n"
         except redis.RedisError as e:

@@ -2,11 +2,11 @@
 
 Followers first catch up from their own cursor with non-blocking reads, then subscribe:
 the hub's reader runs one `XREAD BLOCK` over every followed stream (plus a wake-up
-stream of its own, so a new stream is read at once) and hands each batch to the
-followers' bounded queues. A follower whose queue overflows leaves the hub, catches up
-from Redis with its own cursor and subscribes again, so a slow client never holds the
-others back. Redis connections per process stay at one for the hub, plus the pool's few
-for catch-up reads, however many followers there are.
+stream of its own, so a new stream is read at once), decodes each batch once and hands
+the same events to the followers' bounded queues. A follower whose queue overflows
+leaves the hub, catches up from Redis with its own cursor and subscribes again, so a
+slow client never holds the others back. Redis connections per process stay at one for
+the hub, plus the pool's few for catch-up reads, however many followers there are.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
 import redis
@@ -26,7 +26,6 @@ from shared.errors import SessionNotFound
 
 log = logging.getLogger(__name__)
 
-Entry = tuple[str, dict[str, str]]
 _BEHIND = object()
 
 
@@ -37,17 +36,17 @@ def id_key(entry_id: str) -> tuple[int, int]:
 
 
 class Subscription:
-    """One follower's queue of entries from the hub."""
+    """One follower's queue of events from the hub."""
 
     def __init__(self, key: str, max_entries: int) -> None:
         self.key = key
         self.max_entries = max_entries
-        self.entries: deque[Entry] = deque()
+        self.entries: deque[streams.Event] = deque()
         self.is_behind = False
         self.ready = threading.Event()
         self._lock = threading.Lock()
 
-    def push(self, entries: list[Entry]) -> None:
+    def push(self, entries: streams.Batch) -> None:
         """Called by the hub's reader: queue a batch, or mark the follower behind."""
         with self._lock:
             if self.is_behind:
@@ -59,7 +58,7 @@ class Subscription:
                 self.entries.extend(entries)
         self.ready.set()
 
-    def take(self, timeout_s: float) -> list[Entry] | object | None:
+    def take(self, timeout_s: float) -> streams.Batch | object | None:
         """Everything queued; `_BEHIND` if the queue overflowed; None after `timeout_s`."""
         if not self.entries and not self.is_behind:
             self.ready.wait(timeout_s)
@@ -176,11 +175,12 @@ class Hub:
                         self._cursors.get(key, "0-0"), entries[-1][0], key=id_key
                     )
                     subs = list(self._subs[key])
+                events = [streams.decode_event(entry_id, fields) for entry_id, fields in entries]
                 for sub in subs:
-                    sub.push(entries)
+                    sub.push(events)
 
 
-def _by_key(response: Any) -> list[tuple[str, list[Entry]]]:
+def _by_key(response: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
     # RESP2 answers XREAD with [[key, entries]], RESP3 with {key: [entries]}.
     if not response:
         return []
@@ -189,65 +189,75 @@ def _by_key(response: Any) -> list[tuple[str, list[Entry]]]:
     return [(k, list(v)) for k, v in response]
 
 
-def _catch_up(
-    r: redis.Redis, key: str, cursor: str
-) -> Generator[streams.Event, None, tuple[str, bool]]:
-    """Yield what Redis has after `cursor`; returns (the new cursor, whether it ended)."""
+def _catch_up(r: redis.Redis, key: str, cursor: str) -> Iterator[streams.Batch]:
+    """Yield what Redis has after `cursor`, a read's page at a time, up to a terminal event."""
     while True:
         entries = streams.xread_entries(r.xread({key: cursor}, count=500))
-        for entry_id, fields in entries:
-            event = streams.decode_event(entry_id, fields)
-            cursor = entry_id
-            yield event
-            if event["type"] in streams.TERMINAL_EVENTS:
-                return cursor, True
-        if len(entries) < 500:
-            return cursor, False
+        batch, ended = streams.decode_batch(entries)
+        if batch:
+            cursor = batch[-1]["id"]
+            yield batch
+        if ended or len(entries) < 500:
+            return
 
 
 def follow(
     hub: Hub, r: redis.Redis, session_id: str, after: str | None, *, block_ms: int
-) -> Iterator[streams.Event | None]:
+) -> Iterator[streams.Batch]:
     """Like `streams.follow`, but live entries come through the process's hub.
 
-    Yields `None` when `block_ms` passes with nothing new. Raises `SessionNotFound` if the
-    session does not exist or vanishes while followed.
+    Yields batches of events, and an empty one when `block_ms` passes with nothing new.
+    Raises `SessionNotFound` if the session does not exist or vanishes while followed.
     """
     key = keys.events(session_id)
     cursor = after or "0-0"
     status = r.hget(keys.meta(session_id), "status")
     if status is None:
         raise SessionNotFound(f"no session {session_id}")
+
+    def ended(batch: streams.Batch) -> bool:
+        return bool(batch) and batch[-1]["type"] in streams.TERMINAL_EVENTS
+
     while True:
         # The backlog, or what we missed after falling behind: from Redis, our own cursor.
-        cursor, ended = yield from _catch_up(r, key, cursor)
-        if ended or status in streams.TERMINAL_STATUSES:
+        for batch in _catch_up(r, key, cursor):
+            cursor = batch[-1]["id"]
+            yield batch
+            if ended(batch):
+                return
+        if status in streams.TERMINAL_STATUSES:
             return
         sub = hub.subscribe(session_id, cursor)
         try:
-            cursor, ended = yield from _catch_up(r, key, cursor)
-            if ended:
-                return
+            for batch in _catch_up(r, key, cursor):
+                cursor = batch[-1]["id"]
+                yield batch
+                if ended(batch):
+                    return
             while True:
-                batch = sub.take(block_ms / 1000)
-                if batch is _BEHIND:
+                taken = sub.take(block_ms / 1000)
+                if taken is _BEHIND:
                     break  # catch up on our own, then join again
-                if batch is None:
+                if taken is None:
                     status = r.hget(keys.meta(session_id), "status")
                     if status is None:
                         raise SessionNotFound(f"session {session_id} expired or was deleted")
                     if status in streams.TERMINAL_STATUSES:
                         break  # the catch-up drains what is left and ends
-                    yield None
+                    yield []
                     continue
-                assert isinstance(batch, list)
-                for entry_id, fields in batch:
-                    if id_key(entry_id) <= id_key(cursor):
-                        continue  # already read while catching up
-                    event = streams.decode_event(entry_id, fields)
-                    cursor = entry_id
-                    yield event
+                assert isinstance(taken, list)
+                # Skip what we already read while catching up.
+                fresh = [e for e in taken if id_key(e["id"]) > id_key(cursor)]
+                batch = []
+                for event in fresh:
+                    batch.append(event)
                     if event["type"] in streams.TERMINAL_EVENTS:
+                        break
+                if batch:
+                    cursor = batch[-1]["id"]
+                    yield batch
+                    if ended(batch):
                         return
         finally:
             hub.unsubscribe(sub)

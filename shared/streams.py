@@ -52,9 +52,39 @@ TERMINAL_EVENTS = frozenset({EventType.DONE, EventType.ERROR, EventType.CANCELLE
 # Stream entry fields: short, spelled only here.
 F_TYPE, F_INDEX, F_TEXT, F_DATA = "t", "i", "x", "d"
 
+_quote = json.encoder.encode_basestring  # json.dumps's own string encoder (C), no ASCII escaping
 _MAX_U64 = 2**64 - 1
 _CURSOR_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
-Event = dict[str, Any]
+
+
+class Event(dict[str, Any]):
+    """An event frame of the contract (DESIGN.md 2.2) as a dict.
+
+    `json()` encodes it once and keeps the text: the hub hands one decoded event to every
+    follower of a session, so ten followers cost one encoding, not ten.
+    """
+
+    __slots__ = ("_json",)
+
+    def json(self) -> str:
+        """The frame as compact JSON text."""
+        try:
+            return self._json
+        except AttributeError:
+            pass
+        if self["type"] == EventType.CHUNK and len(self) == 4:
+            # Nearly every frame is a chunk: spelled out it encodes several times faster,
+            # to the same text `json.dumps` gives.
+            self._json: str = (
+                f'{{"type":"chunk","id":"{self["id"]}","index":{self["index"]:d},'
+                f'"text":{_quote(self["text"])}}}'
+            )
+        else:
+            self._json = _dumps(self)
+        return self._json
+
+
+Batch = list[Event]
 
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
@@ -438,7 +468,7 @@ def info(r: redis.Redis, session_id: str) -> dict[str, Any]:
 def decode_event(entry_id: str, fields: dict[str, str]) -> Event:
     """A stream entry as the contract's event frame."""
     etype = fields.get(F_TYPE, "")
-    event: Event = {"type": etype, "id": entry_id}
+    event = Event(type=etype, id=entry_id)
     if etype == EventType.CHUNK:
         event["index"] = int(fields.get(F_INDEX, 0))
         event["text"] = fields.get(F_TEXT, "")
@@ -477,14 +507,27 @@ def read_text(r: redis.Redis, session_id: str, page: int = 1000) -> tuple[str, s
     return status, "".join(parts), len(parts)
 
 
+def decode_batch(entries: list[tuple[str, dict[str, str]]]) -> tuple[Batch, bool]:
+    """Decode entries up to and including a terminal event: (events, whether it ended)."""
+    batch: Batch = []
+    for entry_id, fields in entries:
+        event = decode_event(entry_id, fields)
+        batch.append(event)
+        if event["type"] in TERMINAL_EVENTS:
+            return batch, True
+    return batch, False
+
+
 def follow(
     r: redis.Redis, session_id: str, after: str | None = None, *, block_ms: int, count: int = 500
-) -> Iterator[Event | None]:
-    """Yield the session's events after `after`, then live ones, until the terminal event.
+) -> Iterator[Batch]:
+    """Yield the session's events after `after` in batches, then live ones, until the
+    terminal event.
 
-    Yields `None` each time `block_ms` passes with nothing new (a chance to send a
-    keep-alive). Raises `SessionNotFound` if the session does not exist or vanishes while
-    followed. `r` must have a socket timeout above `block_ms`.
+    A batch is what one read returned, so a relay can write it to its client in one go.
+    Yields an empty batch each time `block_ms` passes with nothing new (a chance to send
+    a keep-alive). Raises `SessionNotFound` if the session does not exist or vanishes
+    while followed. `r` must have a socket timeout above `block_ms`.
     """
     key = keys.events(session_id)
     cursor = after or "0-0"
@@ -495,14 +538,12 @@ def follow(
     while True:
         # A terminal session gets no more entries: read what is left without blocking.
         response = r.xread({key: cursor}, count=count, block=None if is_terminal else block_ms)
-        entries = xread_entries(response)
-        for entry_id, fields in entries:
-            event = decode_event(entry_id, fields)
-            cursor = entry_id
-            yield event
-            if event["type"] in TERMINAL_EVENTS:
+        batch, ended = decode_batch(xread_entries(response))
+        if batch:
+            cursor = batch[-1]["id"]
+            yield batch
+            if ended:
                 return
-        if entries:
             continue
         if is_terminal:
             return
@@ -511,19 +552,19 @@ def follow(
             raise SessionNotFound(f"session {session_id} expired or was deleted")
         is_terminal = status in TERMINAL_STATUSES
         if not is_terminal:
-            yield None
+            yield []
 
 
 def follow_reconnecting(
-    open_follow: Callable[[str | None], Iterator[Event | None]],
+    open_follow: Callable[[str | None], Iterator[Batch]],
     session_id: str,
     after: str | None = None,
     *,
     outage_max_s: float,
     sleep: Callable[[float], None] = time.sleep,
-) -> Iterator[Event | None]:
+) -> Iterator[Batch]:
     """Follow with `open_follow(cursor)` (`follow` or the API's hub), riding out Redis
-    restarts: on a connection error it waits with capped backoff (yielding `None` ticks
+    restarts: on a connection error it waits with capped backoff (yielding empty batches
     meanwhile) and opens again from the last event it delivered. Raises the Redis error
     once Redis has been unreachable for `outage_max_s`.
     """
@@ -532,13 +573,13 @@ def follow_reconnecting(
     backoff_s = 0.1
     while True:
         try:
-            for event in open_follow(cursor):
+            for batch in open_follow(cursor):
                 if down_since is not None:
                     log.info("follower of %s: Redis back", session_id)
                     down_since, backoff_s = None, 0.1
-                if event is not None:
-                    cursor = event["id"]
-                yield event
+                if batch:
+                    cursor = batch[-1]["id"]
+                yield batch
             return
         except redis.ConnectionError as e:
             now = time.monotonic()
@@ -547,6 +588,6 @@ def follow_reconnecting(
                 log.warning("follower of %s: Redis unreachable (%s); retrying", session_id, e)
             elif now - down_since > outage_max_s:
                 raise
-            yield None
+            yield []
             sleep(backoff_s)
             backoff_s = min(backoff_s * 2, 2.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -36,13 +37,19 @@ def append(r: redis.Redis, session_id: str, token: str, start: int, n: int) -> N
         )
 
 
+def events(batches: Iterator[streams.Batch]) -> Iterator[streams.Event]:
+    """The events of a follower, one at a time."""
+    for batch in batches:
+        yield from batch
+
+
 def test_a_follower_that_falls_behind_catches_up_in_order(
     redis_server: Any, r: redis.Redis, session: tuple[str, str]
 ) -> None:
     session_id, token = session
     blocking = connect(redis_server.url, socket_timeout_s=3)
     hub = hubmod.Hub(blocking, block_ms=200, max_queue=5)  # overflows after 5 entries
-    follower = hubmod.follow(hub, r, session_id, None, block_ms=200)
+    follower = events(hubmod.follow(hub, r, session_id, None, block_ms=200))
     seen = [next(follower)]  # the queued status
     append(r, session_id, token, 0, 3)
     seen += [next(follower) for _ in range(3)]
@@ -52,7 +59,7 @@ def test_a_follower_that_falls_behind_catches_up_in_order(
     streams.append_done(
         r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=43, usage=None
     )
-    seen += [e for e in follower if e is not None]
+    seen += list(follower)
     assert [e["index"] for e in seen if e["type"] == "chunk"] == list(range(43))
     assert seen[-1]["type"] == "done"
     assert hub.followers() == 0
@@ -67,7 +74,7 @@ def test_many_followers_share_one_reader(
     results: list[list[Any]] = [[] for _ in range(50)]
 
     def follow(i: int) -> None:
-        results[i] = [e for e in hubmod.follow(hub, r, session_id, None, block_ms=200) if e]
+        results[i] = list(events(hubmod.follow(hub, r, session_id, None, block_ms=200)))
 
     threads = [threading.Thread(target=follow, args=(i,)) for i in range(50)]
     for t in threads:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import redis
 from nanoid import generate as nanoid
@@ -103,21 +105,39 @@ def test_follow_replays_from_a_cursor_then_stops_at_the_end(r: redis.Redis, sess
     streams.append_done(
         r, session, token=token, ttl_s=TTL, finish_reason="stop", chunks=4, usage=None
     )
-    events = list(streams.follow(r, session, block_ms=100))
+
+    def events_after(cursor: str | None) -> list[streams.Event]:
+        return [e for batch in streams.follow(r, session, cursor, block_ms=100) for e in batch]
+
+    events = events_after(None)
     assert [e["type"] for e in events] == ["status", "chunk", "chunk", "chunk", "chunk", "done"]
-    assert list(streams.follow(r, session, events[2]["id"], block_ms=100)) == events[3:]
-    assert list(streams.follow(r, session, events[-1]["id"], block_ms=100)) == []
+    assert events_after(events[2]["id"]) == events[3:]
+    assert events_after(events[-1]["id"]) == []
 
 
 def test_follow_of_a_session_that_vanishes_raises_not_found(r: redis.Redis, session: str) -> None:
     follower = streams.follow(r, session, block_ms=100)
-    assert next(follower)["status"] == "queued"
-    assert next(follower) is None  # nothing new: a keep-alive tick
+    assert [e["status"] for e in next(follower)] == ["queued"]
+    assert next(follower) == []  # nothing new: a keep-alive tick
     r.delete(keys.meta(session), keys.events(session))
     with pytest.raises(SessionNotFound):
         next(follower)
     with pytest.raises(SessionNotFound):
         next(streams.follow(r, "N" * 21, block_ms=100))
+
+
+@pytest.mark.parametrize(
+    "text", ["plain", ' "quoted" \\ back', "new\nline\ttab", "é ✓ 😀", "\x00\x1f"]
+)
+def test_a_chunk_frame_is_the_json_of_its_event(text: str) -> None:
+    event = streams.decode_event("1700000000000-7", {"t": "chunk", "i": "41", "x": text})
+    assert json.loads(event.json()) == {
+        "type": "chunk",
+        "id": "1700000000000-7",
+        "index": 41,
+        "text": text,
+    }
+    assert event.json() == json.dumps(event, separators=(",", ":"), ensure_ascii=False)
 
 
 @pytest.mark.parametrize("raw", ["x", "1", "1-x", " 1-0", "1-0 ", f"{2**64}-0", "0x1-0"])
