@@ -54,17 +54,33 @@ def _events(b: Backend, session_id: str, after: str | None) -> Iterator[streams.
     )
 
 
-def _send_frames(ws: Any, texts: list[str]) -> None:
-    """Send text frames with one socket write.
+def _frame(payload: bytes) -> bytes:
+    """A final, unmasked WebSocket text frame (RFC 6455 5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+
+
+def _send_frames(ws: Any, batch: streams.Batch, *, is_plain: bool) -> None:
+    """Send a batch of events as text frames with one socket write.
 
     simple-websocket's `send` makes a system call per frame, which is most of the time a
-    replay of thousands of events takes. The frames are made by the connection's own
-    wsproto state (so permessage-deflate, when negotiated, still applies) and written
-    together through the app's `_SendAllSocket`.
+    replay of thousands of events takes. Without an extension (`is_plain`) a frame is
+    the event's shared UTF-8 text behind a 2 to 10 byte header; with permessage-deflate,
+    which compresses with per-connection state, the connection's own wsproto makes the
+    frames. Either way the batch goes out in one write through the app's
+    `_SendAllSocket`, which also serialises it with simple-websocket's pings.
     """
     if not ws.connected:
         raise ConnectionClosed(ws.close_reason, ws.close_message)
-    ws.sock.send(b"".join(ws.ws.send(TextMessage(data=text)) for text in texts))
+    if is_plain:
+        data = b"".join([_frame(event.utf8()) for event in batch])
+    else:
+        data = b"".join([ws.ws.send(TextMessage(data=event.json())) for event in batch])
+    ws.sock.send(data)
 
 
 @sock.route("/api/streams/<session_id>/ws")
@@ -77,6 +93,8 @@ def follow_ws(ws: Any, session_id: str) -> None:
         ws.send(_error_frame(e.code, e.message))
         ws.close(CLOSE_BAD_CURSOR, e.code)
         return
+    # wsproto (simple-websocket) accepts permessage-deflate only if the client offers it.
+    is_plain = "permessage-deflate" not in request.headers.get("Sec-WebSocket-Extensions", "")
     shutdown.register(ws)
     try:
         if not keys.is_session_id(session_id):
@@ -85,7 +103,7 @@ def follow_ws(ws: Any, session_id: str) -> None:
             if shutdown.is_stopping() or not ws.connected:
                 return
             if batch:
-                _send_frames(ws, [event.json() for event in batch])
+                _send_frames(ws, batch, is_plain=is_plain)
     except SessionNotFound as e:
         ws.send(_error_frame(e.code, e.message))
         ws.close(CLOSE_NOT_FOUND, e.code)

@@ -26,15 +26,20 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 def post_worker_init(worker: object) -> None:
     """On SIGTERM, tell followers to reconnect elsewhere before gunicorn drains them."""
     import signal
-
-    import gevent
+    import threading
 
     from api import shutdown
 
     previous = signal.getsignal(signal.SIGTERM)
+    if "gevent" in type(worker).__module__:
+        import gevent
+
+        spawn = gevent.spawn
+    else:  # gthread (GUNICORN_CMD_ARGS="--worker-class gthread ...")
+        spawn = lambda fn: threading.Thread(target=fn, daemon=True).start()  # noqa: E731
 
     def on_term(signum: int, frame: object) -> None:
-        gevent.spawn(shutdown.begin)
+        spawn(shutdown.begin)
         if callable(previous):
             previous(signum, frame)  # type: ignore[arg-type]
 

@@ -247,8 +247,10 @@ def follow(
                     yield []
                     continue
                 assert isinstance(taken, list)
-                # Skip what we already read while catching up.
-                fresh = [e for e in taken if id_key(e["id"]) > id_key(cursor)]
+                fresh = taken
+                if id_key(taken[0]["id"]) <= id_key(cursor):
+                    # Skip what we already read while catching up.
+                    fresh = [e for e in taken if id_key(e["id"]) > id_key(cursor)]
                 batch = []
                 for event in fresh:
                     batch.append(event)

@@ -1,187 +1,182 @@
-"""Delivery latency from append to WebSocket client, through the whole product.
+"""Delivery through the whole product: worker -> Redis -> API -> WebSocket client.
 
-    .venv/bin/python -m bench.followers [--hub true|false] [--rate 50] [--chunks 250]
+    .venv/bin/python -m bench.followers [--loads 1x1,100x1,100x10] [--rate 50]
+        [--chunks 250] [--worker-class gevent|gthread] [--hub true|false] [--idle N]
 
-For each load (sessions x followers) it starts its own redis-server and API process,
-creates the sessions, connects every follower (WebSocket) before any worker runs, then
-starts one worker with the demo provider at `--rate` chunks/s, so every chunk is
-delivered live. Latency is the client's receive time minus the chunk's stream id (a
-Redis millisecond timestamp on the same machine), so it has 1 ms resolution. Prints a
-Markdown table with p50/p99/max, losses, deliveries per second from the worker's start
-to the last delivery, and the API process's CPU and Redis connections.
+For each load (sessions x followers) it starts its own redis-server and one API process
+(gunicorn, one worker process of `--worker-class`), creates the sessions, connects every
+follower (WebSocket, bench/wsclient.py: raw sockets under epoll in two client processes)
+before any worker runs, then starts one Celery worker with the demo provider at `--rate`
+chunks/s, so every chunk is delivered live. Latency is the client's receive time minus
+the chunk's cursor (a Redis millisecond timestamp on the same machine): 1 ms resolution.
+`--idle N` instead measures the API's memory and Redis connections with N followers of
+sessions that no worker generates.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
-import websocket
 
+from bench.procstat import cpu_s, rss_mb
+from bench.wsclient import Followers
 from shared.localredis import LocalRedis
 from tests import client
 from tests.procs import Api, Worker, child_env
 
-TICKS = os.sysconf("SC_CLK_TCK")
+CLIENT_PROCESSES = 2
 
 
-def family(pid: int) -> list[int]:
-    """`pid` and its children still running (gunicorn's master and its worker)."""
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
-    return [pid] + [int(p) for p in out.stdout.split()]
+def api_env(redis_url: str, worker_class: str, hub: str, **extra: str) -> dict[str, str]:
+    """The API's environment for a worker class (gthread gets a thread per follower)."""
+    cmd_args = "--worker-class gevent"
+    if worker_class == "gthread":
+        cmd_args = "--worker-class gthread --threads 1200"
+    return child_env(
+        REDIS_URL=redis_url,
+        FOLLOWER_HUB=hub,
+        WEB_WORKER_CONNECTIONS="5000",
+        GUNICORN_CMD_ARGS=cmd_args,
+        **extra,
+    )
 
 
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of `pid` and its children still running."""
-    total = 0
-    for p in family(pid):
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICKS
-
-
-def follow(
-    url: str, latencies: list[float], counts: list[int], i: int, last_ms: list[float]
-) -> None:
-    """Receive until the terminal event, recording each chunk's latency."""
-    ws = websocket.create_connection(url, timeout=60)
-    try:
-        while True:
-            data = ws.recv()
-            now_ms = time.time() * 1000
-            if not data:
-                return
-            event = json.loads(data)
-            if event["type"] == "chunk":
-                latencies.append(now_ms - int(event["id"].split("-")[0]))
-                counts[i] += 1
-                last_ms[i] = now_ms
-            elif event["type"] in ("done", "error", "cancelled"):
-                return
-    except websocket.WebSocketException:
-        return
-    finally:
-        ws.close()
-
-
-def run_load(sessions: int, followers: int, args: argparse.Namespace, logs: Path) -> dict:
+def run_load(
+    sessions: int,
+    followers: int,
+    *,
+    rate: float,
+    chunks: int,
+    worker_class: str = "gevent",
+    hub: str = "true",
+    logs: Path,
+) -> dict[str, Any]:
     """One load: returns its figures."""
     server = LocalRedis().start()
-    env = child_env(
-        REDIS_URL=server.url,
-        DEMO_TOKENS_PER_S=str(args.rate),
-        FOLLOWER_HUB=args.hub,
-        WORKER_CONCURRENCY="1000",
-        WEB_WORKER_CONNECTIONS="5000",
+    env = api_env(
+        server.url,
+        worker_class,
+        hub,
+        DEMO_TOKENS_PER_S=str(rate),
+        WORKER_CONCURRENCY=str(max(sessions, 10)),
+        MAX_TOKENS_CAP=str(max(chunks, 8192)),
     )
-    api = Api(env, logs, name=f"api-{sessions}x{followers}").start()
+    api = Api(env, logs, name=f"api-{sessions}x{followers}-{worker_class}").start()
     worker = None
+    watcher = redis.Redis.from_url(server.url)
     try:
         ids = [
-            client.create(api.url, prompt=f"latency {n}", max_tokens=args.chunks)["sessionId"]
+            client.create(api.url, prompt=f"latency {n}", max_tokens=chunks)["sessionId"]
             for n in range(sessions)
         ]
-        latencies: list[float] = []
-        counts = [0] * (sessions * followers)
-        last_ms = [0.0] * (sessions * followers)
-        threads = [
-            threading.Thread(
-                target=follow,
-                args=(
-                    f"{api.ws_url}/api/streams/{sid}/ws",
-                    latencies,
-                    counts,
-                    s * followers + k,
-                    last_ms,
-                ),
-                daemon=True,
-            )
-            for s, sid in enumerate(ids)
-            for k in range(followers)
-        ]
-        for t in threads:
-            t.start()
-        time.sleep(2)  # every follower connected and waiting
-        redis_clients = int(redis.Redis.from_url(server.url).info("clients")["connected_clients"])
+        paths = [f"/api/streams/{sid}/ws" for sid in ids for _ in range(followers)]
+        clients = Followers(
+            "127.0.0.1", api.port, paths, CLIENT_PROCESSES, timeout_s=chunks / rate + 120
+        )
+        clients.wait_connected()
+        time.sleep(1)  # every follower has its queued status and waits live
+        redis_pid = int(watcher.info("server")["process_id"])
+        redis_clients = int(watcher.info("clients")["connected_clients"]) - 1
         assert api.proc is not None
-        cpu_before, wall_before = cpu_s(api.proc.pid), time.monotonic()
-        started_ms = time.time() * 1000
+        before = {"api": cpu_s(api.proc.pid), "redis": cpu_s(redis_pid)}
+        started = time.time()  # the worker's start: CPU figures run from here
         worker = Worker(env, logs, name=f"worker-{sessions}x{followers}").start()
-        for t in threads:
-            t.join(args.chunks / args.rate + 60)
-        cpu = (cpu_s(api.proc.pid) - cpu_before) / (time.monotonic() - wall_before)
-        expected = sessions * followers * args.chunks
-        q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0] * 99
+        assert worker.proc is not None
+        worker_cpu = 0.0
+        tally = None
+        while tally is None:
+            worker_cpu = cpu_s(worker.proc.pid)  # sampled while it runs
+            if clients.is_done():
+                tally = clients.wait()
+            else:
+                time.sleep(0.2)
+        # Rates over the time chunks arrived; CPU over the whole run, per second of it.
+        wall = max(0.001, (tally.last_ms - tally.first_ms) / 1000)
+        run_s = max(0.001, tally.last_ms / 1000 - started)
+        latencies = tally.latencies_ms
+        q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+        api_cpu_s = cpu_s(api.proc.pid) - before["api"]
         return {
             "load": f"{sessions} x {followers}",
             "deliveries": len(latencies),
-            "lost": expected - sum(counts),
+            "lost": sessions * followers * chunks - tally.chunks,
+            "repeated": tally.duplicates,
+            "ended": tally.ended,
             "p50": q[49],
             "p99": q[98],
-            "max": max(latencies, default=0),
-            "per_s": len(latencies) / max(0.001, (max(last_ms) - started_ms) / 1000),
-            "api_cpu": cpu,
+            "max": max(latencies, default=0.0),
+            "per_s": len(latencies) / wall,
+            "api_cpu": api_cpu_s / run_s,
+            "worker_cpu": worker_cpu / run_s,
+            "redis_cpu": (cpu_s(redis_pid) - before["redis"]) / run_s,
+            "client_cpu": tally.cpu_s / run_s,
+            "per_api_core": len(latencies) / max(api_cpu_s, 0.01),
             "redis_clients": redis_clients,
         }
     finally:
         if worker:
             worker.stop()
         api.stop()
+        watcher.close()
         server.close()
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of `pid` and its children, in MB."""
-    total_kb = 0
-    for p in family(pid):
-        for line in Path(f"/proc/{p}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                total_kb += int(line.split()[1])
-    return total_kb / 1024
-
-
-def idle_load(n: int, args: argparse.Namespace, logs: Path) -> None:
+def idle_load(n: int, *, worker_class: str = "gevent", hub: str = "true", logs: Path) -> dict:
     """`n` WebSocket followers of sessions no worker generates: the API's memory and
     Redis connections while they wait."""
     server = LocalRedis().start()
-    env = child_env(REDIS_URL=server.url, FOLLOWER_HUB=args.hub, WEB_WORKER_CONNECTIONS="5000")
-    api = Api(env, logs, name=f"api-idle-{n}").start()
+    api = Api(api_env(server.url, worker_class, hub), logs, name=f"api-idle-{n}").start()
+    watcher = redis.Redis.from_url(server.url)
     try:
         assert api.proc is not None
         rss_before = rss_mb(api.proc.pid)
         ids = [client.create(api.url, prompt=f"idle {k}")["sessionId"] for k in range(n // 10)]
-        sockets = []
-        for k in range(n):
-            ws = websocket.create_connection(f"{api.ws_url}/api/streams/{ids[k % len(ids)]}/ws")
-            ws.recv()  # the queued status: this follower is live and waiting
-            sockets.append(ws)
+        paths = [f"/api/streams/{ids[k % len(ids)]}/ws" for k in range(n)]
+        clients = Followers("127.0.0.1", api.port, paths, CLIENT_PROCESSES, timeout_s=8)
+        clients.wait_connected()
         time.sleep(3)
-        info = redis.Redis.from_url(server.url).info("clients")
-        print(
-            f"| {n} idle WebSocket followers, hub {args.hub} | API RSS {rss_before:.0f} MB "
-            f"before, {rss_mb(api.proc.pid):.0f} MB with them | Redis connections "
-            f"{int(info['connected_clients']) - 1} |"
-        )
-        for ws in sockets:
-            ws.close()
+        figures = {
+            "followers": n,
+            "rss_before": rss_before,
+            "rss": rss_mb(api.proc.pid),
+            "redis_connections": int(watcher.info("clients")["connected_clients"]) - 1,
+        }
+        clients.wait()
+        return figures
     finally:
         api.stop()
+        watcher.close()
         server.close()
 
 
+LOAD_HEADER = (
+    "| sessions x followers | deliveries | lost | repeated | p50 ms | p99 ms | max ms "
+    "| deliveries/s | per API core-second | CPU: API | worker | Redis | clients "
+    "| Redis clients |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def load_row(f: dict[str, Any]) -> str:
+    """A Markdown row of `run_load`'s figures."""
+    return (
+        f"| {f['load']} | {f['deliveries']:,} | {f['lost']} | {f['repeated']} | "
+        f"{f['p50']:.0f} | {f['p99']:.0f} | {f['max']:.0f} | {f['per_s']:,.0f} | "
+        f"{f['per_api_core']:,.0f} | {f['api_cpu']:.2f} | {f['worker_cpu']:.2f} | "
+        f"{f['redis_cpu']:.2f} | {f['client_cpu']:.2f} | {f['redis_clients']} |"
+    )
+
+
 def main() -> None:
-    """Run every load and print the table."""
+    """Run the loads and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hub", default="true", choices=["true", "false"])
+    parser.add_argument("--worker-class", default="gevent", choices=["gevent", "gthread"])
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--chunks", type=int, default=250)
     parser.add_argument("--loads", default="1x1,100x1,100x10")
@@ -189,29 +184,25 @@ def main() -> None:
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="rstreams-followers-"))
     if args.idle:
-        idle_load(args.idle, args, logs)
+        f = idle_load(args.idle, worker_class=args.worker_class, hub=args.hub, logs=logs)
+        print(
+            f"{f['followers']} idle followers: API RSS {f['rss_before']:.0f} MB before, "
+            f"{f['rss']:.0f} MB with them; Redis connections {f['redis_connections']}"
+        )
         return
-    rows = []
+    print(LOAD_HEADER)
     for load in args.loads.split(","):
         sessions, followers = (int(x) for x in load.split("x"))
-        rows.append(run_load(sessions, followers, args, logs))
-    machine = f"{platform.platform()}, {os.cpu_count()} cores"
-    print(f"machine: {machine}, Python {platform.python_version()}")
-    print(
-        f"command: python -m bench.followers --hub {args.hub} --rate {args.rate} "
-        f"--chunks {args.chunks} --loads {args.loads}\n"
-    )
-    print(
-        "| sessions x followers | deliveries | lost | p50 ms | p99 ms | max ms "
-        "| deliveries/s | API CPU (cores) | Redis clients while following |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['load']} | {r['deliveries']:,} | {r['lost']} | {r['p50']:.0f} | "
-            f"{r['p99']:.0f} | {r['max']:.0f} | {r['per_s']:,.0f} | {r['api_cpu']:.2f} | "
-            f"{r['redis_clients']} |"
+        figures = run_load(
+            sessions,
+            followers,
+            rate=args.rate,
+            chunks=args.chunks,
+            worker_class=args.worker_class,
+            hub=args.hub,
+            logs=logs,
         )
+        print(load_row(figures), flush=True)
 
 
 if __name__ == "__main__":

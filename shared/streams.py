@@ -60,11 +60,11 @@ _CURSOR_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 class Event(dict[str, Any]):
     """An event frame of the contract (DESIGN.md 2.2) as a dict.
 
-    `json()` encodes it once and keeps the text: the hub hands one decoded event to every
-    follower of a session, so ten followers cost one encoding, not ten.
+    `json()` and `utf8()` encode it once and keep the result: the hub hands one decoded
+    event to every follower of a session, so ten followers cost one encoding, not ten.
     """
 
-    __slots__ = ("_json",)
+    __slots__ = ("_json", "_utf8")
 
     def json(self) -> str:
         """The frame as compact JSON text."""
@@ -82,6 +82,14 @@ class Event(dict[str, Any]):
         else:
             self._json = _dumps(self)
         return self._json
+
+    def utf8(self) -> bytes:
+        """`json()` encoded as UTF-8."""
+        try:
+            return self._utf8
+        except AttributeError:
+            self._utf8: bytes = self.json().encode()
+            return self._utf8
 
 
 Batch = list[Event]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
 import requests
+from websockets.sync.client import connect as ws_connect
 
 from tests import client
 from tests.procs import Api
@@ -52,6 +54,22 @@ def test_ws_many_drops_and_reconnects_rebuild_the_text(api: Api) -> None:
         events += client.ws_follow(api.ws_url, session_id, after=after, max_events=5).events
     assert_well_formed(events, 60)
     assert client.chunks_text(events) == client.text(api.url, session_id)["text"]
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+def test_ws_with_and_without_permessage_deflate(api: Api, compression: str | None) -> None:
+    # Browsers offer permessage-deflate; frames are then compressed per connection.
+    session_id = client.create(api.url, prompt="compress me", max_tokens=300)["sessionId"]
+    url = f"{api.ws_url}/api/streams/{session_id}/ws"
+    events = []
+    with ws_connect(url, compression=compression, max_size=None) as ws:
+        offered = ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        assert ("permessage-deflate" in offered) == (compression is not None)
+        for frame in ws:
+            assert isinstance(frame, str)  # text frames
+            events.append(json.loads(frame))
+    assert_well_formed(events, 300)
+    assert client.chunks_text(events) == demo_text("compress me", 300)
 
 
 def test_sse_follower_gets_everything_with_ids_and_types(api: Api) -> None:

@@ -1,0 +1,37 @@
+"""CPU and memory of processes, read from /proc."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def family(pid: int) -> list[int]:
+    """`pid` and its children still running (gunicorn's master and its worker)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [pid] + [int(p) for p in out.stdout.split()]
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its children still running; 0 if gone."""
+    total = 0
+    for p in family(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of `pid` and its children, in MB."""
+    total_kb = 0
+    for p in family(pid):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total_kb += int(line.split()[1])
+    return total_kb / 1024
