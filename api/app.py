@@ -33,7 +33,11 @@ class _SendAllSocket:
 
     def send(self, data: bytes) -> int:
         with self._lock:
-            self._sock.sendall(data)
+            # One plain send takes a batch of frames whole nearly always; gevent's sendall
+            # costs an extra system call (getsockopt) and more on every call.
+            sent = self._sock.send(data)
+            if sent < len(data):
+                self._sock.sendall(memoryview(data)[sent:])
         return len(data)
 
     def __getattr__(self, name: str) -> Any:
