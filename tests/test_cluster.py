@@ -206,3 +206,19 @@ def test_thirty_followers_hold_few_connections_per_node(stack: ClusterStack) -> 
         assert client.chunks_text(result.events) == demo_text(prompt, 120)
     # Per master: the hub's pub/sub and reads (2) plus the command pool (4), at most.
     assert peak and all(count <= 6 for count in peak.values()), peak
+
+
+def test_readyz_idempotency_and_bad_input_on_a_cluster(stack: ClusterStack) -> None:
+    ready = requests.get(f"{stack.api.url}/readyz", timeout=10)
+    assert ready.status_code == 200, ready.text
+    headers = {"Idempotency-Key": "cluster-retry-1"}
+    first = client.create(stack.api.url, headers=headers, prompt="once", max_tokens=5)
+    again = client.create(stack.api.url, headers=headers, prompt="once", max_tokens=5)
+    assert again["sessionId"] == first["sessionId"]
+    unknown = "A" * 21
+    assert requests.get(f"{stack.api.url}/api/streams/{unknown}", timeout=10).status_code == 404
+    assert requests.delete(f"{stack.api.url}/api/streams/{unknown}", timeout=10).status_code == 404
+    result = client.ws_follow(stack.api.ws_url, unknown)
+    assert result.close_code == 4404
+    bad = requests.get(f"{stack.api.url}/api/streams/{first['sessionId']}?after=x", timeout=10)
+    assert bad.status_code == 400
