@@ -129,7 +129,8 @@ class ClusterHub(Hub):
 
     def _start_reader(self, node: ClusterNode) -> None:
         with self._readers_lock:
-            if node.name not in self._readers:
+            running = self._readers.get(node.name)
+            if running is None or not running.is_alive():
                 thread = threading.Thread(
                     target=self._read_node, args=(node,), name=f"cluster-hub-{node.name}"
                 )
@@ -144,23 +145,30 @@ class ClusterHub(Hub):
         while True:
             with self._readers_lock:
                 if not dirty and node.name not in self.pubsub.node_pubsub_mapping:
-                    del self._readers[node.name]  # no channel left on this node
+                    self._readers.pop(node.name, None)  # no channel left on this node
                     return
             try:
                 timeout_s = 0.0 if dirty else self.block_ms / 1000
                 message = self.pubsub.get_sharded_message(target_node=node, timeout=timeout_s)
-                while message is not None and len(dirty) < READ_COUNT:
+                while message is not None:
                     self._note(dirty, message)
+                    if len(dirty) >= READ_COUNT:
+                        break  # read these first; the rest wait in the socket
                     message = self.pubsub.get_sharded_message(target_node=node, timeout=0.0)
                 if dirty:
                     self._read(dirty)
-                backoff_s = 0.1
             except redis.RedisError as e:
                 # Followers see an outage themselves when they check their session; the
                 # resubscription's confirmations bring the missed entries once it is over.
                 log.warning("cluster hub: node %s failed (%s); retrying", node.name, e)
-                time.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 2.0)
+            except Exception:
+                # A reader that died would leave its node's followers without live entries.
+                log.exception("cluster hub: reader of node %s failed; retrying", node.name)
+            else:
+                backoff_s = 0.1
+                continue
+            time.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, 2.0)
 
     def _note(self, dirty: set[str], message: dict[str, Any]) -> None:
         if message.get("type") not in _NOTIFIED:
