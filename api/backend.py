@@ -21,7 +21,8 @@ EXTENSION = "rstreams"
 
 @dataclass
 class Backend:
-    """Clients built once per app; nothing connects until first used."""
+    """Clients built once per app; nothing connects until first used (a cluster client
+    asks for the slot map when built)."""
 
     settings: Settings
     redis: Redis
