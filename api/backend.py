@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 from celery import Celery
 from flask import current_app
 from redis import Redis
+from redis.cluster import RedisCluster
 
+from api.cluster_hub import ClusterHub
 from api.hub import Hub
 from shared.jobs import make_celery
 from shared.redisconn import connect
@@ -18,7 +21,8 @@ EXTENSION = "rstreams"
 
 @dataclass
 class Backend:
-    """Clients built once per app; nothing connects until first used."""
+    """Clients built once per app; nothing connects until first used (a cluster client
+    asks for the slot map when built)."""
 
     settings: Settings
     redis: Redis
@@ -37,20 +41,26 @@ class Backend:
             # With the hub, its reader is the only blocking client; without, one per follower.
             max_connections=2 if settings.follower_hub else settings.follower_max_connections,
             name="rstreams-api-follow",
+            cluster=settings.redis_cluster,
         )
         commands = connect(
-            settings.redis_url, max_connections=settings.redis_max_connections, name="rstreams-api"
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            name="rstreams-api",
+            cluster=settings.redis_cluster,
         )
+        hub: Hub | None = None
+        if settings.follower_hub and settings.redis_cluster:
+            # In a cluster the pool sizes are per node: its pub/sub and its reads.
+            hub = ClusterHub(cast(RedisCluster, follower_redis), settings.xread_block_ms)
+        elif settings.follower_hub:
+            hub = Hub(follower_redis, settings.xread_block_ms, commands=commands)
         return cls(
             settings=settings,
             redis=commands,
             follower_redis=follower_redis,
             celery=make_celery(settings, "rstreams-api"),
-            hub=(
-                Hub(follower_redis, settings.xread_block_ms, commands=commands)
-                if settings.follower_hub
-                else None
-            ),
+            hub=hub,
         )
 
 

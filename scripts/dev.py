@@ -15,7 +15,9 @@ import sys
 import time
 import urllib.request
 
+from shared.errors import ConfigError
 from shared.localredis import LocalRedis, free_port
+from shared.settings import Settings
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
@@ -45,6 +47,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     env = dict(os.environ)
     local_redis = None
+    try:
+        is_cluster = Settings.from_env(env).redis_cluster
+    except ConfigError as e:
+        sys.exit(str(e))
+    if is_cluster and not env.get("REDIS_URL"):
+        sys.exit("REDIS_CLUSTER needs REDIS_URL naming a node of your cluster")
     if not env.get("REDIS_URL"):
         local_redis = LocalRedis().start()
         env["REDIS_URL"] = local_redis.url

@@ -29,6 +29,14 @@ def lease(session_id: str) -> str:
     return f"{PREFIX}:{{{session_id}}}:lease"
 
 
+def notify(session_id: str) -> str:
+    """The session's sharded pub/sub channel (cluster mode): each new entry's id is published.
+
+    It shares the session's hash tag, so the append script may SPUBLISH to it.
+    """
+    return f"{PREFIX}:{{{session_id}}}:notify"
+
+
 def active() -> str:
     """A sorted set of the sessions not yet terminal (score: creation ms), for the reaper.
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis
+from redis.cluster import RedisCluster
 
 
 def connect(
@@ -11,6 +14,7 @@ def connect(
     socket_timeout_s: float = 5.0,
     max_connections: int = 100,
     name: str | None = None,
+    cluster: bool = False,
 ) -> redis.Redis:
     """A client for `url` with a connection pool that waits for a free connection.
 
@@ -18,7 +22,25 @@ def connect(
     `BlockingConnectionPool` waits instead. A client that runs `XREAD BLOCK` needs a
     `socket_timeout_s` above its block time, or the read times out. `name` is set with
     CLIENT SETNAME, so `CLIENT LIST` shows which part of the product holds a connection.
+
+    With `cluster`, `url` names any node of a Redis Cluster and the client is a
+    `RedisCluster` with one such pool per node (`max_connections` each). It answers the
+    same single-slot commands, so it is typed as `redis.Redis` for the code that uses it.
     """
+    if cluster:
+        return cast(
+            redis.Redis,
+            RedisCluster.from_url(
+                url,
+                connection_pool_class=redis.BlockingConnectionPool,
+                max_connections=max_connections,
+                timeout=socket_timeout_s,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=5.0,
+                decode_responses=True,
+                client_name=name,
+            ),
+        )
     pool = redis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -30,3 +52,8 @@ def connect(
         client_name=name,
     )
     return redis.Redis(connection_pool=pool)
+
+
+def is_cluster(r: object) -> bool:
+    """Whether `r` is a Redis Cluster client (or one of its pipelines)."""
+    return isinstance(r, RedisCluster)

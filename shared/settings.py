@@ -67,11 +67,26 @@ def _patterns(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...
     return tuple(p.strip() for p in _str(env, name, default).split(",") if p.strip())
 
 
+def _check_cluster(env: Mapping[str, str], redis_url: str) -> None:
+    if redis_url.startswith("unix://"):
+        raise ConfigError("REDIS_CLUSTER needs a redis:// or rediss:// REDIS_URL naming a node")
+    broker = env.get("CELERY_BROKER_URL", "").strip()
+    # kombu's Redis transport speaks to one server: its queue keys would land on other
+    # nodes of a cluster and every command would answer MOVED.
+    if not broker or broker == redis_url:
+        raise ConfigError(
+            "CELERY_BROKER_URL must be set to a standalone Redis or amqp:// broker when "
+            "REDIS_CLUSTER is on: Celery's Redis broker cannot use a Redis Cluster"
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the API and the workers can be configured with; see `.env.example`."""
 
     redis_url: str = "redis://localhost:6379/0"
+    # REDIS_URL names any node of a Redis Cluster (Redis 7+: sharded pub/sub).
+    redis_cluster: bool = False
     celery_broker_url: str = "redis://localhost:6379/0"
     default_model: str = DEMO_MODEL
     model_allowlist: tuple[str, ...] = ("demo*",)
@@ -128,6 +143,9 @@ class Settings:
         """Build settings from environment variables; a bad value raises `ConfigError`."""
         env = os.environ if environ is None else environ
         redis_url = _url(env, "REDIS_URL", cls.redis_url, ("redis", "rediss", "unix"))
+        redis_cluster = _bool(env, "REDIS_CLUSTER", cls.redis_cluster)
+        if redis_cluster:
+            _check_cluster(env, redis_url)
         key = (
             env.get("PROVIDER_API_KEY", "").strip()
             or env.get("OPENROUTER_API_KEY", "").strip()
@@ -150,6 +168,7 @@ class Settings:
         allowlist = _patterns(env, "MODEL_ALLOWLIST", default_allowlist)
         settings = cls(
             redis_url=redis_url,
+            redis_cluster=redis_cluster,
             celery_broker_url=_str(env, "CELERY_BROKER_URL", redis_url),
             default_model=_str(env, "DEFAULT_MODEL", default_model),
             model_allowlist=allowlist,

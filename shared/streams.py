@@ -22,6 +22,7 @@ import redis
 from shared import keys
 from shared.errors import AppendRefused, BadCursor, IdempotencyConflict, SessionNotFound
 from shared.jobs import GenerationRequest
+from shared.redisconn import is_cluster
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,24 @@ if ARGV[9] ~= '' then
 end
 return id
 """
+
+# In cluster mode one XREAD cannot follow the sessions of many slots, so the API's
+# followers learn of new entries by sharded pub/sub: this variant of `_APPEND` also
+# SPUBLISHes the new entry's id to the session's channel, KEYS[4] (same hash tag, so same
+# slot; Redis 7+). Standalone Redis runs `_APPEND` itself, unchanged.
+_APPEND_NOTIFY = (
+    "local function append()\n"
+    + _APPEND
+    + """end
+local id = append()
+if string.sub(id, 1, 1) ~= '!' then
+  redis.call('SPUBLISH', KEYS[4], id)
+elseif id == '!stream_too_long' then
+  redis.call('SPUBLISH', KEYS[4], '')
+end
+return id
+"""
+)
 
 # The fencing token is the meta's `attempt`: taking the lease increments it, and the
 # append refuses a token that is not the current one. The lease key itself says that the
@@ -306,14 +325,11 @@ def _append(
     ]
     for name, value in (meta_fields or {}).items():
         args += [name, value]
-    result = str(
-        _run(
-            r,
-            _APPEND,
-            [keys.meta(session_id), keys.events(session_id), keys.lease(session_id)],
-            args,
-        )
-    )
+    keys_ = [keys.meta(session_id), keys.events(session_id), keys.lease(session_id)]
+    source = _APPEND
+    if is_cluster(r):
+        source, keys_ = _APPEND_NOTIFY, [*keys_, keys.notify(session_id)]
+    result = str(_run(r, source, keys_, args))
     if result == "!duplicate":
         return None
     if (new_status in TERMINAL_STATUSES and not result.startswith("!")) or (

@@ -38,6 +38,19 @@ def test_an_openai_key_alone_points_at_openai() -> None:
     assert settings.default_model == "gpt-4o-mini"
 
 
+def test_cluster_mode_with_its_own_broker() -> None:
+    settings = Settings.from_env(
+        {
+            "REDIS_CLUSTER": "yes",
+            "REDIS_URL": "redis://n1:7000",
+            "CELERY_BROKER_URL": "amqp://guest@mq//",
+        }
+    )
+    assert settings.redis_cluster
+    assert settings.celery_broker_url == "amqp://guest@mq//"
+    assert not Settings.from_env({}).redis_cluster
+
+
 @pytest.mark.parametrize(
     ("env", "named"),
     [
@@ -48,6 +61,25 @@ def test_an_openai_key_alone_points_at_openai() -> None:
         ({"PROVIDER_BASE_URL": "ftp://x"}, "PROVIDER_BASE_URL"),
         ({"TRUST_PROXY_HEADERS": "maybe"}, "TRUST_PROXY_HEADERS"),
         ({"DEFAULT_MODEL": "gpt-4o"}, "DEFAULT_MODEL"),
+        ({"REDIS_CLUSTER": "maybe"}, "REDIS_CLUSTER"),
+        # Celery's Redis broker cannot use a cluster: it must be named on its own.
+        ({"REDIS_CLUSTER": "true", "REDIS_URL": "redis://n1:7000"}, "CELERY_BROKER_URL"),
+        (
+            {
+                "REDIS_CLUSTER": "true",
+                "REDIS_URL": "redis://n1:7000",
+                "CELERY_BROKER_URL": "redis://n1:7000",
+            },
+            "CELERY_BROKER_URL",
+        ),
+        (
+            {
+                "REDIS_CLUSTER": "true",
+                "REDIS_URL": "unix:///tmp/r.sock",
+                "CELERY_BROKER_URL": "redis://broker:6379/0",
+            },
+            "REDIS_URL",
+        ),
     ],
 )
 def test_bad_settings_fail_at_start_naming_the_variable(env: dict[str, str], named: str) -> None:

@@ -65,6 +65,7 @@ def runtime() -> Runtime:
                 settings.redis_url,
                 max_connections=settings.worker_concurrency + 10,
                 name="rstreams-worker",
+                cluster=settings.redis_cluster,
             )
             _runtime = Runtime(settings, client, LeaseKeeper(client, settings.lease_ttl_s))
         return _runtime

@@ -1,0 +1,224 @@
+"""The whole product on a three-master Redis Cluster: API, worker and followers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+import websocket
+from redis.cluster import RedisCluster
+
+from shared import keys
+from shared.localredis import LocalRedis
+from tests import client
+from tests.localcluster import LocalCluster
+from tests.procs import Api, Worker, child_env
+from tests.test_follow import assert_well_formed
+from worker.providers.demo import demo_text
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class ClusterStack:
+    """A cluster, its broker, one worker and one API, all in cluster mode."""
+
+    cluster: LocalCluster
+    rc: RedisCluster
+    api: Api
+
+
+@pytest.fixture(scope="module")
+def stack(logs_dir: Path) -> Iterator[ClusterStack]:
+    """Everything started once for this module, stopped after it."""
+    cluster = LocalCluster().start()
+    broker = LocalRedis().start()
+    env = child_env(
+        REDIS_CLUSTER="true",
+        REDIS_URL=cluster.url,
+        CELERY_BROKER_URL=broker.url,
+        CELERY_QUEUE="q-cluster",
+        DEMO_TOKENS_PER_S="50",
+        XREAD_BLOCK_MS="1000",
+        SSE_PING_S="1",
+        LEASE_TTL_S="5",
+    )
+    worker = api = None
+    rc = RedisCluster.from_url(cluster.url, decode_responses=True)
+    try:
+        worker = Worker(env, logs_dir, name="cluster-worker").start()
+        api = Api(env, logs_dir, name="cluster-api").start()
+        yield ClusterStack(cluster, rc, api)
+    finally:
+        for proc in (api, worker):
+            if proc is not None:
+                proc.stop(timeout_s=10)
+        rc.close()
+        broker.close()
+        cluster.close()
+
+
+def node_of(rc: RedisCluster, session_id: str) -> str:
+    """The master that holds a session's keys."""
+    return str(rc.get_node_from_key(keys.meta(session_id)).name)
+
+
+def follow_all(ws_url: str, session_ids: list[str]) -> dict[str, client.WsResult]:
+    """Follow every session over WebSocket at once, one thread each."""
+    results: dict[str, client.WsResult] = {}
+
+    def run(i: int, session_id: str) -> None:
+        results[f"{i}:{session_id}"] = client.ws_follow(ws_url, session_id)
+
+    threads = [
+        threading.Thread(target=run, args=(i, sid)) for i, sid in enumerate(session_ids)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def test_sessions_on_every_master_stream_live_to_websocket_followers(
+    stack: ClusterStack,
+) -> None:
+    prompts = [f"cluster prompt {i}" for i in range(12)]
+    ids = [client.create(stack.api.url, prompt=p, max_tokens=30)["sessionId"] for p in prompts]
+    assert {node_of(stack.rc, sid) for sid in ids} == {
+        n.name for n in stack.rc.get_primaries()
+    }, "12 sessions should spread over all three masters"
+    results = follow_all(stack.api.ws_url, ids)
+    assert len(results) == len(ids)
+    for i, (prompt, session_id) in enumerate(zip(prompts, ids, strict=True)):
+        result = results[f"{i}:{session_id}"]
+        assert result.close_code == 1000
+        assert_well_formed(result.events, 30)
+        assert client.chunks_text(result.events) == demo_text(prompt, 30)
+        assert client.text(stack.api.url, session_id)["text"] == demo_text(prompt, 30)
+
+
+def test_live_chunks_arrive_as_they_are_written(stack: ClusterStack) -> None:
+    # 100 chunks at 50/s: two seconds. A follower woken only by its 1 s timeout (no
+    # notification through sharded pub/sub) would see gaps of a second.
+    session_id = client.create(stack.api.url, prompt="live on a cluster", max_tokens=100)[
+        "sessionId"
+    ]
+    ws = websocket.create_connection(f"{stack.api.ws_url}/api/streams/{session_id}/ws", timeout=30)
+    arrivals: list[float] = []
+    events: list[dict] = []
+    try:
+        while not events or events[-1]["type"] not in client.TERMINAL:
+            events.append(json.loads(ws.recv()))
+            arrivals.append(time.monotonic())
+    finally:
+        ws.close()
+    assert_well_formed(events, 100)
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
+    assert max(gaps) < 0.5, f"largest gap between live events: {max(gaps):.2f} s"
+    assert arrivals[-1] - arrivals[10] > 1.0
+
+
+@pytest.mark.parametrize("cut", [2, 15])
+def test_resume_from_a_cursor_gives_exactly_the_rest(stack: ClusterStack, cut: int) -> None:
+    session_id = client.create(stack.api.url, prompt="resume on a cluster", max_tokens=40)[
+        "sessionId"
+    ]
+    first = client.ws_follow(stack.api.ws_url, session_id, max_events=cut).events
+    rest = client.ws_follow(stack.api.ws_url, session_id, after=first[-1]["id"])
+    assert rest.close_code == 1000
+    assert_well_formed(first + rest.events, 40)
+    sse = client.sse_follow(stack.api.url, session_id, last_event_id=first[-1]["id"])
+    assert sse.events == rest.events
+    assert sse.ids == [e["id"] for e in rest.events]
+    assert client.chunks_text(first + rest.events) == client.text(stack.api.url, session_id)[
+        "text"
+    ]
+
+
+def test_sse_follows_a_live_session(stack: ClusterStack) -> None:
+    session_id = client.create(stack.api.url, prompt="sse on a cluster", max_tokens=25)[
+        "sessionId"
+    ]
+    result = client.sse_follow(stack.api.url, session_id)
+    assert_well_formed(result.events, 25)
+    assert result.types[-1] == "done"
+    assert client.chunks_text(result.events) == demo_text("sse on a cluster", 25)
+
+
+def test_delete_cancels_a_live_session(stack: ClusterStack) -> None:
+    session_id = client.create(stack.api.url, prompt="stop me", max_tokens=400)["sessionId"]
+    first = client.ws_follow(stack.api.ws_url, session_id, max_events=3).events
+    response = requests.delete(f"{stack.api.url}/api/streams/{session_id}", timeout=10)
+    assert response.status_code == 202
+    assert response.json()["status"] == "cancelled"
+    rest = client.ws_follow(stack.api.ws_url, session_id, after=first[-1]["id"])
+    assert rest.close_code == 1000
+    assert rest.events[-1]["type"] == "cancelled"
+    final = client.info(stack.api.url, session_id)
+    assert final["status"] == "cancelled"
+    assert final["chunks"] < 400
+
+
+def api_connections(stack: ClusterStack) -> dict[str, int]:
+    """How many connections the API holds on each master (named `rstreams-api*`)."""
+    counts = {}
+    for node in stack.rc.get_primaries():
+        clients = stack.rc.get_redis_connection(node).client_list()
+        counts[node.name] = sum(1 for c in clients if c["name"].startswith("rstreams-api"))
+    return counts
+
+
+def test_thirty_followers_hold_few_connections_per_node(stack: ClusterStack) -> None:
+    prompts = [f"many followers {i}" for i in range(6)]
+    ids = [client.create(stack.api.url, prompt=p, max_tokens=120)["sessionId"] for p in prompts]
+    assert len({node_of(stack.rc, sid) for sid in ids}) >= 2
+    followed = [sid for sid in ids for _ in range(5)]  # 30 followers, 5 per session
+    peak: dict[str, int] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for name, count in api_connections(stack).items():
+                peak[name] = max(peak.get(name, 0), count)
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        results = follow_all(stack.api.ws_url, followed)
+    finally:
+        done.set()
+        watcher.join()
+    print(f"API connections per master, peak with 30 followers: {peak}")
+    assert len(results) == 30
+    for key, result in results.items():
+        session_id = key.split(":", 1)[1]
+        prompt = prompts[ids.index(session_id)]
+        assert result.close_code == 1000
+        assert client.chunks_text(result.events) == demo_text(prompt, 120)
+    # Per master: the hub's pub/sub and reads (2) plus the command pool (4), at most.
+    assert peak and all(count <= 6 for count in peak.values()), peak
+
+
+def test_readyz_idempotency_and_bad_input_on_a_cluster(stack: ClusterStack) -> None:
+    ready = requests.get(f"{stack.api.url}/readyz", timeout=10)
+    assert ready.status_code == 200, ready.text
+    headers = {"Idempotency-Key": "cluster-retry-1"}
+    first = client.create(stack.api.url, headers=headers, prompt="once", max_tokens=5)
+    again = client.create(stack.api.url, headers=headers, prompt="once", max_tokens=5)
+    assert again["sessionId"] == first["sessionId"]
+    unknown = "A" * 21
+    assert requests.get(f"{stack.api.url}/api/streams/{unknown}", timeout=10).status_code == 404
+    assert requests.delete(f"{stack.api.url}/api/streams/{unknown}", timeout=10).status_code == 404
+    result = client.ws_follow(stack.api.ws_url, unknown)
+    assert result.close_code == 4404
+    bad = requests.get(f"{stack.api.url}/api/streams/{first['sessionId']}?after=x", timeout=10)
+    assert bad.status_code == 400
