@@ -25,7 +25,7 @@ from typing import Any, cast
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from api.hub import Entry, Hub, Subscription, id_key
+from api.hub import Hub, Subscription, id_key
 from shared import keys
 
 log = logging.getLogger(__name__)
@@ -200,12 +200,3 @@ class ClusterHub(Hub):
                 dirty.discard(key)  # read to the end; a full page means more to read
             if entries:
                 self._deliver(key, [(str(i), dict(f)) for i, f in entries])
-
-    def _deliver(self, key: str, entries: list[Entry]) -> None:
-        with self._lock:
-            if key not in self._subs:
-                return
-            self._cursors[key] = max(self._cursors.get(key, "0-0"), entries[-1][0], key=id_key)
-            subs = list(self._subs[key])
-        for sub in subs:
-            sub.push(entries)

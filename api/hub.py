@@ -168,16 +168,18 @@ class Hub:
                 if key == self.wake_key:
                     self._wake_cursor = entries[-1][0]
                     continue
-                with self._lock:
-                    if key not in self._subs:
-                        continue
-                    self._cursors[key] = max(
-                        self._cursors.get(key, "0-0"), entries[-1][0], key=id_key
-                    )
-                    subs = list(self._subs[key])
-                events = [streams.decode_event(entry_id, fields) for entry_id, fields in entries]
-                for sub in subs:
-                    sub.push(events)
+                self._deliver(key, entries)
+
+    def _deliver(self, key: str, entries: list[tuple[str, dict[str, str]]]) -> None:
+        """Move the stream's cursor past `entries`, decode them once, queue them for all."""
+        with self._lock:
+            if key not in self._subs:
+                return
+            self._cursors[key] = max(self._cursors.get(key, "0-0"), entries[-1][0], key=id_key)
+            subs = list(self._subs[key])
+        events = [streams.decode_event(entry_id, fields) for entry_id, fields in entries]
+        for sub in subs:
+            sub.push(events)
 
 
 def _by_key(response: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
