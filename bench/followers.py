@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from bench.procstat import cpu_s, rss_mb
+from bench.procstat import cpu_s, rss_mb, run_delay_s
 from bench.wsclient import Followers
 from shared.localredis import LocalRedis
 from tests import client
@@ -84,7 +84,11 @@ def run_load(
         redis_pid = int(watcher.info("server")["process_id"])
         redis_clients = int(watcher.info("clients")["connected_clients"]) - 1
         assert api.proc is not None
-        before = {"api": cpu_s(api.proc.pid), "redis": cpu_s(redis_pid)}
+        before = {
+            "api": cpu_s(api.proc.pid),
+            "redis": cpu_s(redis_pid),
+            "api_wait": run_delay_s(api.proc.pid),
+        }
         started = time.time()  # the worker's start: CPU figures run from here
         worker = Worker(env, logs, name=f"worker-{sessions}x{followers}").start()
         assert worker.proc is not None
@@ -117,6 +121,8 @@ def run_load(
             "redis_cpu": (cpu_s(redis_pid) - before["redis"]) / run_s,
             "client_cpu": tally.cpu_s / run_s,
             "per_api_core": len(latencies) / max(api_cpu_s, 0.01),
+            # Share of the run the API was ready to run but waited for a core.
+            "api_wait": (run_delay_s(api.proc.pid) - before["api_wait"]) / run_s,
             "redis_clients": redis_clients,
         }
     finally:
@@ -158,7 +164,8 @@ def idle_load(n: int, *, worker_class: str = "gevent", hub: str = "true", logs: 
 LOAD_HEADER = (
     "| sessions x followers | deliveries | lost | repeated | p50 ms | p99 ms | max ms "
     "| deliveries/s | per API core-second | CPU: API | worker | Redis | clients "
-    "| Redis clients |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| API waited for a core | Redis clients |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -168,7 +175,8 @@ def load_row(f: dict[str, Any]) -> str:
         f"| {f['load']} | {f['deliveries']:,} | {f['lost']} | {f['repeated']} | "
         f"{f['p50']:.0f} | {f['p99']:.0f} | {f['max']:.0f} | {f['per_s']:,.0f} | "
         f"{f['per_api_core']:,.0f} | {f['api_cpu']:.2f} | {f['worker_cpu']:.2f} | "
-        f"{f['redis_cpu']:.2f} | {f['client_cpu']:.2f} | {f['redis_clients']} |"
+        f"{f['redis_cpu']:.2f} | {f['client_cpu']:.2f} | {f['api_wait']:.0%} | "
+        f"{f['redis_clients']} |"
     )
 
 

@@ -35,3 +35,16 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 total_kb += int(line.split()[1])
     return total_kb / 1024
+
+
+def run_delay_s(pid: int) -> float:
+    """Seconds the threads of `pid` and its children spent runnable but waiting for a CPU
+    (the second field of /proc/<task>/schedstat); 0 if gone."""
+    total_ns = 0
+    for p in family(pid):
+        for stat in Path(f"/proc/{p}/task").glob("*/schedstat"):
+            try:
+                total_ns += int(stat.read_text().split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+    return total_ns / 1e9
