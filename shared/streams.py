@@ -8,6 +8,8 @@ the status in the same step as the event that causes it.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import re
@@ -161,6 +163,12 @@ def _run(r: redis.Redis, source: str, keys_: list[str], args: list[Any]) -> Any:
     return script(keys=keys_, args=args, client=r)
 
 
+@functools.cache
+def _sha(source: str) -> str:
+    # Redis names a script by the SHA1 of its text (EVALSHA), not for security.
+    return hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
 def now_ms() -> int:
     """Milliseconds since the epoch, as stored in meta."""
     return int(time.time() * 1000)
@@ -255,6 +263,38 @@ def _append(
     new_status: Status | None = None,
     meta_fields: dict[str, Any] | None = None,
 ) -> str | None:
+    args = _append_args(
+        etype,
+        token=token,
+        maxlen=maxlen,
+        ttl_s=ttl_s,
+        text=text,
+        index=index,
+        data=data,
+        new_status=new_status,
+        meta_fields=meta_fields,
+    )
+    return _append_result(
+        r, session_id, new_status, _run(r, _APPEND, _append_keys(session_id), args)
+    )
+
+
+def _append_keys(session_id: str) -> list[str]:
+    return [keys.meta(session_id), keys.events(session_id), keys.lease(session_id)]
+
+
+def _append_args(
+    etype: EventType,
+    *,
+    token: str,
+    maxlen: int,
+    ttl_s: int,
+    text: str = "",
+    index: int = 0,
+    data: dict[str, Any] | None = None,
+    new_status: Status | None = None,
+    meta_fields: dict[str, Any] | None = None,
+) -> list[Any]:
     args: list[Any] = [
         token,
         etype.value,
@@ -268,14 +308,13 @@ def _append(
     ]
     for name, value in (meta_fields or {}).items():
         args += [name, value]
-    result = str(
-        _run(
-            r,
-            _APPEND,
-            [keys.meta(session_id), keys.events(session_id), keys.lease(session_id)],
-            args,
-        )
-    )
+    return args
+
+
+def _append_result(
+    r: redis.Redis, session_id: str, new_status: Status | None, answer: Any
+) -> str | None:
+    result = str(answer)
     if result == "!duplicate":
         return None
     if (new_status in TERMINAL_STATUSES and not result.startswith("!")) or (
@@ -302,6 +341,33 @@ def append_chunk(
         text=text,
         index=index,
     )
+
+
+def queue_chunk(
+    pipe: Any, session_id: str, index: int, text: str, *, token: str, maxlen: int, ttl_s: int
+) -> None:
+    """Queue the append of chunk `index` into `pipe`; read its answer with `chunk_result`.
+
+    `pipe` is a non-transactional pipeline: each call is the same atomic script on one
+    session's keys, so a pipeline of many sessions' chunks also works on Redis Cluster.
+    Run `load_append_script` first (again after a `NoScriptError` answer): a pipeline
+    cannot load a missing script by itself.
+    """
+    args = _append_args(
+        EventType.CHUNK, token=token, maxlen=maxlen, ttl_s=ttl_s, text=text, index=index
+    )
+    keys_ = _append_keys(session_id)
+    pipe.evalsha(_sha(_APPEND), len(keys_), *keys_, *args)
+
+
+def chunk_result(r: redis.Redis, session_id: str, answer: Any) -> str | None:
+    """What `append_chunk` returns for a queued chunk's `answer`; raises `AppendRefused`."""
+    return _append_result(r, session_id, None, answer)
+
+
+def load_append_script(r: redis.Redis) -> None:
+    """Load the append script into Redis (all primaries of a cluster) for `queue_chunk`."""
+    r.script_load(_APPEND)
 
 
 def append_status(
