@@ -19,6 +19,7 @@ from celery.signals import worker_ready, worker_shutting_down
 from shared.jobs import enqueue, make_celery
 from shared.redisconn import connect
 from shared.settings import Settings
+from worker.appender import Appender
 from worker.leases import LeaseKeeper
 from worker.reaper import Reaper
 
@@ -48,6 +49,7 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     keeper: LeaseKeeper
+    appender: Appender
     # Set when the worker begins to shut down: generations hand their sessions over.
     stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -66,7 +68,9 @@ def runtime() -> Runtime:
                 max_connections=settings.worker_concurrency + 10,
                 name="rstreams-worker",
             )
-            _runtime = Runtime(settings, client, LeaseKeeper(client, settings.lease_ttl_s))
+            _runtime = Runtime(
+                settings, client, LeaseKeeper(client, settings.lease_ttl_s), Appender(client)
+            )
         return _runtime
 
 
