@@ -1,24 +1,26 @@
 """Writes the chunks of every generation in this worker process, a batch at a time.
 
-Each generation queues its chunks in its `Sink`. One thread per process takes whatever
-the sinks hold, sends it as one non-transactional pipeline of the atomic append script
-(one call per chunk, each on its own session's keys, so redis-py's cluster pipeline can
-split it by node), and hands every answer back to its sink. The next batch goes out as
-soon as the previous one returned: under load, batches grow by themselves; when idle, a
-chunk goes out at once. Nothing waits on a timer except a sink's backoff after an error.
+Generations queue their chunks here (through their `Sink`). One thread per process takes
+whatever is queued, sends it as one non-transactional pipeline of the atomic append
+script (one call per chunk, each on its own session's keys, so redis-py's cluster
+pipeline can split it by node), and hands every answer back to its sink. The next batch
+goes out as soon as the previous one returned: under load batches grow by themselves,
+and an idle process sends a chunk at once. Only a sink's backoff after an error waits.
 
-A session's chunks stay in its sink until Redis answered them, and a batch is sent only
-after the previous one returned, so they are written in order; after a connection error
-they are sent again from the first unanswered one, and the script's index check drops
-the ones that had been written already.
+A chunk stays queued here until Redis answered it, and a batch goes out only after the
+previous one returned, so each session's chunks are written in order; after a connection
+error they are sent again from the first unanswered one, and the script's index check
+drops those that had been written already.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import queue
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 import redis
@@ -34,63 +36,75 @@ log = logging.getLogger(__name__)
 # outage, when every session has a buffer to write.
 BATCH_MAX = 2000
 
+Batch = list[tuple["Sink", list[tuple[int, str]]]]
+
 
 class Appender:
-    """The process's one writer of chunks; sinks queue chunks and call `wake`."""
+    """The process's one writer of chunks."""
 
     def __init__(self, r: redis.Redis) -> None:
         self.r = r
-        # Guards every sink's queue and state; sinks wait on conditions of this lock.
-        self.lock = threading.Lock()
-        self._work = threading.Condition(self.lock)
-        self._waiting: dict[Sink, None] = {}  # sinks with chunks to write, in arrival order
-        self._thread: threading.Thread | None = None
+        self._queued: queue.SimpleQueue[tuple[Sink, int, str]] = queue.SimpleQueue()
+        # Chunks not yet written, per sink; only the appender's thread touches it.
+        self._unsent: dict[Sink, deque[tuple[int, str]]] = {}
         self._script_loaded = False
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
 
-    def wake(self, sink: Sink) -> None:
-        """Note that `sink` has chunks to write."""
-        with self.lock:
-            self._waiting[sink] = None
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="appender", daemon=True)
-                self._thread.start()
-            self._work.notify()
+    def put(self, sink: Sink, index: int, text: str) -> None:
+        """Queue chunk `index` of `sink`'s session."""
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="appender", daemon=True)
+                    self._thread.start()
+        self._queued.put((sink, index, text))
 
     def _run(self) -> None:
         while True:
+            self._collect()
             batch = self._take()
+            if not batch:
+                continue
             try:
                 self._send(batch)
             except Exception as e:  # a bug here must not leave generations waiting forever
                 log.exception("appender failed; failing the sessions of this batch")
-                with self.lock:
-                    for sink, _items in batch:
-                        sink.fail(e)
+                for sink, _items in batch:
+                    sink.fail(e)
+                    self._unsent.pop(sink, None)
 
-    def _take(self) -> list[tuple[Sink, list[tuple[int, str]]]]:
-        with self.lock:
+    def _collect(self) -> None:
+        """Move what was queued to the per-sink queues; wait if there is nothing to send."""
+        now = time.monotonic()
+        retry_at = min((s.retry_at for s in self._unsent), default=None)
+        try:
+            if retry_at is None:
+                item = self._queued.get()
+            else:
+                item = self._queued.get(timeout=max(0.0, retry_at - now))
             while True:
-                now = time.monotonic()
-                due = [s for s in self._waiting if s.retry_at <= now]
-                if due:
-                    break
-                wake_at = min((s.retry_at for s in self._waiting), default=None)
-                self._work.wait(None if wake_at is None else wake_at - now)
-            batch: list[tuple[Sink, list[tuple[int, str]]]] = []
-            size = 0
-            for sink in due:
-                if size >= BATCH_MAX:
-                    break
-                del self._waiting[sink]
-                if not sink.is_writable():
-                    continue
-                items = list(itertools.islice(sink.pending, BATCH_MAX - size))
-                if items:
-                    batch.append((sink, items))
-                    size += len(items)
-            return batch
+                sink, index, text = item
+                self._unsent.setdefault(sink, deque()).append((index, text))
+                item = self._queued.get_nowait()
+        except queue.Empty:
+            pass
 
-    def _send(self, batch: list[tuple[Sink, list[tuple[int, str]]]]) -> None:
+    def _take(self) -> Batch:
+        """The chunks to send now: every writable sink's that is not backing off."""
+        batch: Batch = []
+        size = 0
+        now = time.monotonic()
+        for sink, chunks in list(self._unsent.items()):
+            if not sink.is_writable():
+                del self._unsent[sink]
+            elif sink.retry_at <= now and size < BATCH_MAX:
+                items = list(itertools.islice(chunks, BATCH_MAX - size))
+                batch.append((sink, items))
+                size += len(items)
+        return batch
+
+    def _send(self, batch: Batch) -> None:
         pipe = self.r.pipeline(transaction=False)
         for sink, items in batch:
             for index, text in items:
@@ -116,10 +130,12 @@ class Appender:
         # A restarted Redis has forgotten the script: load it before the next batch.
         if any(isinstance(a, redis.exceptions.NoScriptError) for a in answers):
             self._script_loaded = False
-        with self.lock:
-            start = 0
-            for sink, items in batch:
-                sink.answered(answers[start : start + len(items)])
-                start += len(items)
-                if sink.pending and sink.is_writable():
-                    self._waiting[sink] = None
+        start = 0
+        for sink, items in batch:
+            written = sink.answered(answers[start : start + len(items)])
+            start += len(items)
+            chunks = self._unsent.pop(sink)
+            for _ in range(written):
+                chunks.popleft()
+            if chunks:
+                self._unsent[sink] = chunks  # at the end: the others go first next time

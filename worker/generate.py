@@ -7,7 +7,6 @@ import functools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -36,12 +35,12 @@ class StoreUnavailable(Exception):
 
 
 class Sink:
-    """Queues a session's chunks for the process's appender, which writes them in order;
-    holds them in a bounded buffer while Redis is unreachable, so the worker keeps reading
-    from the provider through a Redis restart.
+    """Queues a session's chunks for the process's appender, which writes them in order,
+    and bounds how many may wait unwritten while Redis is unreachable, so the worker keeps
+    reading from the provider through a Redis restart.
 
-    The appender calls `answered` and `fail` (under `appender.lock`); a refusal or a
-    failure it reports is raised in the generation at its next `chunk` or `flush`.
+    The appender reports back through `answered` and `fail`, from its own thread; a refusal
+    or a failure it reports is raised in the generation at its next `chunk` or `flush`.
     """
 
     def __init__(
@@ -57,72 +56,81 @@ class Sink:
         self.appender = appender
         self.session_id = session_id
         self.token = token
-        self.index = first_index
+        self.index = first_index  # the next chunk's index
+        self.written = first_index  # every chunk before this one is in Redis
         self.settings = settings
-        self.pending: deque[tuple[int, str]] = deque()  # queued, not yet written
         self.retry_at = 0.0
         self._backoff_s = _BACKOFF_START_S
         self._down_since: float | None = None
         self._failure: Exception | None = None  # AppendRefused, StoreUnavailable, ...
         self._closed = False
-        self._written = threading.Condition(appender.lock)
+        self._changed = threading.Condition()
 
     def chunk(self, text: str) -> None:
         """Queue the next chunk; raises what stopped an earlier one (a refusal, an outage)."""
-        with self._written:
+        self._check()
+        if self.index - self.written >= self.settings.worker_buffer_chunks:
             # The buffer is full: wait for Redis rather than grow.
-            while self._check() and len(self.pending) >= self.settings.worker_buffer_chunks:
-                self._written.wait()
-            self.pending.append((self.index, text))
-            self.index += 1
-        self.appender.wake(self)
+            self._wait(lambda: self.index - self.written < self.settings.worker_buffer_chunks)
+        self.appender.put(self, self.index, text)
+        self.index += 1
 
     def flush(self) -> None:
         """Wait until every queued chunk is written, up to `REDIS_OUTAGE_MAX_S` of outage."""
-        with self._written:
-            while self._check() and self.pending:
-                self._written.wait()
+        self._wait(lambda: self.written >= self.index)
 
     def close(self) -> None:
-        """Drop what is still queued: the generation has ended."""
-        with self._written:
-            self._closed = True
-            self.pending.clear()
+        """The generation has ended: the appender drops what it still holds of it."""
+        self._closed = True
 
     def is_writable(self) -> bool:
         """Whether the appender should still write this sink's chunks."""
         return self._failure is None and not self._closed
 
-    def answered(self, answers: list[object]) -> None:
-        """Take Redis's answers to the first queued chunks (called by the appender)."""
+    def answered(self, answers: list[object]) -> int:
+        """Take Redis's answers to the first unwritten chunks; returns how many were written.
+
+        Called by the appender. A connection error leaves this chunk and the later ones
+        to be sent again after a backoff.
+        """
+        written = 0
         for answer in answers:
             if isinstance(answer, redis.RedisError):
-                self._failed_quietly(answer)  # this and the later ones go again
+                try:
+                    self._failed(answer)
+                except StoreUnavailable as e:
+                    self.fail(e)
                 break
             try:
                 streams.chunk_result(self.r, self.session_id, answer)
             except AppendRefused as e:
                 self.fail(e)
                 break
-            self.pending.popleft()
+            written += 1
             self._recovered()
-        self._written.notify_all()
+        if written:
+            self.written += written
+            with self._changed:
+                self._changed.notify_all()
+        return written
 
     def fail(self, error: Exception) -> None:
         """Stop writing; the generation raises `error` at its next step (called by the appender)."""
         self._failure = error
-        self._written.notify_all()
+        with self._changed:
+            self._changed.notify_all()
 
-    def _check(self) -> bool:
+    def _check(self) -> None:
         if self._failure is not None:
             raise self._failure
-        return True
 
-    def _failed_quietly(self, error: redis.RedisError) -> None:
-        try:
-            self._failed(error)
-        except StoreUnavailable as e:
-            self.fail(e)
+    def _wait(self, is_done: Callable[[], bool]) -> None:
+        with self._changed:
+            while True:
+                self._check()
+                if is_done():
+                    return
+                self._changed.wait()
 
     def terminal(self, write: Callable[[], object]) -> None:
         """Flush, then write the terminal event, retrying through a Redis outage."""
