@@ -350,8 +350,8 @@ def queue_chunk(
 
     `pipe` is a non-transactional pipeline: each call is the same atomic script on one
     session's keys, so a pipeline of many sessions' chunks also works on Redis Cluster.
-    Run `load_append_script` first (again after a `NoScriptError` answer): a pipeline
-    cannot load a missing script by itself.
+    Run `load_scripts` first (again after a `NoScriptError` answer): a pipeline cannot
+    load a missing script by itself.
     """
     args = _append_args(
         EventType.CHUNK, token=token, maxlen=maxlen, ttl_s=ttl_s, text=text, index=index
@@ -365,9 +365,10 @@ def chunk_result(r: redis.Redis, session_id: str, answer: Any) -> str | None:
     return _append_result(r, session_id, None, answer)
 
 
-def load_append_script(r: redis.Redis) -> None:
-    """Load the append script into Redis (all primaries of a cluster) for `queue_chunk`."""
-    r.script_load(_APPEND)
+def load_scripts(r: redis.Redis) -> None:
+    """Load the scripts `queue_chunk` and `queue_renew` run into Redis (a cluster's primaries)."""
+    for source in (_APPEND, _RENEW):
+        r.script_load(source)
 
 
 def append_status(
@@ -466,6 +467,15 @@ def acquire_lease(
 def renew_lease(r: redis.Redis, session_id: str, token: str, ttl_ms: int) -> bool:
     """Extend the lease if `token` still holds it; False: lost, or the session ended."""
     return bool(_run(r, _RENEW, [keys.meta(session_id), keys.lease(session_id)], [token, ttl_ms]))
+
+
+def queue_renew(pipe: Any, session_id: str, token: str, ttl_ms: int) -> None:
+    """Queue `renew_lease` into a non-transactional `pipe`; its answer is 1 if renewed.
+
+    Run `load_scripts` first.
+    """
+    keys_ = [keys.meta(session_id), keys.lease(session_id)]
+    pipe.evalsha(_sha(_RENEW), len(keys_), *keys_, token, ttl_ms)
 
 
 def release_lease(r: redis.Redis, session_id: str, token: str) -> None:

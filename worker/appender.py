@@ -120,7 +120,7 @@ class Appender:
         answers: list[object]
         try:
             if not self._script_loaded:
-                streams.load_append_script(self.r)
+                streams.load_scripts(self.r)
                 self._script_loaded = True
             answers = pipe.execute(raise_on_error=False)
         except redis.RedisError as e:
