@@ -357,7 +357,9 @@ def queue_chunk(
         EventType.CHUNK, token=token, maxlen=maxlen, ttl_s=ttl_s, text=text, index=index
     )
     keys_ = _append_keys(session_id)
-    pipe.evalsha(_sha(_APPEND), len(keys_), *keys_, *args)
+    # redis-py's cluster pipeline refuses its `evalsha` method but routes the command by
+    # its keys.
+    pipe.execute_command("EVALSHA", _sha(_APPEND), len(keys_), *keys_, *args)
 
 
 def chunk_result(r: redis.Redis, session_id: str, answer: Any) -> str | None:
@@ -475,7 +477,7 @@ def queue_renew(pipe: Any, session_id: str, token: str, ttl_ms: int) -> None:
     Run `load_scripts` first.
     """
     keys_ = [keys.meta(session_id), keys.lease(session_id)]
-    pipe.evalsha(_sha(_RENEW), len(keys_), *keys_, token, ttl_ms)
+    pipe.execute_command("EVALSHA", _sha(_RENEW), len(keys_), *keys_, token, ttl_ms)
 
 
 def release_lease(r: redis.Redis, session_id: str, token: str) -> None:
