@@ -6,7 +6,8 @@ Starts its own redis-server and one worker process (threads pool, WORKER_CONCURR
 sessions), stores N sessions and enqueues them at once through the API's job contract,
 then reads every session's stream: chunk i should be written `i / rate` seconds after
 chunk 0. Lateness is the entry id's time (a Redis millisecond timestamp) minus that
-schedule. Prints a Markdown row.
+schedule. Also reports the worker's CPU (user + system) from the enqueue to the last
+session's end, in cores (1.0 = one core busy all along), and Redis's. Prints a Markdown row.
 """
 
 from __future__ import annotations
@@ -55,12 +56,17 @@ def main() -> None:
             )
             streams.create_session(r, session_id, request, queue=settings.celery_queue)
             ids.append(session_id)
+        assert worker.proc is not None and server.proc is not None
+        pids = (worker.proc.pid, server.proc.pid)
+        cpu_start, wall_start = [cpu_s(pid) for pid in pids], time.monotonic()
         for session_id in ids:
             enqueue(celery, session_id, settings.celery_queue)
         deadline = time.monotonic() + args.chunks / args.rate + 120
         while any(r.hget(keys.meta(s), "status") not in ("completed", "failed") for s in ids):
             assert time.monotonic() < deadline, "generations did not finish"
             time.sleep(0.5)
+        wall_s = time.monotonic() - wall_start
+        cores = [(cpu_s(pid) - start) / wall_s for pid, start in zip(pids, cpu_start, strict=True)]
         lateness, starts, failed = [], [], 0
         for session_id in ids:
             if r.hget(keys.meta(session_id), "status") != "completed":
@@ -86,13 +92,19 @@ def main() -> None:
     )
     print(
         "| sessions | chunks/s each | failed | starts spread (s) | lateness p50 ms "
-        "| p99 ms | max ms |"
+        "| p99 ms | max ms | CPU worker / Redis (cores) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     print(
         f"| {args.sessions} | {args.rate:g} | {failed} | {spread_s:.1f} | {q[49]:.0f} | "
-        f"{q[98]:.0f} | {max(lateness):.0f} |"
+        f"{q[98]:.0f} | {max(lateness):.0f} | {cores[0]:.2f} / {cores[1]:.2f} |"
     )
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":

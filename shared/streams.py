@@ -8,6 +8,8 @@ the status in the same step as the event that causes it.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import re
@@ -218,6 +220,12 @@ def _run(r: redis.Redis, source: str, keys_: list[str], args: list[Any]) -> Any:
     return script(keys=keys_, args=args, client=r)
 
 
+@functools.cache
+def _sha(source: str) -> str:
+    # Redis names a script by the SHA1 of its text (EVALSHA), not for security.
+    return hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
 def now_ms() -> int:
     """Milliseconds since the epoch, as stored in meta."""
     return int(time.time() * 1000)
@@ -312,6 +320,42 @@ def _append(
     new_status: Status | None = None,
     meta_fields: dict[str, Any] | None = None,
 ) -> str | None:
+    args = _append_args(
+        etype,
+        token=token,
+        maxlen=maxlen,
+        ttl_s=ttl_s,
+        text=text,
+        index=index,
+        data=data,
+        new_status=new_status,
+        meta_fields=meta_fields,
+    )
+    source, keys_ = _append_script(r, session_id)
+    return _append_result(r, session_id, new_status, _run(r, source, keys_, args))
+
+
+def _append_script(r: Any, session_id: str) -> tuple[str, list[str]]:
+    """The append script for `r` (a client or pipeline) and its keys: on a cluster the
+    variant that also publishes to the session's channel."""
+    keys_ = [keys.meta(session_id), keys.events(session_id), keys.lease(session_id)]
+    if is_cluster(r):
+        return _APPEND_NOTIFY, [*keys_, keys.notify(session_id)]
+    return _APPEND, keys_
+
+
+def _append_args(
+    etype: EventType,
+    *,
+    token: str,
+    maxlen: int,
+    ttl_s: int,
+    text: str = "",
+    index: int = 0,
+    data: dict[str, Any] | None = None,
+    new_status: Status | None = None,
+    meta_fields: dict[str, Any] | None = None,
+) -> list[Any]:
     args: list[Any] = [
         token,
         etype.value,
@@ -325,11 +369,13 @@ def _append(
     ]
     for name, value in (meta_fields or {}).items():
         args += [name, value]
-    keys_ = [keys.meta(session_id), keys.events(session_id), keys.lease(session_id)]
-    source = _APPEND
-    if is_cluster(r):
-        source, keys_ = _APPEND_NOTIFY, [*keys_, keys.notify(session_id)]
-    result = str(_run(r, source, keys_, args))
+    return args
+
+
+def _append_result(
+    r: redis.Redis, session_id: str, new_status: Status | None, answer: Any
+) -> str | None:
+    result = str(answer)
     if result == "!duplicate":
         return None
     if (new_status in TERMINAL_STATUSES and not result.startswith("!")) or (
@@ -356,6 +402,36 @@ def append_chunk(
         text=text,
         index=index,
     )
+
+
+def queue_chunk(
+    pipe: Any, session_id: str, index: int, text: str, *, token: str, maxlen: int, ttl_s: int
+) -> None:
+    """Queue the append of chunk `index` into `pipe`; read its answer with `chunk_result`.
+
+    `pipe` is a non-transactional pipeline: each call is the same atomic script on one
+    session's keys, so a pipeline of many sessions' chunks also works on Redis Cluster.
+    Run `load_scripts` first (again after a `NoScriptError` answer): a pipeline cannot
+    load a missing script by itself.
+    """
+    args = _append_args(
+        EventType.CHUNK, token=token, maxlen=maxlen, ttl_s=ttl_s, text=text, index=index
+    )
+    source, keys_ = _append_script(pipe, session_id)
+    # redis-py's cluster pipeline refuses its `evalsha` method but routes the command by
+    # its keys.
+    pipe.execute_command("EVALSHA", _sha(source), len(keys_), *keys_, *args)
+
+
+def chunk_result(r: redis.Redis, session_id: str, answer: Any) -> str | None:
+    """What `append_chunk` returns for a queued chunk's `answer`; raises `AppendRefused`."""
+    return _append_result(r, session_id, None, answer)
+
+
+def load_scripts(r: redis.Redis) -> None:
+    """Load the scripts `queue_chunk` and `queue_renew` run into Redis (a cluster's primaries)."""
+    for source in (_APPEND_NOTIFY if is_cluster(r) else _APPEND, _RENEW):
+        r.script_load(source)
 
 
 def append_status(
@@ -454,6 +530,15 @@ def acquire_lease(
 def renew_lease(r: redis.Redis, session_id: str, token: str, ttl_ms: int) -> bool:
     """Extend the lease if `token` still holds it; False: lost, or the session ended."""
     return bool(_run(r, _RENEW, [keys.meta(session_id), keys.lease(session_id)], [token, ttl_ms]))
+
+
+def queue_renew(pipe: Any, session_id: str, token: str, ttl_ms: int) -> None:
+    """Queue `renew_lease` into a non-transactional `pipe`; its answer is 1 if renewed.
+
+    Run `load_scripts` first.
+    """
+    keys_ = [keys.meta(session_id), keys.lease(session_id)]
+    pipe.execute_command("EVALSHA", _sha(_RENEW), len(keys_), *keys_, token, ttl_ms)
 
 
 def release_lease(r: redis.Redis, session_id: str, token: str) -> None:

@@ -19,6 +19,7 @@ from celery.signals import worker_ready, worker_shutting_down
 from shared.jobs import enqueue, make_celery
 from shared.redisconn import connect
 from shared.settings import Settings
+from worker.appender import Appender
 from worker.leases import LeaseKeeper
 from worker.reaper import Reaper
 
@@ -38,6 +39,10 @@ app.conf.update(
     # after the blip finds the session's lease held and stands down.
     worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_hijack_root_logger=False,
+    # Celery builds a result backend per pool thread on first use, scanning every installed
+    # package's entry points each time: with hundreds of threads that cost seconds of CPU.
+    # Our tasks store no result (the disabled backend): one shared instance will do.
+    result_backend_thread_safe=True,
 )
 
 
@@ -48,6 +53,7 @@ class Runtime:
     settings: Settings
     redis: redis.Redis
     keeper: LeaseKeeper
+    appender: Appender
     # Set when the worker begins to shut down: generations hand their sessions over.
     stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -67,7 +73,9 @@ def runtime() -> Runtime:
                 name="rstreams-worker",
                 cluster=settings.redis_cluster,
             )
-            _runtime = Runtime(settings, client, LeaseKeeper(client, settings.lease_ttl_s))
+            _runtime = Runtime(
+                settings, client, LeaseKeeper(client, settings.lease_ttl_s), Appender(client)
+            )
         return _runtime
 
 

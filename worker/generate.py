@@ -7,7 +7,6 @@ import functools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -17,6 +16,7 @@ from shared import streams
 from shared.errors import AppendRefused, ProviderError
 from shared.jobs import GenerationRequest
 from shared.settings import Settings
+from worker.appender import Appender
 from worker.leases import Held, LeaseKeeper
 from worker.providers import is_demo_model
 from worker.providers.base import Finished, Provider, Resume, TextDelta
@@ -35,57 +35,102 @@ class StoreUnavailable(Exception):
 
 
 class Sink:
-    """Appends a session's chunks in order, holding them in a bounded buffer while Redis
-    is unreachable, so the worker keeps reading from the provider through a Redis restart.
+    """Queues a session's chunks for the process's appender, which writes them in order,
+    and bounds how many may wait unwritten while Redis is unreachable, so the worker keeps
+    reading from the provider through a Redis restart.
+
+    The appender reports back through `answered` and `fail`, from its own thread; a refusal
+    or a failure it reports is raised in the generation at its next `chunk` or `flush`.
     """
 
     def __init__(
-        self, r: redis.Redis, session_id: str, token: str, first_index: int, settings: Settings
+        self,
+        r: redis.Redis,
+        appender: Appender,
+        session_id: str,
+        token: str,
+        first_index: int,
+        settings: Settings,
     ) -> None:
         self.r = r
+        self.appender = appender
         self.session_id = session_id
         self.token = token
-        self.index = first_index
+        self.index = first_index  # the next chunk's index
+        self.written = first_index  # every chunk before this one is in Redis
         self.settings = settings
-        self.pending: deque[tuple[int, str]] = deque()
-        self._retry_at = 0.0
+        self.retry_at = 0.0
         self._backoff_s = _BACKOFF_START_S
         self._down_since: float | None = None
+        self._failure: Exception | None = None  # AppendRefused, StoreUnavailable, ...
+        self._closed = False
+        self._changed = threading.Condition()
 
     def chunk(self, text: str) -> None:
-        """Queue the next chunk and write what Redis will take now."""
-        if len(self.pending) >= self.settings.worker_buffer_chunks:
-            self.flush()  # the buffer is full: wait for Redis rather than grow
-        self.pending.append((self.index, text))
+        """Queue the next chunk; raises what stopped an earlier one (a refusal, an outage)."""
+        self._check()
+        if self.index - self.written >= self.settings.worker_buffer_chunks:
+            # The buffer is full: wait for Redis rather than grow.
+            self._wait(lambda: self.index - self.written < self.settings.worker_buffer_chunks)
+        self.appender.put(self, self.index, text)
         self.index += 1
-        self._flush(block=False)
 
     def flush(self) -> None:
-        """Write every buffered chunk, waiting for Redis up to `REDIS_OUTAGE_MAX_S`."""
-        self._flush(block=True)
+        """Wait until every queued chunk is written, up to `REDIS_OUTAGE_MAX_S` of outage."""
+        self._wait(lambda: self.written >= self.index)
 
-    def _flush(self, *, block: bool) -> None:
-        while self.pending:
-            if not block and time.monotonic() < self._retry_at:
-                return
-            index, text = self.pending[0]
+    def close(self) -> None:
+        """The generation has ended: the appender drops what it still holds of it."""
+        self._closed = True
+
+    def is_writable(self) -> bool:
+        """Whether the appender should still write this sink's chunks."""
+        return self._failure is None and not self._closed
+
+    def answered(self, answers: list[object]) -> int:
+        """Take Redis's answers to the first unwritten chunks; returns how many were written.
+
+        Called by the appender. A connection error leaves this chunk and the later ones
+        to be sent again after a backoff.
+        """
+        written = 0
+        for answer in answers:
+            if isinstance(answer, redis.RedisError):
+                try:
+                    self._failed(answer)
+                except StoreUnavailable as e:
+                    self.fail(e)
+                break
             try:
-                streams.append_chunk(
-                    self.r,
-                    self.session_id,
-                    index,
-                    text,
-                    token=self.token,
-                    maxlen=self.settings.stream_maxlen,
-                    ttl_s=self.settings.stream_ttl_s,
-                )
-            except redis.RedisError as e:
-                self._failed(e)
-                if block:
-                    time.sleep(max(0.0, self._retry_at - time.monotonic()))
-                continue
-            self.pending.popleft()
+                streams.chunk_result(self.r, self.session_id, answer)
+            except AppendRefused as e:
+                self.fail(e)
+                break
+            written += 1
             self._recovered()
+        if written:
+            self.written += written
+            with self._changed:
+                self._changed.notify_all()
+        return written
+
+    def fail(self, error: Exception) -> None:
+        """Stop writing; the generation raises `error` at its next step (called by the appender)."""
+        self._failure = error
+        with self._changed:
+            self._changed.notify_all()
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _wait(self, is_done: Callable[[], bool]) -> None:
+        with self._changed:
+            while True:
+                self._check()
+                if is_done():
+                    return
+                self._changed.wait()
 
     def terminal(self, write: Callable[[], object]) -> None:
         """Flush, then write the terminal event, retrying through a Redis outage."""
@@ -104,7 +149,7 @@ class Sink:
             except redis.RedisError as e:
                 first = False
                 self._failed(e)
-                time.sleep(max(0.0, self._retry_at - time.monotonic()))
+                time.sleep(max(0.0, self.retry_at - time.monotonic()))
 
     def _failed(self, error: redis.RedisError) -> None:
         now = time.monotonic()
@@ -117,7 +162,7 @@ class Sink:
             raise StoreUnavailable(
                 f"Redis unreachable for over {self.settings.redis_outage_max_s} s"
             ) from error
-        self._retry_at = now + self._backoff_s
+        self.retry_at = now + self._backoff_s
         self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
 
     def _recovered(self) -> None:
@@ -129,7 +174,7 @@ class Sink:
             )
         self._down_since = None
         self._backoff_s = _BACKOFF_START_S
-        self._retry_at = 0.0
+        self.retry_at = 0.0
 
 
 def patiently(fn: Callable[[], T], session_id: str, settings: Settings) -> T:
@@ -158,6 +203,7 @@ def run(
     session_id: str,
     *,
     keeper: LeaseKeeper,
+    appender: Appender,
     provider_for: ProviderFor,
     stopping: threading.Event | None = None,
     hand_over: Callable[[str], None] | None = None,
@@ -178,7 +224,14 @@ def run(
     stopping = stopping or threading.Event()
     try:
         outcome = _generate(
-            r, settings, session_id, held, provider_for, stopping, can_hand_over=bool(hand_over)
+            r,
+            settings,
+            session_id,
+            held,
+            appender,
+            provider_for,
+            stopping,
+            can_hand_over=bool(hand_over),
         )
     finally:
         keeper.release(held)
@@ -192,6 +245,7 @@ def _generate(
     settings: Settings,
     session_id: str,
     held: Held,
+    appender: Appender,
     provider_for: ProviderFor,
     stopping: threading.Event,
     *,
@@ -202,7 +256,7 @@ def _generate(
     attempt = int(token)
     meta = patiently(lambda: streams.read_meta(r, session_id), session_id, settings)
     request = GenerationRequest.from_json(meta["request"])
-    sink = Sink(r, session_id, token, int(meta.get("chunks", 0)), settings)
+    sink = Sink(r, appender, session_id, token, int(meta.get("chunks", 0)), settings)
     try:
         resume = None
         if attempt > 1:
@@ -279,6 +333,8 @@ def _generate(
         log.exception("session %s failed in the worker", session_id)
         _end_with_error(sink, "internal_error", "The worker failed while generating this answer.")
         raise
+    finally:
+        sink.close()
 
 
 def _end_with_error(sink: Sink, code: str, message: str) -> None:

@@ -73,13 +73,27 @@ class LeaseKeeper:
         """Renew every held lease once; mark the ones that could not be renewed lost."""
         with self._lock:
             held = list(self._held.values())
+        if not held:
+            return
+        # One round trip for all: renewing hundreds of leases one by one from a busy
+        # process took seconds, eating into the lease's margin.
+        pipe = self.r.pipeline(transaction=False)
         for h in held:
-            try:
-                if not streams.renew_lease(self.r, h.session_id, h.token, self.ttl_ms):
-                    log.warning("lease of %s lost (taken over or session ended)", h.session_id)
-                    h.lost.set()
-            except redis.RedisError as e:
-                log.warning("could not renew lease of %s: %s", h.session_id, e)
+            streams.queue_renew(pipe, h.session_id, h.token, self.ttl_ms)
+        try:
+            streams.load_scripts(self.r)
+            answers = pipe.execute(raise_on_error=False)
+        except redis.RedisError as e:
+            log.warning("could not renew %d leases: %s", len(held), e)
+            return
+        finally:
+            pipe.reset()
+        for h, answer in zip(held, answers, strict=True):
+            if isinstance(answer, redis.RedisError):
+                log.warning("could not renew lease of %s: %s", h.session_id, answer)
+            elif not answer:
+                log.warning("lease of %s lost (taken over or session ended)", h.session_id)
+                h.lost.set()
 
     def _run(self) -> None:
         while True:

@@ -20,6 +20,7 @@ def generate_session(session_id: str) -> str:
         rt.settings,
         session_id,
         keeper=rt.keeper,
+        appender=rt.appender,
         provider_for=provider_for,
         stopping=rt.stopping,
         hand_over=hand_over,
