@@ -124,8 +124,12 @@ def follow_ws(ws: Any, session_id: str) -> None:
     ws.close(CLOSE_NORMAL)
 
 
-def _sse(event: streams.Event) -> str:
-    return f"id: {event['id']}\nevent: {event['type']}\ndata: {event.json()}\n\n"
+def _sse(event: streams.Event) -> bytes:
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+        event["id"].encode(),
+        event["type"].encode(),
+        event.utf8(),
+    )
 
 
 @bp.get("/api/streams/<session_id>")
@@ -138,9 +142,9 @@ def follow_sse(session_id: str) -> Response:
     streams.read_meta(b.redis, session_id)  # 404 before any event
     ping_s = b.settings.sse_ping_s
 
-    def body() -> Iterator[str]:
+    def body() -> Iterator[bytes]:
         last_write = time.monotonic()
-        yield ": connected\n\n"
+        yield b": connected\n\n"
         try:
             for batch in _events(b, session_id, after):
                 if shutdown.is_stopping():
@@ -149,12 +153,12 @@ def follow_sse(session_id: str) -> Response:
                 if not batch:
                     if now - last_write >= ping_s:
                         last_write = now
-                        yield ": ping\n\n"
+                        yield b": ping\n\n"
                     continue
                 last_write = now
-                yield "".join(_sse(event) for event in batch)
+                yield b"".join([_sse(event) for event in batch])
         except SessionNotFound as e:
-            yield f"event: error\ndata: {_error_frame(e.code, e.message)}\n\n"
+            yield f"event: error\ndata: {_error_frame(e.code, e.message)}\n\n".encode()
         except redis.RedisError as e:
             # End the response; EventSource reconnects with Last-Event-ID by itself.
             log.warning("SSE follower of %s lost Redis: %s", session_id, e)

@@ -61,38 +61,25 @@ _CURSOR_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 
 
 class Event(dict[str, Any]):
-    """An event frame of the contract (DESIGN.md 2.2) as a dict.
+    """An event frame of the contract (DESIGN.md 2.2) as a dict, with its JSON text.
 
-    `json()` and `utf8()` encode it once and keep the result: the hub hands one decoded
-    event to every follower of a session, so ten followers cost one encoding, not ten.
+    `decode_event` encodes each event once, as it reads it: the hub hands the same event
+    to every follower of a session, so ten followers cost one encoding, not ten.
     """
 
-    __slots__ = ("_json", "_utf8")
+    __slots__ = ("_utf8",)
+
+    def utf8(self) -> bytes:
+        """The frame as compact JSON, UTF-8."""
+        try:
+            return self._utf8
+        except AttributeError:  # built by hand rather than by `decode_event`
+            self._utf8: bytes = _dumps(self).encode()
+            return self._utf8
 
     def json(self) -> str:
         """The frame as compact JSON text."""
-        try:
-            return self._json
-        except AttributeError:
-            pass
-        if self["type"] == EventType.CHUNK and len(self) == 4:
-            # Nearly every frame is a chunk: spelled out it encodes several times faster,
-            # to the same text `json.dumps` gives.
-            self._json: str = (
-                f'{{"type":"chunk","id":"{self["id"]}","index":{self["index"]:d},'
-                f'"text":{_quote(self["text"])}}}'
-            )
-        else:
-            self._json = _dumps(self)
-        return self._json
-
-    def utf8(self) -> bytes:
-        """`json()` encoded as UTF-8."""
-        try:
-            return self._utf8
-        except AttributeError:
-            self._utf8: bytes = self.json().encode()
-            return self._utf8
+        return self.utf8().decode()
 
 
 Batch = list[Event]
@@ -577,12 +564,19 @@ def info(r: redis.Redis, session_id: str) -> dict[str, Any]:
 def decode_event(entry_id: str, fields: dict[str, str]) -> Event:
     """A stream entry as the contract's event frame."""
     etype = fields.get(F_TYPE, "")
-    event = Event(type=etype, id=entry_id)
     if etype == EventType.CHUNK:
-        event["index"] = int(fields.get(F_INDEX, 0))
-        event["text"] = fields.get(F_TEXT, "")
-    elif F_DATA in fields:
+        index, text = int(fields.get(F_INDEX, 0)), fields.get(F_TEXT, "")
+        event = Event(type=etype, id=entry_id, index=index, text=text)
+        # Nearly every event is a chunk: spelled out it encodes several times faster, to
+        # the same text `json.dumps` gives.
+        event._utf8 = (
+            f'{{"type":"chunk","id":"{entry_id}","index":{index:d},"text":{_quote(text)}}}'
+        ).encode()
+        return event
+    event = Event(type=etype, id=entry_id)
+    if F_DATA in fields:
         event.update(json.loads(fields[F_DATA]))
+    event._utf8 = _dumps(event).encode()
     return event
 
 
