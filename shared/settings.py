@@ -120,7 +120,9 @@ class Settings:
     sse_ping_s: float = 15.0
     ws_ping_s: float = 25.0
     ws_send_timeout_s: float = 30.0
-    redis_max_connections: int = 4
+    # The API's command pool; with the hub's reader and Celery's two broker connections, an
+    # API process holds 5 Redis connections however many followers it serves.
+    redis_max_connections: int = 2
     follower_max_connections: int = 2000
     trust_proxy_headers: bool = False
     follower_hub: bool = True
