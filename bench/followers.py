@@ -121,7 +121,8 @@ def run_load(
             "redis_cpu": (cpu_s(redis_pid) - before["redis"]) / run_s,
             "client_cpu": tally.cpu_s / run_s,
             "per_api_core": len(latencies) / max(api_cpu_s, 0.01),
-            # Share of the run the API was ready to run but waited for a core.
+            # Seconds per second the API's threads were ready to run but waited for a core
+            # (summed over its threads: gthread's can exceed 1).
             "api_wait": (run_delay_s(api.proc.pid) - before["api_wait"]) / run_s,
             "redis_clients": redis_clients,
         }
@@ -164,7 +165,7 @@ def idle_load(n: int, *, worker_class: str = "gevent", hub: str = "true", logs: 
 LOAD_HEADER = (
     "| sessions x followers | deliveries | lost | repeated | p50 ms | p99 ms | max ms "
     "| deliveries/s | per API core-second | CPU: API | worker | Redis | clients "
-    "| API waited for a core | Redis clients |\n"
+    "| API waited for a core (s/s) | Redis clients |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -175,7 +176,7 @@ def load_row(f: dict[str, Any]) -> str:
         f"| {f['load']} | {f['deliveries']:,} | {f['lost']} | {f['repeated']} | "
         f"{f['p50']:.0f} | {f['p99']:.0f} | {f['max']:.0f} | {f['per_s']:,.0f} | "
         f"{f['per_api_core']:,.0f} | {f['api_cpu']:.2f} | {f['worker_cpu']:.2f} | "
-        f"{f['redis_cpu']:.2f} | {f['client_cpu']:.2f} | {f['api_wait']:.0%} | "
+        f"{f['redis_cpu']:.2f} | {f['client_cpu']:.2f} | {f['api_wait']:.2f} | "
         f"{f['redis_clients']} |"
     )
 
