@@ -298,26 +298,11 @@ def _append(
     session_id: str,
     etype: EventType,
     *,
-    token: str,
-    maxlen: int,
-    ttl_s: int,
-    text: str = "",
-    index: int = 0,
-    data: dict[str, Any] | None = None,
     new_status: Status | None = None,
-    meta_fields: dict[str, Any] | None = None,
+    **fields: Any,
 ) -> str | None:
-    args = _append_args(
-        etype,
-        token=token,
-        maxlen=maxlen,
-        ttl_s=ttl_s,
-        text=text,
-        index=index,
-        data=data,
-        new_status=new_status,
-        meta_fields=meta_fields,
-    )
+    """Run the atomic append script; `fields` are `_append_args`'s."""
+    args = _append_args(etype, new_status=new_status, **fields)
     source, keys_ = _append_script(r, session_id)
     return _append_result(r, session_id, new_status, _run(r, source, keys_, args))
 
