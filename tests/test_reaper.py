@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,7 @@ from shared import keys, streams
 from shared.jobs import GenerationRequest, Message
 from shared.localredis import LocalRedis
 from shared.settings import Settings
-from worker.reaper import reap_once
+from worker.reaper import reap_locked, reap_once
 
 SETTINGS = Settings.from_env({})  # lease 15 s, requeue after 60 s, queue timeout 600 s, 3 attempts
 REQUEST = GenerationRequest(model="demo", messages=(Message("user", "reap me"),))
@@ -107,3 +108,49 @@ def test_a_pass_over_2000_sessions_decides_each_by_the_rules(rr: redis.Redis) ->
     assert pages <= 5
     writes = 2 * counts["requeued"] + 2 * (counts["expired"] + counts["gave_up"]) + 2
     assert requests_sent <= 2 * pages + writes + counts["dropped"]
+
+
+def test_a_pass_that_loses_its_lock_stops_and_says_so(
+    rr: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    due = store(rr, "due", 1200, enqueued_ms=streams.now_ms() - 61_000)
+    lock = rr.lock(keys.reaper_lock(), timeout=6, blocking=False)
+    assert lock.acquire(blocking=False)
+
+    def enqueue(session_id: str, queue: str) -> None:
+        # As if the lock expired during this page and another worker took it.
+        rr.set(keys.reaper_lock(), "another worker", px=6000)
+
+    with caplog.at_level(logging.INFO, logger="worker.reaper"):
+        counts = reap_locked(rr, SETTINGS, enqueue, lock)
+
+    assert 0 < counts["seen"] == counts["requeued"] < len(due)  # the first page only
+    assert sum(rr.hget(keys.meta(sid), "requeues") == "1" for sid in due) == counts["seen"]
+    assert rr.get(keys.reaper_lock()) == "another worker"  # not released from under it
+    lines = [r.getMessage() for r in caplog.records if "lock" in r.getMessage()]
+    assert len(lines) == 1
+    assert "lost its lock: it had expired" in lines[0]
+    assert f"with {counts['seen']} sessions looked at; the pass stopped there" in lines[0]
+    assert "unreachable" not in caplog.text
+
+
+def test_a_long_pass_extends_its_lock_page_by_page(
+    rr: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    due = store(rr, "due", 1200, enqueued_ms=streams.now_ms() - 61_000)
+    lock = rr.lock(keys.reaper_lock(), timeout=6, blocking=False)
+    assert lock.acquire(blocking=False)
+    ttls_ms: list[int] = []
+
+    def enqueue(session_id: str, queue: str) -> None:
+        ttls_ms.append(int(rr.pttl(keys.reaper_lock())))
+        rr.pexpire(keys.reaper_lock(), 2000)  # as if most of the lock's time went by
+
+    with caplog.at_level(logging.INFO, logger="worker.reaper"):
+        counts = reap_locked(rr, SETTINGS, enqueue, lock)
+
+    assert counts["seen"] == counts["requeued"] == len(due)
+    pages = int(rr.info("commandstats")["cmdstat_zscan"]["calls"])
+    assert sum(ttl > 2000 for ttl in ttls_ms) == pages >= 3  # the full 6 s again each page
+    assert rr.exists(keys.reaper_lock()) == 0  # released at the end
+    assert "lost its lock" not in caplog.text

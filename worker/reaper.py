@@ -12,6 +12,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import redis
+from redis.exceptions import LockNotOwnedError
+from redis.lock import Lock
 
 from shared import keys, streams
 from shared.errors import AppendRefused
@@ -151,8 +153,56 @@ def _end(r: redis.Redis, settings: Settings, session_id: str, code: str, message
         log.info("session %s not ended by the reaper: %s", session_id, e.code)
 
 
+def reap_locked(r: redis.Redis, settings: Settings, enqueue: Enqueue, lock: Lock) -> dict[str, int]:
+    """`reap_once` while holding `lock`: extended before each page, released at the end.
+
+    A pass that loses the lock (it expired: a page took longer than the lock's timeout, or
+    the process stalled) stops before its next page's writes, since another worker may be
+    making a pass by then, and says so.
+    """
+    started = time.monotonic()
+    is_stopped = False
+
+    def keep_going() -> bool:
+        nonlocal is_stopped
+        is_stopped = not _extend(lock)
+        return not is_stopped
+
+    try:
+        counts = reap_once(r, settings, enqueue, keep_going)
+    finally:
+        is_released = _release(lock)
+    if is_stopped or not is_released:
+        log.warning(
+            "reaper pass lost its lock: it had expired %.1f s into the pass, with %d sessions "
+            "looked at; the pass %s (%s)",
+            time.monotonic() - started,
+            counts["seen"],
+            "stopped there" if is_stopped else "had ended",
+            counts,
+        )
+    elif any(counts[k] for k in ("requeued", "expired", "gave_up")):
+        log.info("reaper pass: %s", counts)
+    return counts
+
+
+def _extend(lock: Lock) -> bool:
+    try:
+        return lock.reacquire()  # the full timeout again, if the lock is still ours
+    except LockNotOwnedError:
+        return False
+
+
+def _release(lock: Lock) -> bool:
+    try:
+        lock.release()
+        return True
+    except LockNotOwnedError:
+        return False
+
+
 class Reaper:
-    """Runs `reap_once` every `REAPER_INTERVAL_S` in one of the worker processes."""
+    """Runs `reap_locked` every `REAPER_INTERVAL_S` in one of the worker processes."""
 
     def __init__(self, r: redis.Redis, settings: Settings, enqueue: Enqueue, name: str) -> None:
         self.r = r
@@ -174,15 +224,9 @@ class Reaper:
         while True:
             time.sleep(self.settings.reaper_interval_s)
             try:
-                if not lock.acquire(blocking=False):
-                    continue
-                try:
-                    counts = reap_once(self.r, self.settings, self.enqueue)
-                finally:
-                    lock.release()
-                if any(counts[k] for k in ("requeued", "expired", "gave_up")):
-                    log.info("reaper pass: %s", counts)
-            except redis.RedisError as e:
-                log.warning("reaper pass skipped: Redis unreachable (%s)", e)
+                if lock.acquire(blocking=False):
+                    reap_locked(self.r, self.settings, self.enqueue, lock)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                log.warning("reaper pass skipped or cut short: Redis unreachable (%s)", e)
             except Exception:
                 log.exception("reaper pass failed")
