@@ -9,9 +9,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import NamedTuple
 
 import redis
+from redis.exceptions import LockNotOwnedError
+from redis.lock import Lock
 
 from shared import keys, streams
 from shared.errors import AppendRefused
@@ -22,75 +24,118 @@ log = logging.getLogger(__name__)
 Enqueue = Callable[[str, str], None]  # (session id, queue)
 
 
-def reap_once(r: redis.Redis, settings: Settings, enqueue: Enqueue) -> dict[str, int]:
-    """One pass over the active sessions; returns how many were requeued, expired, dropped."""
-    counts = {"requeued": 0, "expired": 0, "gave_up": 0, "dropped": 0}
-    now = streams.now_ms()
-    for session_id, _score in r.zscan_iter(keys.active(), count=500):
-        fields: list[str | None] = cast(
-            Any,
-            r.hmget(
-                keys.meta(session_id),
-                [
-                    "status",
-                    "attempt",
-                    "enqueued_ms",
-                    "created_ms",
-                    "requeues",
-                    "queue",
-                    "updated_ms",
-                ],
-            ),
+# Sessions looked at per page of the index: one ZSCAN, then one pipeline of reads.
+PAGE = 500
+
+
+class _Meta(NamedTuple):
+    """The fields of a session's meta hash that the reaper decides by."""
+
+    status: str | None
+    attempt: str | None
+    enqueued_ms: str | None
+    created_ms: str | None
+    requeues: str | None
+    queue: str | None
+    updated_ms: str | None
+
+
+def reap_once(
+    r: redis.Redis,
+    settings: Settings,
+    enqueue: Enqueue,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> dict[str, int]:
+    """One pass over the active sessions; returns how many were seen, requeued, expired, dropped.
+
+    The index is read a page at a time, and a page's metas and leases in one round trip.
+    `keep_going` is asked before each page's writes; when it says no, the pass stops there.
+    """
+    counts = {"seen": 0, "requeued": 0, "expired": 0, "gave_up": 0, "dropped": 0}
+    cursor = 0
+    while True:
+        cursor, page = r.zscan(keys.active(), cursor, count=PAGE)
+        session_ids = [str(session_id) for session_id, _score in page]
+        if session_ids:
+            states = _read_page(r, session_ids)
+            if not keep_going():
+                return counts
+            now = streams.now_ms()
+            for session_id, (meta, is_leased) in zip(session_ids, states, strict=True):
+                action = _decide(settings, meta, is_leased, now)
+                if action:
+                    _act(r, settings, enqueue, session_id, meta, action)
+                    counts[action] += 1
+            counts["seen"] += len(session_ids)
+        if cursor == 0:
+            return counts
+
+
+def _read_page(r: redis.Redis, session_ids: list[str]) -> list[tuple[_Meta, bool]]:
+    # Not a transaction: each session's keys share a slot, and redis-py's cluster pipeline
+    # sends each node its own part.
+    pipe = r.pipeline(transaction=False)
+    for session_id in session_ids:
+        pipe.hmget(keys.meta(session_id), _Meta._fields)
+        pipe.exists(keys.lease(session_id))
+    answers = pipe.execute()
+    return [(_Meta(*answers[i]), bool(answers[i + 1])) for i in range(0, len(answers), 2)]
+
+
+def _decide(settings: Settings, meta: _Meta, is_leased: bool, now: int) -> str | None:
+    """What the pass does with a session: dropped, expired, requeued, gave_up, or None."""
+    if meta.status is None or meta.status in streams.TERMINAL_STATUSES:
+        return "dropped"
+    if is_leased:
+        return None  # a live worker holds it
+    since_enqueued_ms = now - int(meta.enqueued_ms or meta.created_ms or now)
+    if meta.status == streams.Status.QUEUED:
+        if now - int(meta.created_ms or now) > settings.queued_timeout_s * 1000:
+            return "expired"
+        if (
+            since_enqueued_ms > settings.queued_requeue_s * 1000
+            and int(meta.requeues or 0) < settings.max_attempts
+        ):
+            return "requeued"
+        return None
+    # Running with no lease key, but written to within a lease: its worker lives and lost
+    # the key to a Redis restart (it re-creates it on its next renewal).
+    if now - int(meta.updated_ms or 0) < settings.lease_ttl_s * 1000:
+        return None
+    # Running, and its lease expired: the worker that held it is gone. After a hand-out
+    # that no worker took yet (a backlog, a broker reconnecting), wait longer each time
+    # rather than pile copies into the queue.
+    wait_ms = settings.lease_ttl_s * 1000 * 2 ** min(int(meta.requeues or 0), 4)
+    if since_enqueued_ms < wait_ms:
+        return None
+    if int(meta.attempt or 0) >= settings.max_attempts:
+        return "gave_up"
+    return "requeued"
+
+
+def _act(
+    r: redis.Redis,
+    settings: Settings,
+    enqueue: Enqueue,
+    session_id: str,
+    meta: _Meta,
+    action: str,
+) -> None:
+    if action == "dropped":
+        r.zrem(keys.active(), session_id)
+    elif action == "expired":
+        _end(r, settings, session_id, "queue_timeout", "No worker started this answer in time.")
+    elif action == "gave_up":
+        _end(
+            r,
+            settings,
+            session_id,
+            "worker_lost",
+            f"Workers stopped {meta.attempt} times while generating this answer; "
+            "the partial answer stays readable.",
         )
-        status, attempt, enqueued_ms, created_ms, requeues, queue, updated_ms = fields
-        if status is None or status in streams.TERMINAL_STATUSES:
-            r.zrem(keys.active(), session_id)
-            counts["dropped"] += 1
-            continue
-        if r.exists(keys.lease(session_id)):
-            continue  # a live worker holds it
-        since_enqueued_ms = now - int(enqueued_ms or created_ms or now)
-        if status == streams.Status.QUEUED:
-            if now - int(created_ms or now) > settings.queued_timeout_s * 1000:
-                _end(
-                    r,
-                    settings,
-                    session_id,
-                    "queue_timeout",
-                    "No worker started this answer in time.",
-                )
-                counts["expired"] += 1
-            elif (
-                since_enqueued_ms > settings.queued_requeue_s * 1000
-                and int(requeues or 0) < settings.max_attempts
-            ):
-                _requeue(r, session_id, queue or settings.celery_queue, enqueue)
-                counts["requeued"] += 1
-            continue
-        # Running with no lease key, but written to within a lease: its worker lives and lost
-        # the key to a Redis restart (it re-creates it on its next renewal).
-        if now - int(updated_ms or 0) < settings.lease_ttl_s * 1000:
-            continue
-        # Running, and its lease expired: the worker that held it is gone. After a hand-out
-        # that no worker took yet (a backlog, a broker reconnecting), wait longer each time
-        # rather than pile copies into the queue.
-        wait_ms = settings.lease_ttl_s * 1000 * 2 ** min(int(requeues or 0), 4)
-        if since_enqueued_ms < wait_ms:
-            continue
-        if int(attempt or 0) >= settings.max_attempts:
-            _end(
-                r,
-                settings,
-                session_id,
-                "worker_lost",
-                f"Workers stopped {attempt} times while generating this answer; "
-                "the partial answer stays readable.",
-            )
-            counts["gave_up"] += 1
-            continue
-        _requeue(r, session_id, queue or settings.celery_queue, enqueue)
-        counts["requeued"] += 1
-    return counts
+    else:
+        _requeue(r, session_id, meta.queue or settings.celery_queue, enqueue)
 
 
 def _requeue(r: redis.Redis, session_id: str, queue: str, enqueue: Enqueue) -> None:
@@ -108,8 +153,56 @@ def _end(r: redis.Redis, settings: Settings, session_id: str, code: str, message
         log.info("session %s not ended by the reaper: %s", session_id, e.code)
 
 
+def reap_locked(r: redis.Redis, settings: Settings, enqueue: Enqueue, lock: Lock) -> dict[str, int]:
+    """`reap_once` while holding `lock`: extended before each page, released at the end.
+
+    A pass that loses the lock (it expired: a page took longer than the lock's timeout, or
+    the process stalled) stops before its next page's writes, since another worker may be
+    making a pass by then, and says so.
+    """
+    started = time.monotonic()
+    is_stopped = False
+
+    def keep_going() -> bool:
+        nonlocal is_stopped
+        is_stopped = not _extend(lock)
+        return not is_stopped
+
+    try:
+        counts = reap_once(r, settings, enqueue, keep_going)
+    finally:
+        is_released = _release(lock)
+    if is_stopped or not is_released:
+        log.warning(
+            "reaper pass lost its lock: it had expired %.1f s into the pass, with %d sessions "
+            "looked at; the pass %s (%s)",
+            time.monotonic() - started,
+            counts["seen"],
+            "stopped there" if is_stopped else "had ended",
+            counts,
+        )
+    elif any(counts[k] for k in ("requeued", "expired", "gave_up")):
+        log.info("reaper pass: %s", counts)
+    return counts
+
+
+def _extend(lock: Lock) -> bool:
+    try:
+        return lock.reacquire()  # the full timeout again, if the lock is still ours
+    except LockNotOwnedError:
+        return False
+
+
+def _release(lock: Lock) -> bool:
+    try:
+        lock.release()
+        return True
+    except LockNotOwnedError:
+        return False
+
+
 class Reaper:
-    """Runs `reap_once` every `REAPER_INTERVAL_S` in one of the worker processes."""
+    """Runs `reap_locked` every `REAPER_INTERVAL_S` in one of the worker processes."""
 
     def __init__(self, r: redis.Redis, settings: Settings, enqueue: Enqueue, name: str) -> None:
         self.r = r
@@ -131,15 +224,9 @@ class Reaper:
         while True:
             time.sleep(self.settings.reaper_interval_s)
             try:
-                if not lock.acquire(blocking=False):
-                    continue
-                try:
-                    counts = reap_once(self.r, self.settings, self.enqueue)
-                finally:
-                    lock.release()
-                if any(counts[k] for k in ("requeued", "expired", "gave_up")):
-                    log.info("reaper pass: %s", counts)
-            except redis.RedisError as e:
-                log.warning("reaper pass skipped: Redis unreachable (%s)", e)
+                if lock.acquire(blocking=False):
+                    reap_locked(self.r, self.settings, self.enqueue, lock)
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                log.warning("reaper pass skipped or cut short: Redis unreachable (%s)", e)
             except Exception:
                 log.exception("reaper pass failed")
