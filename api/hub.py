@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, cast
 
 import redis
@@ -192,8 +192,11 @@ def _by_key(response: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]
     return [(k, list(v)) for k, v in response]
 
 
-def _catch_up(r: redis.Redis, key: str, cursor: str) -> Iterator[streams.Batch]:
-    """Yield what Redis has after `cursor`, a read's page at a time, up to a terminal event."""
+def _catch_up(
+    r: redis.Redis, key: str, cursor: str
+) -> Generator[streams.Batch, None, tuple[str, bool]]:
+    """Yield what Redis has after `cursor`, a read's page at a time; returns (the new
+    cursor, whether a terminal event came)."""
     while True:
         entries = streams.xread_entries(r.xread({key: cursor}, count=500))
         batch, ended = streams.decode_batch(entries)
@@ -201,7 +204,7 @@ def _catch_up(r: redis.Redis, key: str, cursor: str) -> Iterator[streams.Batch]:
             cursor = batch[-1]["id"]
             yield batch
         if ended or len(entries) < 500:
-            return
+            return cursor, ended
 
 
 def follow(
@@ -217,26 +220,16 @@ def follow(
     status = r.hget(keys.meta(session_id), "status")
     if status is None:
         raise SessionNotFound(f"no session {session_id}")
-
-    def ended(batch: streams.Batch) -> bool:
-        return bool(batch) and batch[-1]["type"] in streams.TERMINAL_EVENTS
-
     while True:
         # The backlog, or what we missed after falling behind: from Redis, our own cursor.
-        for batch in _catch_up(r, key, cursor):
-            cursor = batch[-1]["id"]
-            yield batch
-            if ended(batch):
-                return
-        if status in streams.TERMINAL_STATUSES:
+        cursor, ended = yield from _catch_up(r, key, cursor)
+        if ended or status in streams.TERMINAL_STATUSES:
             return
         sub = hub.subscribe(session_id, cursor)
         try:
-            for batch in _catch_up(r, key, cursor):
-                cursor = batch[-1]["id"]
-                yield batch
-                if ended(batch):
-                    return
+            cursor, ended = yield from _catch_up(r, key, cursor)
+            if ended:
+                return
             while True:
                 taken = sub.take(block_ms / 1000)
                 if taken is _BEHIND:
@@ -250,19 +243,14 @@ def follow(
                     yield []
                     continue
                 assert isinstance(taken, list)
-                fresh = taken
                 if id_key(taken[0]["id"]) <= id_key(cursor):
                     # Skip what we already read while catching up.
-                    fresh = [e for e in taken if id_key(e["id"]) > id_key(cursor)]
-                batch = []
-                for event in fresh:
-                    batch.append(event)
-                    if event["type"] in streams.TERMINAL_EVENTS:
-                        break
+                    taken = [e for e in taken if id_key(e["id"]) > id_key(cursor)]
+                batch, ended = streams.until_terminal(taken)
                 if batch:
                     cursor = batch[-1]["id"]
                     yield batch
-                    if ended(batch):
-                        return
+                if ended:
+                    return
         finally:
             hub.unsubscribe(sub)

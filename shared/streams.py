@@ -595,15 +595,17 @@ def read_text(r: redis.Redis, session_id: str, page: int = 1000) -> tuple[str, s
     return status, "".join(parts), len(parts)
 
 
+def until_terminal(events: Batch) -> tuple[Batch, bool]:
+    """`events` up to and including a terminal event: (those events, whether one came)."""
+    for n, event in enumerate(events):
+        if event["type"] in TERMINAL_EVENTS:
+            return events[: n + 1], True
+    return events, False
+
+
 def decode_batch(entries: list[tuple[str, dict[str, str]]]) -> tuple[Batch, bool]:
     """Decode entries up to and including a terminal event: (events, whether it ended)."""
-    batch: Batch = []
-    for entry_id, fields in entries:
-        event = decode_event(entry_id, fields)
-        batch.append(event)
-        if event["type"] in TERMINAL_EVENTS:
-            return batch, True
-    return batch, False
+    return until_terminal([decode_event(entry_id, fields) for entry_id, fields in entries])
 
 
 def follow(
