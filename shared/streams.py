@@ -271,10 +271,13 @@ def create_session(
     event_id = _run(r, _CREATE, [keys.meta(session_id), keys.events(session_id)], args)
     if not event_id:
         raise AppendRefused(f"session {session_id} exists already", code="exists")
-    r.zadd(keys.active(), {session_id: now})
+    # One round trip for the indexes; not a transaction, so the keys may live on any nodes.
     index = keys.owner_sessions(owner)
-    r.zadd(index, {session_id: now})
-    r.zremrangebyrank(index, 0, -(OWNER_INDEX_MAX + 1))
+    pipe = r.pipeline(transaction=False)
+    pipe.zadd(keys.active(), {session_id: now})
+    pipe.zadd(index, {session_id: now})
+    pipe.zremrangebyrank(index, 0, -(OWNER_INDEX_MAX + 1))
+    pipe.execute()
     return str(event_id)
 
 

@@ -222,3 +222,14 @@ def test_readyz_idempotency_and_bad_input_on_a_cluster(stack: ClusterStack) -> N
     assert result.close_code == 4404
     bad = requests.get(f"{stack.api.url}/api/streams/{first['sessionId']}?after=x", timeout=10)
     assert bad.status_code == 400
+
+
+def test_listing_reads_sessions_across_nodes_newest_first(stack: ClusterStack) -> None:
+    made = [
+        client.create(stack.api.url, prompt=f"listed {n}", max_tokens=2)["sessionId"]
+        for n in range(8)
+    ]
+    assert len({node_of(stack.rc, session_id) for session_id in made}) > 1
+    listed = requests.get(f"{stack.api.url}/api/streams", params={"limit": 8}, timeout=10)
+    assert listed.status_code == 200, listed.text
+    assert [s["sessionId"] for s in listed.json()["sessions"]] == made[::-1]
