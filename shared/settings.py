@@ -101,11 +101,8 @@ def _api_keys(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
         except OSError as e:
             raise ConfigError(f"API_KEYS_FILE {path!r} cannot be read: {e.strerror}") from None
         entries += _key_entries(lines, f"API_KEYS_FILE {path!r}", numbered=True)
-    ids = [key_id for key_id, _ in entries]
-    duplicates = sorted({key_id for key_id in ids if ids.count(key_id) > 1})
-    if duplicates:
-        raise ConfigError(f"API_KEYS and API_KEYS_FILE name key id {duplicates[0]!r} twice")
-    return tuple(entries)
+    # One key id may have several keys (a rotation in progress): they own the same sessions.
+    return tuple(dict.fromkeys(entries))
 
 
 def _token_secret(env: Mapping[str, str], has_keys: bool) -> str:

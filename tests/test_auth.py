@@ -328,10 +328,14 @@ def test_keys_without_a_token_secret_fail_at_start_naming_it() -> None:
     assert KEYS["alice"] not in str(raised.value)  # a raw key pasted by mistake stays out
     with pytest.raises(ConfigError, match="API_KEYS_FILE"):
         Settings.from_env({"API_KEYS_FILE": "/nonexistent/keys", "STREAM_TOKEN_SECRET": SECRET})
-    with pytest.raises(ConfigError, match="twice"):
-        Settings.from_env({"API_KEYS": f"{entry},{entry}", "STREAM_TOKEN_SECRET": SECRET})
-    settings = Settings.from_env({"API_KEYS": entry, "STREAM_TOKEN_SECRET": SECRET})
-    assert settings.has_api_keys and SECRET not in repr(settings)
+    with pytest.raises(ConfigError, match="STREAM_TOKEN_SECRET"):
+        Settings.from_env({"API_KEYS": entry, "STREAM_TOKEN_SECRET": "short"})
+    rotated = f"alice:{hash_key('rsk_the-next-alice-key')}"
+    settings = Settings.from_env(
+        {"API_KEYS": f"{entry},{rotated},{entry}", "STREAM_TOKEN_SECRET": SECRET}
+    )
+    assert [key_id for key_id, _ in settings.api_keys] == ["alice", "alice"]
+    assert SECRET not in repr(settings)
 
 
 def test_keys_and_tokens_never_reach_the_logs(keyed: Api, worker: Worker) -> None:
