@@ -147,6 +147,11 @@ def stream_info() -> Response:
 @bp.get("/api/streams")
 def list_streams() -> Response:
     """The caller's sessions, newest first, a page at a time, optionally of one status."""
+    if not backend().settings.has_api_keys:
+        # Without keys a session's id is its only secret: listing them would give them away.
+        return error_response(
+            404, "not_found", "Listing sessions needs API keys (API_KEYS or API_KEYS_FILE)."
+        )
     status = request.args.get("status")
     if status is not None and status not in {s.value for s in streams.Status}:
         raise InvalidRequest(f"status must be one of {', '.join(s.value for s in streams.Status)}")

@@ -63,8 +63,8 @@ def idempotency(key: str, owner: str = "") -> str:
 
 
 def owner_sessions(owner: str) -> str:
-    """A sorted set of the sessions an owner (API key id; "" in open mode) created,
-    scored by creation ms, for the listing.
+    """A sorted set of the sessions an owner (API key id) created, scored by creation ms,
+    for the listing.
 
     An index only: entries whose session expired are dropped as the listing meets them.
     One key per owner, with the owner as hash tag.

@@ -271,6 +271,9 @@ def create_session(
     event_id = _run(r, _CREATE, [keys.meta(session_id), keys.events(session_id)], args)
     if not event_id:
         raise AppendRefused(f"session {session_id} exists already", code="exists")
+    if not owner:  # open mode: nobody lists sessions
+        r.zadd(keys.active(), {session_id: now})
+        return str(event_id)
     # One round trip for the indexes; not a transaction, so the keys may live on any nodes.
     index = keys.owner_sessions(owner)
     pipe = r.pipeline(transaction=False)
