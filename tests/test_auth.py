@@ -53,10 +53,10 @@ def keyed(keyed_env: dict[str, str], logs_dir: Path, worker: Worker) -> Iterator
 def short_tokens(
     keyed_env: dict[str, str], logs_dir: Path, worker: Worker, tmp_path_factory: Any
 ) -> Iterator[Api]:
-    """An API whose keys come from API_KEYS_FILE and whose stream tokens last 1 s."""
+    """An API whose keys come from API_KEYS_FILE and whose stream tokens last 2 s."""
     keys_file = tmp_path_factory.mktemp("keys") / "api-keys"
     keys_file.write_text("# id:sha256\n" + "".join(f"{n}:{hash_key(k)}\n" for n, k in KEYS.items()))
-    env = {**keyed_env, "API_KEYS": "", "API_KEYS_FILE": str(keys_file), "STREAM_TOKEN_TTL_S": "1"}
+    env = {**keyed_env, "API_KEYS": "", "API_KEYS_FILE": str(keys_file), "STREAM_TOKEN_TTL_S": "2"}
     proc = Api(env, logs_dir, name="api-short-tokens").start()
     yield proc
     proc.stop()
@@ -289,7 +289,7 @@ def test_a_tampered_token_is_refused(keyed: Api) -> None:
 
 def test_an_expired_token_is_refused(short_tokens: Api) -> None:
     created = create(short_tokens)
-    time.sleep(1.2)
+    time.sleep(2.2)
     ws = client.ws_follow(short_tokens.ws_url, created["sessionId"], token=created["streamToken"])
     assert ws.close_code == 4401
     assert ws.events[0]["error"]["message"] == "the stream token has expired"
