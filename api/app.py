@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import errors, follow, routes
+from api import auth, errors, follow, routes
 from api.backend import EXTENSION, Backend
 from shared.settings import Settings
 
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = Backend.build(settings)
     errors.register(app)
+    auth.register(app, settings)
     app.register_blueprint(routes.bp)
     app.register_blueprint(follow.bp)
     follow.sock.init_app(app)

@@ -16,12 +16,14 @@ from shared.errors import (
     InvalidRequest,
     SessionNotFound,
     StreamsError,
+    Unauthorized,
 )
 
 log = logging.getLogger(__name__)
 
 HTTP_CODES = {
     400: "bad_request",
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     413: "body_too_large",
@@ -30,6 +32,7 @@ HTTP_CODES = {
 }
 
 STATUS_OF: list[tuple[type[StreamsError], int]] = [
+    (Unauthorized, 401),
     (SessionNotFound, 404),
     (BadCursor, 400),
     (IdempotencyConflict, 409),
@@ -51,7 +54,10 @@ def register(app: Flask) -> None:
     def _streams_error(e: StreamsError) -> Response:
         for kind, status in STATUS_OF:
             if isinstance(e, kind):
-                return error_response(status, e.code, e.message)
+                response = error_response(status, e.code, e.message)
+                if status == 401:
+                    response.headers["WWW-Authenticate"] = "Bearer"
+                return response
         log.error("unmapped error %s: %s", type(e).__name__, e.message)
         return error_response(500, "internal_error", "The server failed to handle this request.")
 

@@ -14,7 +14,7 @@ from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 from wsproto.events import TextMessage
 
-from api import hub, shutdown
+from api import auth, hub, shutdown
 from api.backend import Backend, backend
 from api.routes import session_id_or_404
 from shared import keys, streams
@@ -29,6 +29,7 @@ sock = Sock()
 CLOSE_NORMAL = 1000
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_BAD_CURSOR = 4400
+CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
 
 
@@ -84,9 +85,15 @@ def _send_frames(ws: Any, batch: streams.Batch, *, is_plain: bool) -> None:
 
 
 @sock.route("/api/streams/<session_id>/ws")
+@auth.takes_stream_token
 def follow_ws(ws: Any, session_id: str) -> None:
     """Send the events after `?after=`, then live ones, then close 1000."""
     b = backend()
+    refused = auth.failure()
+    if refused is not None:
+        ws.send(_error_frame(refused.code, refused.message))
+        ws.close(CLOSE_UNAUTHORIZED, refused.code)
+        return
     try:
         after = streams.parse_cursor(request.args.get("after"))
     except BadCursor as e:
@@ -99,6 +106,7 @@ def follow_ws(ws: Any, session_id: str) -> None:
     try:
         if not keys.is_session_id(session_id):
             raise SessionNotFound(f"no session {session_id[:64]}")
+        auth.check_owner(session_id)
         for batch in _events(b, session_id, after):
             if shutdown.is_stopping() or not ws.connected:
                 return
@@ -133,10 +141,11 @@ def _sse(event: streams.Event) -> bytes:
 
 
 @bp.get("/api/streams/<session_id>")
+@auth.takes_stream_token
 def follow_sse(session_id: str) -> Response:
     """Server-Sent Events from `Last-Event-ID` (or `?after=`), live until the terminal event."""
     b = backend()
-    session_id_or_404(session_id)
+    auth.check_owner(session_id_or_404(session_id))
     # A browser's EventSource sends Last-Event-ID by itself on reconnect: it is the newest.
     after = streams.parse_cursor(request.headers.get("Last-Event-ID") or request.args.get("after"))
     streams.read_meta(b.redis, session_id)  # 404 before any event

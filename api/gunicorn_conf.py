@@ -17,6 +17,8 @@ graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT_S", "20"))
 timeout = 30
 keepalive = 5
 accesslog = os.environ.get("WEB_ACCESS_LOG") or None
+# The path without its query string: browsers pass stream tokens as `?token=`.
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Behind Heroku's router or another proxy, trust its X-Forwarded-Proto for wss:// URLs.

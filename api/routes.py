@@ -10,10 +10,11 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 from nanoid import generate as nanoid
 
+from api import auth, tokens
 from api.backend import backend
 from api.errors import error_response
 from api.validation import parse_generate
-from shared import keys, streams
+from shared import keys, listing, streams
 from shared.errors import InvalidRequest, SessionNotFound
 from shared.jobs import enqueue
 
@@ -22,6 +23,8 @@ log = logging.getLogger(__name__)
 bp = Blueprint("streams", __name__)
 
 MAX_IDEMPOTENCY_KEY_LEN = 255
+LIST_LIMIT_DEFAULT = 20
+LIST_LIMIT_MAX = 100
 
 
 def session_id_or_404(session_id: str) -> str:
@@ -49,6 +52,16 @@ def _created(session_id: str, status: str, model: str, created_at: str | None) -
         **urls(session_id),
         "createdAt": created_at,
     }
+    settings = backend().settings
+    if settings.has_api_keys:
+        token, expires_ms = tokens.mint(
+            settings.stream_token_secret,
+            session_id,
+            auth.caller().owner,
+            settings.stream_token_ttl_s,
+        )
+        body["streamToken"] = token
+        body["tokenExpiresAt"] = streams.iso_ms(expires_ms)
     response = jsonify(body)
     response.status_code = 202
     response.headers["Location"] = f"/api/streams/{session_id}"
@@ -69,6 +82,7 @@ def _json_body() -> Any:
 def create() -> Response:
     """Validate, store the request, enqueue generation."""
     b = backend()
+    owner = auth.caller().owner
     body = _json_body()
     generation = parse_generate(body, b.settings)
     session_id = nanoid()
@@ -82,16 +96,18 @@ def create() -> Response:
             json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         ).hexdigest()[:32]
         earlier = streams.claim_idempotency_key(
-            b.redis, idem_key, session_id, fingerprint, b.settings.stream_ttl_s
+            b.redis, idem_key, session_id, fingerprint, b.settings.stream_ttl_s, owner
         )
         if earlier is not None:
             info = streams.info(b.redis, earlier)
             return _created(earlier, info["status"], info["model"], info["createdAt"])
     try:
-        streams.create_session(b.redis, session_id, generation, queue=b.settings.celery_queue)
+        streams.create_session(
+            b.redis, session_id, generation, queue=b.settings.celery_queue, owner=owner
+        )
     except Exception:
         if idem_key:
-            streams.release_idempotency_key(b.redis, idem_key)
+            streams.release_idempotency_key(b.redis, idem_key, owner)
         raise
     try:
         enqueue(b.celery, session_id, b.settings.celery_queue)
@@ -106,7 +122,7 @@ def create() -> Response:
             ttl_s=b.settings.stream_ttl_s,
         )
         if idem_key:
-            streams.release_idempotency_key(b.redis, idem_key)
+            streams.release_idempotency_key(b.redis, idem_key, owner)
         return error_response(503, "unavailable", "The job queue is unavailable; retry shortly.")
     meta = streams.read_meta(b.redis, session_id)
     log.info("session %s queued (model %s)", session_id, generation.model)
@@ -124,13 +140,39 @@ def stream_info() -> Response:
     session_id = request.args.get("sessionId")
     if not session_id:
         raise InvalidRequest("the sessionId query parameter is required")
-    return jsonify(streams.info(backend().redis, session_id_or_404(session_id)))
+    auth.check_owner(session_id_or_404(session_id))
+    return jsonify(streams.info(backend().redis, session_id))
+
+
+@bp.get("/api/streams")
+def list_streams() -> Response:
+    """The caller's sessions, newest first, a page at a time, optionally of one status."""
+    if not backend().settings.has_api_keys:
+        # Without keys a session's id is its only secret: listing them would give them away.
+        return error_response(
+            404, "not_found", "Listing sessions needs API keys (API_KEYS or API_KEYS_FILE)."
+        )
+    status = request.args.get("status")
+    if status is not None and status not in {s.value for s in streams.Status}:
+        raise InvalidRequest(f"status must be one of {', '.join(s.value for s in streams.Status)}")
+    raw_limit = request.args.get("limit", str(LIST_LIMIT_DEFAULT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
+        raise InvalidRequest(f"limit must be a whole number from 1 to {LIST_LIMIT_MAX}")
+    page = listing.list_sessions(
+        backend().redis,
+        auth.caller().owner,
+        limit=int(raw_limit),
+        status=status,
+        cursor=request.args.get("cursor") or None,
+    )
+    return jsonify(sessions=page.sessions, nextCursor=page.next_cursor)
 
 
 @bp.get("/api/streams/<session_id>/text")
 def text(session_id: str) -> Response:
     """Everything generated so far as one string."""
-    status, body, chunks = streams.read_text(backend().redis, session_id_or_404(session_id))
+    auth.check_owner(session_id_or_404(session_id))
+    status, body, chunks = streams.read_text(backend().redis, session_id)
     return jsonify(sessionId=session_id, status=status, text=body, chunks=chunks)
 
 
@@ -138,27 +180,29 @@ def text(session_id: str) -> Response:
 def stop(session_id: str) -> tuple[Response, int]:
     """Cancel generation: 202 if it was live, 200 with the final status if it had ended."""
     b = backend()
-    was_live, status = streams.cancel(
-        b.redis, session_id_or_404(session_id), ttl_s=b.settings.stream_ttl_s
-    )
+    auth.check_owner(session_id_or_404(session_id))
+    was_live, status = streams.cancel(b.redis, session_id, ttl_s=b.settings.stream_ttl_s)
     if was_live:
         log.info("session %s cancelled", session_id)
     return jsonify(sessionId=session_id, status=status), 202 if was_live else 200
 
 
 @bp.get("/")
+@auth.public
 def page() -> Response:
     """The demo page."""
     return current_app.send_static_file("index.html")
 
 
 @bp.get("/healthz")
+@auth.public
 def healthz() -> Response:
     """The process is alive."""
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
+@auth.public
 def readyz() -> tuple[Response, int]:
     """Redis and the broker answer."""
     b = backend()

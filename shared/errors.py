@@ -33,6 +33,12 @@ class UnknownModel(InvalidRequest):
     code = "unknown_model"
 
 
+class Unauthorized(StreamsError):
+    """The caller presented no credential this endpoint accepts, or a wrong or expired one."""
+
+    code = "unauthorized"
+
+
 class SessionNotFound(StreamsError):
     """No session with that id (never created, or expired)."""
 

@@ -51,9 +51,25 @@ def reaper_lock() -> str:
     return f"{PREFIX}:reaper"
 
 
-def idempotency(key: str) -> str:
-    """Maps a client's Idempotency-Key to the session it created."""
-    return f"{PREFIX}:idem:{key}"
+def idempotency(key: str, owner: str = "") -> str:
+    """Maps a client's Idempotency-Key to the session it created, per owner (API key id).
+
+    Open mode (no owner) keeps the original spelling; an owner's keys live under
+    `owner_sessions`'s prefix, so the two can never name the same key.
+    """
+    if not owner:
+        return f"{PREFIX}:idem:{key}"
+    return f"{PREFIX}:owner:{{{owner}}}:idem:{key}"
+
+
+def owner_sessions(owner: str) -> str:
+    """A sorted set of the sessions an owner (API key id) created, scored by creation ms,
+    for the listing.
+
+    An index only: entries whose session expired are dropped as the listing meets them.
+    One key per owner, with the owner as hash tag.
+    """
+    return f"{PREFIX}:owner:{{{owner}}}:sessions"
 
 
 def is_session_id(value: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -12,6 +13,9 @@ from shared.errors import ConfigError
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEMO_MODEL = "demo"
+KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+MIN_TOKEN_SECRET_LEN = 32
 
 
 def _str(env: Mapping[str, str], name: str, default: str) -> str:
@@ -65,6 +69,54 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ..
 
 def _patterns(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in _str(env, name, default).split(",") if p.strip())
+
+
+def _key_entries(lines: list[str], where: str, *, numbered: bool) -> list[tuple[str, str]]:
+    """`<key id>:<sha256 hex>` entries; `where` names the variable in errors."""
+    out = []
+    for n, line in enumerate(lines, 1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        key_id, _, digest = entry.partition(":")
+        digest = digest.strip().lower()
+        if not KEY_ID_RE.match(key_id) or not _SHA256_HEX_RE.match(digest):
+            # Never echo the entry: it may be a raw key pasted by mistake.
+            place = f"{where} line {n}" if numbered else f"{where} entry {n}"
+            raise ConfigError(
+                f"{place} is not <key id>:<sha256 hex of the key> (key ids of letters, "
+                "digits, '_', '.', '-'; `python -m api.apikeys` prints entries)"
+            )
+        out.append((key_id, digest))
+    return out
+
+
+def _api_keys(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    entries = _key_entries(env.get("API_KEYS", "").split(","), "API_KEYS", numbered=False)
+    path = env.get("API_KEYS_FILE", "").strip()
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            raise ConfigError(f"API_KEYS_FILE {path!r} cannot be read: {e.strerror}") from None
+        entries += _key_entries(lines, f"API_KEYS_FILE {path!r}", numbered=True)
+    # One key id may have several keys (a rotation in progress): they own the same sessions.
+    return tuple(dict.fromkeys(entries))
+
+
+def _token_secret(env: Mapping[str, str], has_keys: bool) -> str:
+    secret = env.get("STREAM_TOKEN_SECRET", "").strip()
+    if secret and len(secret) < MIN_TOKEN_SECRET_LEN:
+        raise ConfigError(
+            f"STREAM_TOKEN_SECRET must be at least {MIN_TOKEN_SECRET_LEN} characters long"
+        )
+    if has_keys and not secret:
+        raise ConfigError(
+            "STREAM_TOKEN_SECRET must be set (a random string of at least "
+            f"{MIN_TOKEN_SECRET_LEN} characters) when API_KEYS or API_KEYS_FILE configures keys"
+        )
+    return secret
 
 
 def _check_cluster(env: Mapping[str, str], redis_url: str) -> None:
@@ -126,6 +178,15 @@ class Settings:
     follower_max_connections: int = 2000
     trust_proxy_headers: bool = False
     follower_hub: bool = True
+    # (key id, sha256 hex of the key); empty: the API runs open, without credentials.
+    api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    stream_token_secret: str = field(default="", repr=False)
+    stream_token_ttl_s: int = 3600
+
+    @property
+    def has_api_keys(self) -> bool:
+        """Whether callers must present an API key (or a stream token)."""
+        return bool(self.api_keys)
 
     @property
     def has_provider_key(self) -> bool:
@@ -168,6 +229,7 @@ class Settings:
         else:
             default_model, default_allowlist = DEMO_MODEL, "demo*"
         allowlist = _patterns(env, "MODEL_ALLOWLIST", default_allowlist)
+        api_keys = _api_keys(env)
         settings = cls(
             redis_url=redis_url,
             redis_cluster=redis_cluster,
@@ -224,6 +286,9 @@ class Settings:
             ),
             trust_proxy_headers=_bool(env, "TRUST_PROXY_HEADERS", cls.trust_proxy_headers),
             follower_hub=_bool(env, "FOLLOWER_HUB", cls.follower_hub),
+            api_keys=api_keys,
+            stream_token_secret=_token_secret(env, bool(api_keys)),
+            stream_token_ttl_s=_int(env, "STREAM_TOKEN_TTL_S", cls.stream_token_ttl_s, minimum=1),
         )
         if not settings.is_model_allowed(settings.default_model):
             raise ConfigError(

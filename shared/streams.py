@@ -57,6 +57,9 @@ F_TYPE, F_INDEX, F_TEXT, F_DATA = "t", "i", "x", "d"
 
 _quote = json.encoder.encode_basestring  # json.dumps's own string encoder (C), no ASCII escaping
 _MAX_U64 = 2**64 - 1
+# The listing shows at most this many of an owner's newest sessions; older ids are trimmed
+# from the index as new ones come in, so an owner who never lists cannot grow it forever.
+OWNER_INDEX_MAX = 10_000
 _CURSOR_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 
 
@@ -268,18 +271,36 @@ def create_session(
     event_id = _run(r, _CREATE, [keys.meta(session_id), keys.events(session_id)], args)
     if not event_id:
         raise AppendRefused(f"session {session_id} exists already", code="exists")
-    r.zadd(keys.active(), {session_id: now})
+    if not owner:  # open mode: nobody lists sessions
+        r.zadd(keys.active(), {session_id: now})
+        return str(event_id)
+    # One round trip for the indexes; not a transaction, so the keys may live on any nodes.
+    index = keys.owner_sessions(owner)
+    pipe = r.pipeline(transaction=False)
+    pipe.zadd(keys.active(), {session_id: now})
+    pipe.zadd(index, {session_id: now})
+    pipe.zremrangebyrank(index, 0, -(OWNER_INDEX_MAX + 1))
+    pipe.execute()
     return str(event_id)
 
 
+def check_owner(r: redis.Redis, session_id: str, owner: str) -> None:
+    """Raise `SessionNotFound` unless `owner` created the session (another's is not found)."""
+    if r.hget(keys.meta(session_id), "owner") != owner:
+        raise SessionNotFound(f"no session {session_id}")
+
+
 def claim_idempotency_key(
-    r: redis.Redis, key: str, session_id: str, fingerprint: str, ttl_s: int
+    r: redis.Redis, key: str, session_id: str, fingerprint: str, ttl_s: int, owner: str = ""
 ) -> str | None:
-    """Bind `key` to `session_id`; returns the session an earlier request bound it to, if any."""
+    """Bind `key` to `session_id`; returns the session an earlier request bound it to, if any.
+
+    Keys are per owner: two API keys sending the same Idempotency-Key get two sessions.
+    """
     value = f"{session_id}:{fingerprint}"
-    if r.set(keys.idempotency(key), value, nx=True, ex=ttl_s):
+    if r.set(keys.idempotency(key, owner), value, nx=True, ex=ttl_s):
         return None
-    existing = str(r.get(keys.idempotency(key)) or value)
+    existing = str(r.get(keys.idempotency(key, owner)) or value)
     earlier_id, _, earlier_fingerprint = existing.partition(":")
     if earlier_fingerprint != fingerprint:
         raise IdempotencyConflict(
@@ -288,9 +309,9 @@ def claim_idempotency_key(
     return earlier_id
 
 
-def release_idempotency_key(r: redis.Redis, key: str) -> None:
+def release_idempotency_key(r: redis.Redis, key: str, owner: str = "") -> None:
     """Forget a key whose session could not be created, so a retry can try again."""
-    r.delete(keys.idempotency(key))
+    r.delete(keys.idempotency(key, owner))
 
 
 def _append(
@@ -528,7 +549,11 @@ def read_meta(r: redis.Redis, session_id: str) -> dict[str, str]:
 
 def info(r: redis.Redis, session_id: str) -> dict[str, Any]:
     """The contract's stream info object (`GET /api/streams/generate?sessionId=`)."""
-    meta = read_meta(r, session_id)
+    return info_of(session_id, read_meta(r, session_id))
+
+
+def info_of(session_id: str, meta: dict[str, str]) -> dict[str, Any]:
+    """The stream info object of a session whose meta hash is `meta`."""
     out: dict[str, Any] = {
         "sessionId": session_id,
         "status": meta["status"],

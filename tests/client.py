@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 import websocket
@@ -24,10 +25,13 @@ def create(base_url: str, headers: dict[str, str] | None = None, **body: Any) ->
     return response.json()
 
 
-def info(base_url: str, session_id: str) -> dict[str, Any]:
+def info(base_url: str, session_id: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """GET the stream info."""
     response = requests.get(
-        f"{base_url}/api/streams/generate", params={"sessionId": session_id}, timeout=10
+        f"{base_url}/api/streams/generate",
+        params={"sessionId": session_id},
+        headers=headers or {},
+        timeout=10,
     )
     assert response.status_code == 200, response.text
     return response.json()
@@ -40,11 +44,13 @@ def text(base_url: str, session_id: str) -> dict[str, Any]:
     return response.json()
 
 
-def wait_terminal(base_url: str, session_id: str, timeout_s: float = 30) -> dict[str, Any]:
+def wait_terminal(
+    base_url: str, session_id: str, timeout_s: float = 30, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Poll the stream info until the session is terminal."""
     deadline = time.monotonic() + timeout_s
     while True:
-        current = info(base_url, session_id)
+        current = info(base_url, session_id, headers)
         if current["status"] in ("completed", "failed", "cancelled"):
             return current
         assert time.monotonic() < deadline, f"session still {current['status']}"
@@ -67,12 +73,15 @@ def ws_follow(
     *,
     max_events: int | None = None,
     timeout_s: float = 30,
+    headers: dict[str, str] | None = None,
+    token: str | None = None,
 ) -> WsResult:
     """Follow over WebSocket until the server closes (or `max_events` were read, then drop)."""
     url = f"{ws_base}/api/streams/{session_id}/ws"
-    if after is not None:
-        url += f"?after={after}"
-    ws = websocket.create_connection(url, timeout=timeout_s)
+    query = {k: v for k, v in (("after", after), ("token", token)) if v is not None}
+    if query:
+        url += "?" + urlencode(query)
+    ws = websocket.create_connection(url, timeout=timeout_s, header=headers or {})
     result = WsResult()
     try:
         while True:
@@ -121,12 +130,14 @@ def sse_follow(
     after: str | None = None,
     max_events: int | None = None,
     timeout_s: float = 30,
+    headers: dict[str, str] | None = None,
+    token: str | None = None,
 ) -> SseResult:
     """Follow over SSE until the response ends (or `max_events` were read, then drop)."""
-    headers = {"Accept": "text/event-stream"}
+    headers = {"Accept": "text/event-stream", **(headers or {})}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
-    params = {"after": after} if after is not None else {}
+    params = {k: v for k, v in (("after", after), ("token", token)) if v is not None}
     result = SseResult()
     with requests.get(
         f"{base_url}/api/streams/{session_id}",

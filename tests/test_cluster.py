@@ -15,6 +15,7 @@ import requests
 import websocket
 from redis.cluster import RedisCluster
 
+from api.apikeys import hash_key
 from shared import keys
 from shared.localredis import LocalRedis
 from tests import client
@@ -222,3 +223,29 @@ def test_readyz_idempotency_and_bad_input_on_a_cluster(stack: ClusterStack) -> N
     assert result.close_code == 4404
     bad = requests.get(f"{stack.api.url}/api/streams/{first['sessionId']}?after=x", timeout=10)
     assert bad.status_code == 400
+
+
+def test_listing_reads_sessions_across_nodes_newest_first(
+    stack: ClusterStack, logs_dir: Path
+) -> None:
+    key = "rsk_cluster-test-key-0123456789abcdefghijkl"
+    env = {
+        **stack.api.env,
+        "API_KEYS": f"ops:{hash_key(key)}",
+        "STREAM_TOKEN_SECRET": "cluster-test-token-secret-0123456789abcdef",
+    }
+    api = Api(env, logs_dir, name="cluster-api-keyed").start()
+    try:
+        auth = {"Authorization": f"Bearer {key}"}
+        made = [
+            client.create(api.url, auth, prompt=f"listed {n}", max_tokens=2)["sessionId"]
+            for n in range(8)
+        ]
+        assert len({node_of(stack.rc, session_id) for session_id in made}) > 1
+        listed = requests.get(
+            f"{api.url}/api/streams", params={"limit": 8}, headers=auth, timeout=10
+        )
+        assert listed.status_code == 200, listed.text
+        assert [s["sessionId"] for s in listed.json()["sessions"]] == made[::-1]
+    finally:
+        api.stop(timeout_s=10)
