@@ -164,9 +164,9 @@ def test_info_without_session_id_is_a_400(api: Api) -> None:
 
 def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
     assert_error(requests.get(f"{api.url}/api/nothing-here"), 404, "not_found")
-    assert_error(
-        requests.put(f"{api.url}/api/streams/generate", json={}), 405, "method_not_allowed"
-    )
+    put = requests.put(f"{api.url}/api/streams/generate", json={})
+    assert_error(put, 405, "method_not_allowed")
+    assert set(put.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
 
 
 def test_health_and_readiness(api: Api) -> None:
