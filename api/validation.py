@@ -13,6 +13,9 @@ MAX_MODEL_LEN = 200
 
 
 def _is_int(value: Any) -> bool:
+    # JSON has one number type: 8.0 is the integer 8 (JSON Schema says so too).
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -82,6 +85,6 @@ def parse_generate(body: Any, settings: Settings) -> GenerationRequest:
     return GenerationRequest(
         model=model,
         messages=messages,
-        max_tokens=max_tokens,
+        max_tokens=int(max_tokens) if max_tokens is not None else None,
         temperature=float(temperature) if temperature is not None else None,
     )

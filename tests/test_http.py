@@ -83,6 +83,12 @@ def test_stream_info_while_running_counts_chunks(api: Api) -> None:
     requests.delete(f"{api.url}/api/streams/{session_id}", timeout=10)
 
 
+def test_an_integral_float_is_a_whole_number_of_tokens(api: Api) -> None:
+    response = post(api, '{"prompt": "two", "max_tokens": 2.0}')
+    assert response.status_code == 202, response.text
+    assert client.wait_terminal(api.url, response.json()["sessionId"])["chunks"] == 2
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [
