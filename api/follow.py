@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,6 +88,9 @@ def _send_frames(ws: Any, batch: streams.Batch, *, is_plain: bool) -> None:
 def follow_ws(ws: Any, session_id: str) -> None:
     """Send the events after `?after=`, then live ones, then close 1000."""
     b = backend()
+    # simple-websocket's reader keeps every message a client sends for `receive`, which
+    # nothing here calls: unbounded, a client could fill our memory. Drop them as they come.
+    ws.input_buffer = deque(maxlen=0)
     try:
         after = streams.parse_cursor(request.args.get("after"))
     except BadCursor as e:
