@@ -312,7 +312,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 },
                 "responses": {
                     "101": {"description": "Switching Protocols: the WebSocket follows"},
-                    **_errors("400"),
+                    "400": _error("Not an upgrade request, or a broken handshake"),
                 },
             },
         },

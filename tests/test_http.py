@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import requests
@@ -180,3 +181,41 @@ def test_health_and_readiness(api: Api) -> None:
     ready = requests.get(f"{api.url}/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"redis": "ok", "broker": "ok"}
+
+
+def raw_request(api: Api, head: bytes) -> tuple[int, dict[str, object]]:
+    """Send bytes as they are; the status and JSON body of the answer."""
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        header, _, body = answer.partition(b"\r\n\r\n")
+        length = int(header.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += sock.recv(65536)
+    return int(header.split()[1]), json.loads(body)
+
+
+WS_HEAD = (
+    "GET /api/streams/{id}/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+)
+WS_KEY = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        "",  # no key, no version
+        WS_KEY + "Sec-WebSocket-Version: 7\r\n",
+        "Sec-WebSocket-Version: 13\r\n",
+        WS_KEY
+        + "Sec-WebSocket-Version: 13\r\n"
+        + "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=zz\r\n",
+    ],
+)
+def test_a_broken_websocket_handshake_is_a_400(api: Api, headers: str) -> None:
+    head = WS_HEAD.format(id="A" * 21) + headers + "\r\n"
+    status, body = raw_request(api, head.encode())
+    assert status == 400
+    assert body["error"]["code"] == "bad_handshake"  # type: ignore[index]
