@@ -126,6 +126,9 @@ def test_an_integral_float_is_a_whole_number_of_tokens(api: Api) -> None:
         ({"prompt": "a", "model": "m" * 201}, "invalid_request"),
         ({"prompt": "a", "stream": True}, "invalid_request"),
         ({"prompt": "a", "model": "gpt-5-secret"}, "unknown_model"),
+        ('{"prompt": "half a pair \\ud800"}', "invalid_request"),
+        ('{"messages": [{"role": "user", "content": "\\udfff"}]}', "invalid_request"),
+        ('{"prompt": "a", "model": "demo\\ud83d"}', "invalid_request"),
     ],
 )
 def test_bad_generate_bodies_get_a_400_with_a_code(api: Api, body: object, code: str) -> None:
