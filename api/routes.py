@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from nanoid import generate as nanoid
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from api.backend import backend
 from api.errors import error_response
@@ -57,6 +58,10 @@ def _created(session_id: str, status: str, model: str, created_at: str | None) -
 
 def _json_body() -> Any:
     raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    # Werkzeug cuts a body without Content-Length (chunked) at the limit instead of refusing it.
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        raise RequestEntityTooLarge()
     if not raw:
         raise InvalidRequest("the body must be a JSON object", code="invalid_json")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -14,7 +15,7 @@ from worker.providers.demo import demo_text
 
 
 def post(api: Api, body: object, **kwargs: object) -> requests.Response:
-    data = body if isinstance(body, str | bytes) else json.dumps(body)
+    data = body if isinstance(body, str | bytes | Iterator) else json.dumps(body)
     return requests.post(f"{api.url}/api/streams/generate", data=data, timeout=10, **kwargs)
 
 
@@ -139,6 +140,13 @@ def test_a_body_over_the_limit_gets_413(api: Api) -> None:
     big = json.dumps({"prompt": "x" * (4 * 1024 * 1024 + 10)})
     assert_error(
         post(api, big, headers={"Content-Type": "application/json"}), 413, "body_too_large"
+    )
+
+
+def test_a_chunked_body_over_the_limit_gets_413(api: Api) -> None:
+    pieces = (b"x" * 1024 * 1024 for _ in range(5))  # a generator: sent chunked
+    assert_error(
+        post(api, pieces, headers={"Content-Type": "application/json"}), 413, "body_too_large"
     )
 
 
