@@ -56,6 +56,11 @@ def _created(session_id: str, status: str, model: str, created_at: str | None) -
     return response
 
 
+def _is_printable_ascii(value: str) -> bool:
+    # An Idempotency-Key is a structured-field string (RFC 8941): printable ASCII only.
+    return value.isascii() and value.isprintable()
+
+
 def _json_body() -> Any:
     raw = request.get_data(cache=False)
     limit = request.max_content_length
@@ -79,9 +84,9 @@ def create() -> Response:
     session_id = nanoid()
     idem_key = request.headers.get("Idempotency-Key")
     if idem_key is not None:
-        if not idem_key or len(idem_key) > MAX_IDEMPOTENCY_KEY_LEN or not idem_key.isprintable():
+        if not (0 < len(idem_key) <= MAX_IDEMPOTENCY_KEY_LEN and _is_printable_ascii(idem_key)):
             raise InvalidRequest(
-                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable characters"
+                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
             )
         fingerprint = hashlib.sha256(
             json.dumps(body, sort_keys=True, separators=(",", ":")).encode()

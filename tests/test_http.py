@@ -160,6 +160,8 @@ def test_idempotency_key_returns_the_same_session(api: Api) -> None:
     assert_error(
         post(api, {"prompt": "x"}, headers={"Idempotency-Key": ""}), 400, "invalid_request"
     )
+    latin1 = post(api, {"prompt": "x"}, headers={"Idempotency-Key": "caf\xe9".encode("latin-1")})
+    assert_error(latin1, 400, "invalid_request")
 
 
 UNKNOWN = "A" * 21
