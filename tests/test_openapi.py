@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from typing import Any
@@ -10,6 +11,7 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -37,6 +39,24 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
 ]
+
+
+TEXT = st.text(st.characters(exclude_categories=())) | st.sampled_from(
+    ["\ud800", "demo\udfff", "demo", " ", "", "user", "x" * 300]
+)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant", "robot"]), "content": JSON_VALUES}
+)
+BODIES = JSON_VALUES | st.dictionaries(
+    st.sampled_from(["prompt", "messages", "model", "max_tokens", "temperature", "stream"]),
+    JSON_VALUES | TEXT | st.lists(MESSAGE, max_size=3),
+    max_size=5,
+)
 
 
 def _shape(path: str) -> str:
@@ -157,6 +177,32 @@ def test_generated_requests_get_documented_answers_and_no_5xx(
 
     explore(schemathesis.GenerationMode.POSITIVE, [*CHECKS, positive_data_acceptance])
     explore(schemathesis.GenerationMode.NEGATIVE, [*CHECKS, negative_data_rejection])
+
+    # Bodies the schema cannot describe: any JSON at all, half surrogate pairs, NaN.
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(body=BODIES)
+    def post_anything(body: Any) -> None:
+        response = http.post(
+            f"{api.url}/api/streams/generate",
+            data=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
+        counts["requests"] += 1
+        counts["5xx"] += response.status_code >= 500
+        counts[f"POST /api/streams/generate (any JSON) {response.status_code}"] += 1
+        if response.status_code == 202:
+            created.append(response.json()["sessionId"])
+        elif response.status_code != 400 or "error" not in response.json():
+            failures.append(f"POST {body!r}: {response.status_code} {response.text[:200]}")
+
+    post_anything()
 
     # Methods no operation takes: a JSON 405 naming the ones it does.
     for method, url in _undocumented_methods(doc):
