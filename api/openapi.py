@@ -16,7 +16,7 @@ from api.routes import MAX_IDEMPOTENCY_KEY_LEN
 from api.validation import MAX_MODEL_LEN
 from shared.jobs import ROLES
 from shared.settings import Settings
-from shared.streams import Status
+from shared.streams import EventType, Status
 
 bp = Blueprint("openapi", __name__)
 
@@ -156,6 +156,16 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "properties": {"sessionId": _ref("SessionId"), "status": status},
         },
         "SessionId": {"type": "string", "pattern": "^[A-Za-z0-9_-]{21}$"},
+        "SseEvent": {
+            "type": "object",
+            "description": "One event of the stream (OpenAPI 3.2 would call this itemSchema).",
+            "required": ["event", "data"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
+                "event": {"enum": [t.value for t in EventType]},
+                "data": {"type": "string", "contentMediaType": JSON},
+            },
+        },
         "Checks": {
             "type": "object",
             "required": ["redis", "broker"],
@@ -194,7 +204,11 @@ def _session_param() -> Schema:
 
 def paths(settings: Settings) -> dict[str, Schema]:
     """Every route: path -> method -> operation."""
-    cursor = "A stream entry id (`<ms>-<seq>`) to resume after; empty means the beginning."
+    cursor = (
+        "A stream entry id (`<ms>-<seq>`) to resume after; empty means the beginning. Parts of "
+        "20 digits are taken too, up to 2^64-1; anything else is a 400 bad_cursor."
+    )
+    cursor_schema = {"type": "string", "pattern": "^([0-9]{1,19}-[0-9]{1,19})?$"}
     return {
         "/api/streams/generate": {
             "post": {
@@ -258,13 +272,13 @@ def paths(settings: Settings) -> dict[str, Schema]:
                     {
                         "name": "after",
                         "in": "query",
-                        "schema": {"type": "string"},
+                        "schema": cursor_schema,
                         "description": cursor,
                     },
                     {
                         "name": "Last-Event-ID",
                         "in": "header",
-                        "schema": {"type": "string"},
+                        "schema": cursor_schema,
                         "description": cursor + " Wins over `after`.",
                     },
                 ],
@@ -272,7 +286,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                     "200": _ok(
                         "`id:`, `event:` and `data:` (the WebSocket frame's JSON) per event; "
                         "`: ping` comments keep it alive",
-                        {"type": "string"},
+                        _ref("SseEvent"),
                         "text/event-stream",
                     ),
                     **_errors("400", "404", "503"),
@@ -302,7 +316,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                     {
                         "name": "after",
                         "in": "query",
-                        "schema": {"type": "string"},
+                        "schema": cursor_schema,
                         "description": cursor,
                     },
                 ],

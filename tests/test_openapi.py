@@ -25,6 +25,7 @@ from schemathesis.specs.openapi.checks import (
 from api.app import create_app
 from api.openapi import build, glob_regex
 from shared.settings import Settings
+from tests import client
 from tests.procs import Api
 
 # Flask answers these itself on every route.
@@ -160,7 +161,9 @@ def test_generated_requests_get_documented_answers_and_no_5xx(
         except BaseExceptionGroup as e:  # schemathesis's FailureGroup: collect them all
             failures.append(f"{case.method} {case.formatted_path} {case.body!r}: {str(e)[:600]}")
 
-    def explore(mode: schemathesis.GenerationMode, checks: list[Any]) -> None:
+    def explore(
+        mode: schemathesis.GenerationMode, checks: list[Any], fixed: dict[str, Any] | None = None
+    ) -> None:
         @settings(
             max_examples=MAX_EXAMPLES,
             derandomize=True,
@@ -169,7 +172,7 @@ def test_generated_requests_get_documented_answers_and_no_5xx(
             phases=[Phase.explicit, Phase.generate],
             suppress_health_check=list(HealthCheck),
         )
-        @given(case=schema.as_strategy(generation_mode=mode))
+        @given(case=schema.as_strategy(generation_mode=mode, **(fixed or {})))
         def run(case: schemathesis.Case) -> None:
             send(case, checks)
 
@@ -177,6 +180,14 @@ def test_generated_requests_get_documented_answers_and_no_5xx(
 
     explore(schemathesis.GenerationMode.POSITIVE, [*CHECKS, positive_data_acceptance])
     explore(schemathesis.GenerationMode.NEGATIVE, [*CHECKS, negative_data_rejection])
+    # The same against a session that exists: its 200 answers must match their schemas too.
+    ended = client.create(api.url, prompt="an ended session", max_tokens=3)["sessionId"]
+    client.wait_terminal(api.url, ended)
+    explore(
+        schemathesis.GenerationMode.POSITIVE,
+        [*CHECKS, positive_data_acceptance],
+        {"path_parameters": {"sessionId": ended}, "query": {"sessionId": ended}},
+    )
 
     # Bodies the schema cannot describe: any JSON at all, half surrogate pairs, NaN.
     @settings(
