@@ -42,9 +42,9 @@ def glob_regex(pattern: str) -> str:
         c = pattern[i]
         end = pattern.find("]", i + 2) if c == "[" else -1
         if c == "*":
-            out.append(".*")
+            out.append(r"[\s\S]*")  # fnmatch's * takes newlines too; a regex's . does not
         elif c == "?":
-            out.append(".")
+            out.append(r"[\s\S]")
         elif end != -1:
             inner = pattern[i + 1 : end].replace("\\", "\\\\")
             out.append("[^" + inner[1:] + "]" if inner.startswith("!") else "[" + inner + "]")
@@ -188,6 +188,7 @@ def _ok(description: str, schema: Schema, media: str = JSON) -> Schema:
 ERRORS = {
     "400": _error("Malformed request: bad JSON, schema, unknown model or cursor"),
     "404": _error("No such session (or endpoint)"),
+    "405": _error("The endpoint does not take this method; `Allow` names those it takes"),
     "409": _error("The Idempotency-Key was used with a different body"),
     "413": _error("The body is larger than the limit"),
     "503": _error("Redis or the job queue is unavailable"),

@@ -94,7 +94,7 @@ def test_the_document_follows_the_settings() -> None:
 @pytest.mark.parametrize(
     ("pattern", "matches", "misses"),
     [
-        ("demo*", ["demo", "demo.x"], ["dem", "ademo"]),
+        ("demo*", ["demo", "demo.x", "demo\nx"], ["dem", "ademo"]),
         ("a.b/c?", ["a.b/cd"], ["axb/cd", "a.b/c"]),
         ("m[0-9]", ["m7"], ["mx"]),
         ("m[!0-9]", ["mx"], ["m7"]),
