@@ -69,7 +69,12 @@ def register(app: Flask) -> None:
             405: "This method is not allowed on this endpoint.",
             413: "The request body is too large.",
         }.get(status, e.description or e.name)
-        return error_response(status, HTTP_CODES.get(status, "http_error"), message)
+        response = error_response(status, HTTP_CODES.get(status, "http_error"), message)
+        # A 405 must name the methods the endpoint takes (RFC 9110 15.5.6).
+        for name, value in e.get_headers():
+            if name.lower() == "allow":
+                response.headers["Allow"] = value
+        return response
 
     @app.errorhandler(redis.RedisError)
     def _redis_down(e: redis.RedisError) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,13 +13,16 @@ import redis
 from flask import Blueprint, Response, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
-from wsproto.events import TextMessage
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.extensions import PerMessageDeflate
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from api import auth, hub, shutdown
 from api.backend import Backend, backend
 from api.routes import session_id_or_404
 from shared import keys, streams
-from shared.errors import BadCursor, SessionNotFound
+from shared.errors import BadCursor, InvalidRequest, SessionNotFound
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +88,41 @@ def _send_frames(ws: Any, batch: streams.Batch, *, is_plain: bool) -> None:
     ws.sock.send(data)
 
 
-@sock.route("/api/streams/<session_id>/ws")
+def _handshake_error() -> str | None:
+    """Why simple-websocket's handshake would fail on this request (it raises: a 500), if it would.
+
+    The same wsproto handshake on the same bytes simple-websocket builds from the environ.
+    """
+    head = b"GET / HTTP/1.1\r\n"
+    for key, value in request.environ.items():
+        if key.startswith("HTTP_"):
+            header = "-".join([p.capitalize() for p in key[5:].split("_")])
+            head += f"{header}: {value}\r\n".encode()
+    conn = WSConnection(ConnectionType.SERVER)
+    try:
+        conn.receive_data(head + b"\r\n")
+        for event in conn.events():
+            if isinstance(event, Request):
+                conn.send(AcceptConnection(extensions=[PerMessageDeflate()]))
+    except (RemoteProtocolError, LocalProtocolError, ValueError) as e:
+        return str(e)[:200] or type(e).__name__
+    return None
+
+
+@bp.before_request
+def _refuse_bad_handshakes() -> None:
+    if request.endpoint == "follow.follow_ws" and (why := _handshake_error()):
+        raise InvalidRequest(f"not a valid WebSocket handshake: {why}", code="bad_handshake")
+
+
+@sock.route("/api/streams/<session_id>/ws", bp=bp)
 @auth.takes_stream_token
 def follow_ws(ws: Any, session_id: str) -> None:
     """Send the events after `?after=`, then live ones, then close 1000."""
     b = backend()
+    # simple-websocket's reader keeps every message a client sends for `receive`, which
+    # nothing here calls: unbounded, a client could fill our memory. Drop them as they come.
+    ws.input_buffer = deque(maxlen=0)
     refused = auth.failure()
     if refused is not None:
         ws.send(_error_frame(refused.code, refused.message))

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from nanoid import generate as nanoid
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from api import auth, tokens
 from api.backend import backend
@@ -68,8 +69,17 @@ def _created(session_id: str, status: str, model: str, created_at: str | None) -
     return response
 
 
+def _is_printable_ascii(value: str) -> bool:
+    # An Idempotency-Key is a structured-field string (RFC 8941): printable ASCII only.
+    return value.isascii() and value.isprintable()
+
+
 def _json_body() -> Any:
     raw = request.get_data(cache=False)
+    limit = request.max_content_length
+    # Werkzeug cuts a body without Content-Length (chunked) at the limit instead of refusing it.
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        raise RequestEntityTooLarge()
     if not raw:
         raise InvalidRequest("the body must be a JSON object", code="invalid_json")
     try:
@@ -88,9 +98,9 @@ def create() -> Response:
     session_id = nanoid()
     idem_key = request.headers.get("Idempotency-Key")
     if idem_key is not None:
-        if not idem_key or len(idem_key) > MAX_IDEMPOTENCY_KEY_LEN or not idem_key.isprintable():
+        if not (0 < len(idem_key) <= MAX_IDEMPOTENCY_KEY_LEN and _is_printable_ascii(idem_key)):
             raise InvalidRequest(
-                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable characters"
+                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
             )
         fingerprint = hashlib.sha256(
             json.dumps(body, sort_keys=True, separators=(",", ":")).encode()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, TypeGuard
 
 from shared.errors import InvalidRequest, UnknownModel
 from shared.jobs import ROLES, GenerationRequest, Message
@@ -10,10 +11,21 @@ from shared.settings import Settings
 
 FIELDS = ("prompt", "messages", "model", "max_tokens", "temperature")
 MAX_MODEL_LEN = 200
+# JSON may escape half a surrogate pair ("\ud800"); Python decodes it to a string that
+# has no UTF-8 form, which Redis (and every client) would then choke on.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _is_int(value: Any) -> bool:
+    # JSON has one number type: 8.0 is the integer 8 (JSON Schema says so too).
+    if isinstance(value, float):
+        return value.is_integer()
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_text(value: Any) -> TypeGuard[str]:
+    """A string with something besides whitespace, and valid Unicode throughout."""
+    return isinstance(value, str) and bool(value.strip()) and not _LONE_SURROGATE.search(value)
 
 
 def _is_number(value: Any) -> bool:
@@ -33,7 +45,7 @@ def _messages(raw: Any) -> tuple[Message, ...]:
         role, content = item.get("role"), item.get("content")
         if role not in ROLES:
             raise InvalidRequest(f"messages[{n}].role must be one of {', '.join(ROLES)}")
-        if not isinstance(content, str) or not content.strip():
+        if not _is_text(content):
             raise InvalidRequest(f"messages[{n}].content must be a non-empty string")
         out.append(Message(role, content))
     return tuple(out)
@@ -53,14 +65,14 @@ def parse_generate(body: Any, settings: Settings) -> GenerationRequest:
         raise InvalidRequest("send exactly one of prompt or messages")
     if has_prompt:
         prompt = body["prompt"]
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not _is_text(prompt):
             raise InvalidRequest("prompt must be a non-empty string")
         messages: tuple[Message, ...] = (Message("user", prompt),)
     else:
         messages = _messages(body["messages"])
 
     model = body.get("model", settings.default_model)
-    if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_LEN:
+    if not _is_text(model) or len(model) > MAX_MODEL_LEN:
         raise InvalidRequest(
             f"model must be a non-empty string of at most {MAX_MODEL_LEN} characters"
         )
@@ -82,6 +94,6 @@ def parse_generate(body: Any, settings: Settings) -> GenerationRequest:
     return GenerationRequest(
         model=model,
         messages=messages,
-        max_tokens=max_tokens,
+        max_tokens=int(max_tokens) if max_tokens is not None else None,
         temperature=float(temperature) if temperature is not None else None,
     )

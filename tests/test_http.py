@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -13,7 +15,7 @@ from worker.providers.demo import demo_text
 
 
 def post(api: Api, body: object, **kwargs: object) -> requests.Response:
-    data = body if isinstance(body, str | bytes) else json.dumps(body)
+    data = body if isinstance(body, str | bytes | Iterator) else json.dumps(body)
     return requests.post(f"{api.url}/api/streams/generate", data=data, timeout=10, **kwargs)
 
 
@@ -83,6 +85,12 @@ def test_stream_info_while_running_counts_chunks(api: Api) -> None:
     requests.delete(f"{api.url}/api/streams/{session_id}", timeout=10)
 
 
+def test_an_integral_float_is_a_whole_number_of_tokens(api: Api) -> None:
+    response = post(api, '{"prompt": "two", "max_tokens": 2.0}')
+    assert response.status_code == 202, response.text
+    assert client.wait_terminal(api.url, response.json()["sessionId"])["chunks"] == 2
+
+
 @pytest.mark.parametrize(
     ("body", "code"),
     [
@@ -119,6 +127,9 @@ def test_stream_info_while_running_counts_chunks(api: Api) -> None:
         ({"prompt": "a", "model": "m" * 201}, "invalid_request"),
         ({"prompt": "a", "stream": True}, "invalid_request"),
         ({"prompt": "a", "model": "gpt-5-secret"}, "unknown_model"),
+        ('{"prompt": "half a pair \\ud800"}', "invalid_request"),
+        ('{"messages": [{"role": "user", "content": "\\udfff"}]}', "invalid_request"),
+        ('{"prompt": "a", "model": "demo\\ud83d"}', "invalid_request"),
     ],
 )
 def test_bad_generate_bodies_get_a_400_with_a_code(api: Api, body: object, code: str) -> None:
@@ -132,6 +143,13 @@ def test_a_body_over_the_limit_gets_413(api: Api) -> None:
     )
 
 
+def test_a_chunked_body_over_the_limit_gets_413(api: Api) -> None:
+    pieces = (b"x" * 1024 * 1024 for _ in range(5))  # a generator: sent chunked
+    assert_error(
+        post(api, pieces, headers={"Content-Type": "application/json"}), 413, "body_too_large"
+    )
+
+
 def test_idempotency_key_returns_the_same_session(api: Api) -> None:
     headers = {"Idempotency-Key": "order-42-attempt"}
     first = client.create(api.url, headers=headers, prompt="only once", max_tokens=3)
@@ -142,6 +160,8 @@ def test_idempotency_key_returns_the_same_session(api: Api) -> None:
     assert_error(
         post(api, {"prompt": "x"}, headers={"Idempotency-Key": ""}), 400, "invalid_request"
     )
+    latin1 = post(api, {"prompt": "x"}, headers={"Idempotency-Key": "caf\xe9".encode("latin-1")})
+    assert_error(latin1, 400, "invalid_request")
 
 
 UNKNOWN = "A" * 21
@@ -164,9 +184,9 @@ def test_info_without_session_id_is_a_400(api: Api) -> None:
 
 def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
     assert_error(requests.get(f"{api.url}/api/nothing-here"), 404, "not_found")
-    assert_error(
-        requests.put(f"{api.url}/api/streams/generate", json={}), 405, "method_not_allowed"
-    )
+    put = requests.put(f"{api.url}/api/streams/generate", json={})
+    assert_error(put, 405, "method_not_allowed")
+    assert set(put.headers["Allow"].replace(" ", "").split(",")) >= {"GET", "POST"}
 
 
 def test_health_and_readiness(api: Api) -> None:
@@ -174,3 +194,41 @@ def test_health_and_readiness(api: Api) -> None:
     ready = requests.get(f"{api.url}/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"redis": "ok", "broker": "ok"}
+
+
+def raw_request(api: Api, head: bytes) -> tuple[int, dict[str, object]]:
+    """Send bytes as they are; the status and JSON body of the answer."""
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        header, _, body = answer.partition(b"\r\n\r\n")
+        length = int(header.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            body += sock.recv(65536)
+    return int(header.split()[1]), json.loads(body)
+
+
+WS_HEAD = (
+    "GET /api/streams/{id}/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+)
+WS_KEY = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        "",  # no key, no version
+        WS_KEY + "Sec-WebSocket-Version: 7\r\n",
+        "Sec-WebSocket-Version: 13\r\n",
+        WS_KEY
+        + "Sec-WebSocket-Version: 13\r\n"
+        + "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=zz\r\n",
+    ],
+)
+def test_a_broken_websocket_handshake_is_a_400(api: Api, headers: str) -> None:
+    head = WS_HEAD.format(id="A" * 21) + headers + "\r\n"
+    status, body = raw_request(api, head.encode())
+    assert status == 400
+    assert body["error"]["code"] == "bad_handshake"  # type: ignore[index]

@@ -1,0 +1,520 @@
+"""The OpenAPI 3.1 document of the HTTP contract (DESIGN.md 2.1), served at `/openapi.json`.
+
+One dict, built from settings: the limits the validator enforces (`max_tokens`, the model
+allowlist, the body size) are the ones this document states, and with API keys configured
+it states the credentials every operation but the public ones needs (docs/API.md). To add
+an endpoint, add an entry to `paths()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from api import auth
+from api.backend import backend
+from api.routes import LIST_LIMIT_MAX, MAX_IDEMPOTENCY_KEY_LEN
+from api.validation import MAX_MODEL_LEN
+from shared.jobs import ROLES
+from shared.settings import Settings
+from shared.streams import EventType, Status
+
+bp = Blueprint("openapi", __name__)
+
+JSON = "application/json"
+Schema = dict[str, Any]
+
+# With API keys: every operation needs a key, the followers take a stream token instead.
+SECURITY_SCHEMES: dict[str, Schema] = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "An API key"},
+    "streamToken": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "token",
+        "description": "The `streamToken` of a POST's answer: reads its one session only",
+    },
+}
+FOLLOWERS = {"followSse", "followWebSocket"}
+
+_REGEX_SPECIAL = set("\\.^$+{}()|/")
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def glob_regex(pattern: str) -> str:
+    """An anchored regular expression (ECMA and Python alike) for an fnmatch pattern."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        end = pattern.find("]", i + 2) if c == "[" else -1
+        if c == "*":
+            out.append(r"[\s\S]*")  # fnmatch's * takes newlines too; a regex's . does not
+        elif c == "?":
+            out.append(r"[\s\S]")
+        elif end != -1:
+            inner = pattern[i + 1 : end].replace("\\", "\\\\")
+            out.append("[^" + inner[1:] + "]" if inner.startswith("!") else "[" + inner + "]")
+            i = end
+        elif c in _REGEX_SPECIAL or c in "[]*?":
+            out.append("\\" + c)
+        else:
+            out.append(c)
+        i += 1
+    return "^" + "".join(out) + "$"
+
+
+def _schemas(settings: Settings) -> dict[str, Schema]:
+    non_blank = {"type": "string", "minLength": 1, "pattern": r"\S"}
+    status = {"type": "string", "enum": [s.value for s in Status]}
+    time = {"type": ["string", "null"], "description": "ISO 8601, UTC, milliseconds"}
+    allowed = "|".join(f"(?:{glob_regex(p)})" for p in settings.model_allowlist)
+    return {
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"},
+                        "message": {"type": "string", "minLength": 1},
+                    },
+                },
+            },
+        },
+        "Message": {
+            "type": "object",
+            "required": ["role", "content"],
+            "additionalProperties": False,
+            "properties": {"role": {"enum": list(ROLES)}, "content": non_blank},
+        },
+        "GenerateRequest": {
+            "type": "object",
+            "description": "Exactly one of prompt or messages. A null max_tokens or "
+            "temperature means the default.",
+            "additionalProperties": False,
+            "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
+            "properties": {
+                "prompt": non_blank,
+                "messages": {"type": "array", "minItems": 1, "items": _ref("Message")},
+                "model": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_MODEL_LEN,
+                    "allOf": [{"pattern": r"\S"}, {"pattern": allowed}],
+                    "default": settings.default_model,
+                    "description": "Matches one of the model allowlist's patterns "
+                    f"({', '.join(settings.model_allowlist)}), else 400 unknown_model.",
+                },
+                "max_tokens": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "maximum": settings.max_tokens_cap,
+                },
+                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+            },
+        },
+        "Created": {
+            "type": "object",
+            "required": ["sessionId", "status", "model", "streamUrl", "wsUrl", "createdAt"],
+            "additionalProperties": False,
+            "properties": {
+                "sessionId": _ref("SessionId"),
+                "status": status,
+                "model": {"type": "string"},
+                "streamUrl": {"type": "string", "pattern": "^https?://"},
+                "wsUrl": {"type": "string", "pattern": "^wss?://"},
+                "createdAt": time,
+                "streamToken": {
+                    "type": "string",
+                    "description": "With API keys: opens this session's WebSocket and SSE as "
+                    "`?token=`, read only, until `tokenExpiresAt`",
+                },
+                "tokenExpiresAt": time,
+            },
+        },
+        "Status": status,
+        "SessionPage": {
+            "type": "object",
+            "required": ["sessions", "nextCursor"],
+            "additionalProperties": False,
+            "properties": {
+                "sessions": {"type": "array", "items": _ref("Info")},
+                "nextCursor": {"type": ["string", "null"]},
+            },
+        },
+        "Info": {
+            "type": "object",
+            "required": ["sessionId", "status", "model", "chunks", "createdAt", "updatedAt"],
+            "additionalProperties": False,
+            "properties": {
+                "sessionId": _ref("SessionId"),
+                "status": status,
+                "model": {"type": ["string", "null"]},
+                "chunks": {"type": "integer", "minimum": 0},
+                "createdAt": time,
+                "updatedAt": time,
+                "finishReason": {"type": "string"},
+                "usage": {"type": "object"},
+                "error": {"type": "object", "required": ["code", "message"]},
+            },
+        },
+        "Text": {
+            "type": "object",
+            "required": ["sessionId", "status", "text", "chunks"],
+            "additionalProperties": False,
+            "properties": {
+                "sessionId": _ref("SessionId"),
+                "status": status,
+                "text": {"type": "string"},
+                "chunks": {"type": "integer", "minimum": 0},
+            },
+        },
+        "Cancelled": {
+            "type": "object",
+            "required": ["sessionId", "status"],
+            "additionalProperties": False,
+            "properties": {"sessionId": _ref("SessionId"), "status": status},
+        },
+        "SessionId": {"type": "string", "pattern": "^[A-Za-z0-9_-]{21}$"},
+        "SseEvent": {
+            "type": "object",
+            "description": "One event of the stream (OpenAPI 3.2 would call this itemSchema).",
+            "required": ["event", "data"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
+                "event": {"enum": [t.value for t in EventType]},
+                "data": {"type": "string", "contentMediaType": JSON},
+            },
+        },
+        "Checks": {
+            "type": "object",
+            "required": ["redis", "broker"],
+            "properties": {
+                "redis": {"enum": ["ok", "down"]},
+                "broker": {"enum": ["ok", "down"]},
+            },
+        },
+    }
+
+
+def _error(description: str) -> Schema:
+    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
+
+
+def _ok(description: str, schema: Schema, media: str = JSON) -> Schema:
+    return {"description": description, "content": {media: {"schema": schema}}}
+
+
+ERRORS = {
+    "400": _error("Malformed request: bad JSON, schema, unknown model or cursor"),
+    "404": _error("No such session (or endpoint)"),
+    "405": _error("The endpoint does not take this method; `Allow` names those it takes"),
+    "401": _error("Missing or wrong credentials (only with API keys configured)"),
+    "409": _error("The Idempotency-Key was used with a different body"),
+    "413": _error("The body is larger than the limit"),
+    "503": _error("Redis or the job queue is unavailable"),
+}
+
+
+def _errors(*codes: str) -> dict[str, Schema]:
+    return {code: {"$ref": f"#/components/responses/E{code}"} for code in codes}
+
+
+def _session_param() -> Schema:
+    return {"$ref": "#/components/parameters/sessionId"}
+
+
+def paths(settings: Settings) -> dict[str, Schema]:
+    """Every route: path -> method -> operation."""
+    cursor = (
+        "A stream entry id (`<ms>-<seq>`) to resume after; empty means the beginning. Parts of "
+        "20 digits are taken too, up to 2^64-1; anything else is a 400 bad_cursor."
+    )
+    cursor_schema = {"type": "string", "pattern": "^([0-9]{1,19}-[0-9]{1,19})?$"}
+    return {
+        "/api/streams/generate": {
+            "post": {
+                "operationId": "createStream",
+                "summary": "Validate, store the request, enqueue generation",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "description": "A retried POST with the same key and body returns "
+                        "the same session.",
+                        "schema": {
+                            "type": "string",
+                            "pattern": r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$",
+                            "maxLength": MAX_IDEMPOTENCY_KEY_LEN,
+                        },
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "description": f"At most {settings.max_body_bytes} bytes.",
+                    "content": {JSON: {"schema": _ref("GenerateRequest")}},
+                },
+                "responses": {
+                    "202": {
+                        "description": "Queued (or the earlier session of this Idempotency-Key)",
+                        "headers": {
+                            "Location": {
+                                "required": True,
+                                "schema": {"type": "string", "pattern": "^/api/streams/"},
+                            }
+                        },
+                        "content": {JSON: {"schema": _ref("Created")}},
+                    },
+                    **_errors("400", "409", "413", "503"),
+                },
+            },
+            "get": {
+                "operationId": "streamInfo",
+                "summary": "Status, chunk count and result of a session",
+                "parameters": [
+                    {
+                        "name": "sessionId",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                    }
+                ],
+                "responses": {
+                    "200": _ok("The session", _ref("Info")),
+                    **_errors("400", "404", "503"),
+                },
+            },
+        },
+        "/api/streams": {
+            "get": {
+                "operationId": "listStreams",
+                "summary": "The caller's sessions, newest first (with API keys only; else 404)",
+                "parameters": [
+                    {"name": "status", "in": "query", "schema": _ref("Status")},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                        "description": f"1 to {LIST_LIMIT_MAX}, default 20",
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "The `nextCursor` of the previous page",
+                    },
+                ],
+                "responses": {
+                    "200": _ok("A page of sessions", _ref("SessionPage")),
+                    **_errors("400", "404", "503"),
+                },
+            }
+        },
+        "/api/streams/{sessionId}": {
+            "parameters": [_session_param()],
+            "get": {
+                "operationId": "followSse",
+                "summary": "Follow as Server-Sent Events until the terminal event",
+                "parameters": [
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": cursor_schema,
+                        "description": cursor,
+                    },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "schema": cursor_schema,
+                        "description": cursor + " Wins over `after`.",
+                    },
+                ],
+                "responses": {
+                    "200": _ok(
+                        "`id:`, `event:` and `data:` (the WebSocket frame's JSON) per event; "
+                        "`: ping` comments keep it alive",
+                        _ref("SseEvent"),
+                        "text/event-stream",
+                    ),
+                    **_errors("400", "404", "503"),
+                },
+            },
+            "delete": {
+                "operationId": "stopStream",
+                "summary": "Stop generation",
+                "responses": {
+                    "200": _ok("It had already ended: its final status", _ref("Cancelled")),
+                    "202": _ok("It was live and is now cancelled", _ref("Cancelled")),
+                    **_errors("404", "503"),
+                },
+            },
+        },
+        "/api/streams/{sessionId}/ws": {
+            "parameters": [_session_param()],
+            "get": {
+                "operationId": "followWebSocket",
+                "summary": "Follow over WebSocket (DESIGN.md 2.2)",
+                "description": "OpenAPI has no WebSocket: this is the upgrade request. After "
+                "the 101 the server sends one JSON text frame per event and closes 1000 after "
+                "the terminal one; an unknown session gets an error frame and close 4404, a "
+                "malformed cursor close 4400. The server ignores what the client sends; a "
+                "message over the size limit closes with 1009.",
+                "parameters": [
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": cursor_schema,
+                        "description": cursor,
+                    },
+                ],
+                "x-websocket": {
+                    "frames": "application/json",
+                    "closeCodes": [1000, 1009, 4400, 4404, 1013],
+                },
+                "responses": {
+                    "101": {"description": "Switching Protocols: the WebSocket follows"},
+                    "400": _error("Not an upgrade request, or a broken handshake"),
+                },
+            },
+        },
+        "/api/streams/{sessionId}/text": {
+            "parameters": [_session_param()],
+            "get": {
+                "operationId": "streamText",
+                "summary": "Everything generated so far as one string",
+                "responses": {
+                    "200": _ok("The text so far", _ref("Text")),
+                    **_errors("404", "503"),
+                },
+            },
+        },
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "summary": "The process is alive",
+                "security": [],
+                "responses": {
+                    "200": _ok(
+                        "Alive",
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {"status": {"const": "ok"}},
+                        },
+                    )
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "readyz",
+                "summary": "Redis and the broker answer",
+                "security": [],
+                "responses": {
+                    "200": _ok(
+                        "Ready",
+                        {
+                            "type": "object",
+                            "required": ["status", "checks"],
+                            "properties": {"status": {"const": "ok"}, "checks": _ref("Checks")},
+                        },
+                    ),
+                    "503": _ok(
+                        "Not ready: the error names what is down",
+                        {
+                            "allOf": [_ref("Error")],
+                            "required": ["checks"],
+                            "properties": {"checks": _ref("Checks")},
+                        },
+                    ),
+                },
+            }
+        },
+        "/": {
+            "get": {
+                "operationId": "demoPage",
+                "summary": "The demo page",
+                "security": [],
+                "responses": {"200": _ok("The page", {"type": "string"}, "text/html")},
+            }
+        },
+        "/static/{filename}": {
+            "get": {
+                "operationId": "staticFile",
+                "summary": "The demo page's files",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "filename",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "The file", "content": {"*/*": {}}},
+                    **_errors("404"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "security": [],
+                "responses": {"200": _ok("OpenAPI 3.1", {"type": "object"})},
+            }
+        },
+    }
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    """The whole OpenAPI document for `settings`."""
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Resumable LLM streams",
+            "version": "1",
+            "description": "Generation runs on workers; every chunk is kept in a Redis Stream "
+            "that any client can replay from its cursor and follow live. Every error is "
+            '`{"error": {"code", "message"}}`; any endpoint answers 405 with `Allow` to a '
+            "method it does not take.",
+        },
+        "paths": paths(settings),
+        "components": {
+            "schemas": _schemas(settings),
+            "responses": {f"E{code}": response for code, response in ERRORS.items()},
+            "parameters": {
+                "sessionId": {
+                    "name": "sessionId",
+                    "in": "path",
+                    "required": True,
+                    "description": "A session id (21 characters); anything else is a 404.",
+                    "schema": {"type": "string"},
+                }
+            },
+            "securitySchemes": SECURITY_SCHEMES,
+        },
+    }
+    if settings.has_api_keys:
+        doc["security"] = [{"bearer": []}]
+        for path_item in doc["paths"].values():
+            for operation in path_item.values():
+                if not isinstance(operation, dict) or operation.get("security") == []:
+                    continue  # path parameters, or a public operation
+                if operation.get("operationId") in FOLLOWERS:
+                    operation["security"] = [{"bearer": []}, {"streamToken": []}]
+                operation["responses"].update(_errors("401"))
+    return doc
+
+
+@bp.get("/openapi.json")
+@auth.public
+def openapi() -> Response:
+    """This API's OpenAPI document."""
+    return jsonify(build(backend().settings))
