@@ -90,7 +90,10 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "type": "object",
             "required": ["role", "content"],
             "additionalProperties": False,
-            "properties": {"role": {"enum": list(ROLES)}, "content": non_blank},
+            "properties": {
+                "role": {"enum": list(ROLES)},
+                "content": {**non_blank, "maxLength": settings.max_messages_chars},
+            },
         },
         "GenerateRequest": {
             "type": "object",
@@ -99,8 +102,15 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "additionalProperties": False,
             "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
             "properties": {
-                "prompt": non_blank,
-                "messages": {"type": "array", "minItems": 1, "items": _ref("Message")},
+                "prompt": {**non_blank, "maxLength": settings.max_prompt_chars},
+                "messages": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": settings.max_messages,
+                    "items": _ref("Message"),
+                    "description": "The contents hold at most "
+                    f"{settings.max_messages_chars} characters in all.",
+                },
                 "model": {
                     "type": "string",
                     "minLength": 1,

@@ -32,9 +32,13 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _messages(raw: Any) -> tuple[Message, ...]:
+def _messages(raw: Any, settings: Settings) -> tuple[Message, ...]:
     if not isinstance(raw, list) or not raw:
         raise InvalidRequest("messages must be a non-empty array of {role, content} objects")
+    if len(raw) > settings.max_messages:
+        raise InvalidRequest(
+            f"messages may hold at most {settings.max_messages} messages (MAX_MESSAGES)"
+        )
     out = []
     for n, item in enumerate(raw):
         if not isinstance(item, dict):
@@ -48,6 +52,12 @@ def _messages(raw: Any) -> tuple[Message, ...]:
         if not _is_text(content):
             raise InvalidRequest(f"messages[{n}].content must be a non-empty string")
         out.append(Message(role, content))
+    total = sum(len(m.content) for m in out)
+    if total > settings.max_messages_chars:
+        raise InvalidRequest(
+            f"the messages' contents may hold at most {settings.max_messages_chars} characters "
+            f"in all (MAX_MESSAGES_CHARS), got {total}"
+        )
     return tuple(out)
 
 
@@ -67,9 +77,14 @@ def parse_generate(body: Any, settings: Settings) -> GenerationRequest:
         prompt = body["prompt"]
         if not _is_text(prompt):
             raise InvalidRequest("prompt must be a non-empty string")
+        if len(prompt) > settings.max_prompt_chars:
+            raise InvalidRequest(
+                f"prompt may hold at most {settings.max_prompt_chars} characters "
+                f"(MAX_PROMPT_CHARS), got {len(prompt)}"
+            )
         messages: tuple[Message, ...] = (Message("user", prompt),)
     else:
-        messages = _messages(body["messages"])
+        messages = _messages(body["messages"], settings)
 
     model = body.get("model", settings.default_model)
     if not _is_text(model) or len(model) > MAX_MODEL_LEN:

@@ -146,6 +146,9 @@ class Settings:
     stream_maxlen: int = 100_000
     max_tokens_cap: int = 8192
     max_body_bytes: int = 4 * 1024 * 1024
+    max_prompt_chars: int = 200_000
+    max_messages: int = 500
+    max_messages_chars: int = 200_000
     demo_tokens_per_s: float = 20.0
     demo_max_tokens: int = 200
     provider_base_url: str = OPENROUTER_BASE_URL
@@ -240,6 +243,11 @@ class Settings:
             stream_maxlen=_int(env, "STREAM_MAXLEN", cls.stream_maxlen, minimum=3),
             max_tokens_cap=_int(env, "MAX_TOKENS_CAP", cls.max_tokens_cap, minimum=1),
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
+            max_prompt_chars=_int(env, "MAX_PROMPT_CHARS", cls.max_prompt_chars, minimum=1),
+            max_messages=_int(env, "MAX_MESSAGES", cls.max_messages, minimum=1),
+            max_messages_chars=_int(
+                env, "MAX_MESSAGES_CHARS", cls.max_messages_chars, minimum=1
+            ),
             demo_tokens_per_s=_float(env, "DEMO_TOKENS_PER_S", cls.demo_tokens_per_s),
             demo_max_tokens=_int(env, "DEMO_MAX_TOKENS", cls.demo_max_tokens, minimum=1),
             provider_base_url=base_url,
