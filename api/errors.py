@@ -16,6 +16,7 @@ from shared.errors import (
     InvalidRequest,
     SessionNotFound,
     StreamsError,
+    TooManyRequests,
     Unauthorized,
 )
 
@@ -33,6 +34,7 @@ HTTP_CODES = {
 
 STATUS_OF: list[tuple[type[StreamsError], int]] = [
     (Unauthorized, 401),
+    (TooManyRequests, 429),
     (SessionNotFound, 404),
     (BadCursor, 400),
     (IdempotencyConflict, 409),
@@ -57,6 +59,8 @@ def register(app: Flask) -> None:
                 response = error_response(status, e.code, e.message)
                 if status == 401:
                     response.headers["WWW-Authenticate"] = "Bearer"
+                if isinstance(e, TooManyRequests):
+                    response.headers["Retry-After"] = str(e.retry_after_s)
                 return response
         log.error("unmapped error %s: %s", type(e).__name__, e.message)
         return error_response(500, "internal_error", "The server failed to handle this request.")

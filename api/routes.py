@@ -11,12 +11,12 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from nanoid import generate as nanoid
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api import auth, tokens
+from api import auth, limits, tokens
 from api.backend import backend
 from api.errors import error_response
 from api.validation import parse_generate
 from shared import keys, listing, streams
-from shared.errors import InvalidRequest, SessionNotFound
+from shared.errors import InvalidRequest, SessionNotFound, TooManyRequests
 from shared.jobs import enqueue
 
 log = logging.getLogger(__name__)
@@ -112,10 +112,17 @@ def create() -> Response:
             info = streams.info(b.redis, earlier)
             return _created(earlier, info["status"], info["model"], info["createdAt"])
     try:
+        limits.admit_creation(session_id)  # after the replay: a retry is never refused
+    except TooManyRequests:
+        if idem_key:
+            streams.release_idempotency_key(b.redis, idem_key, owner)
+        raise
+    try:
         streams.create_session(
             b.redis, session_id, generation, queue=b.settings.celery_queue, owner=owner
         )
     except Exception:
+        limits.forget_creation(session_id)
         if idem_key:
             streams.release_idempotency_key(b.redis, idem_key, owner)
         raise

@@ -57,6 +57,16 @@ class IdempotencyConflict(StreamsError):
     code = "idempotency_conflict"
 
 
+class TooManyRequests(StreamsError):
+    """A per-caller limit refused the request; `retry_after_s` says when to try again."""
+
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after_s: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after_s = retry_after_s
+
+
 class AppendRefused(StreamsError):
     """The atomic append refused a write; `code` says why (terminal, lease_lost, ...)."""
 

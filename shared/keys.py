@@ -72,6 +72,31 @@ def owner_sessions(owner: str) -> str:
     return f"{PREFIX}:owner:{{{owner}}}:sessions"
 
 
+def caller_creates(caller: str) -> str:
+    """A caller's count of creations in the current rate window (expires with the window).
+
+    `caller` is `api.limits.caller_bucket()`: `key:<key id>` or `addr:<client address>`;
+    it is the hash tag, so one caller's limit keys live in one slot.
+    """
+    return f"{PREFIX}:caller:{{{caller}}}:creates"
+
+
+def caller_live(caller: str) -> str:
+    """A sorted set of a caller's sessions that may still be queued or running (score:
+    creation ms), for the limit on running generations; pruned against each meta."""
+    return f"{PREFIX}:caller:{{{caller}}}:live"
+
+
+def caller_followers(caller: str) -> str:
+    """A sorted set of a caller's open followers (score: when its lease ends, ms)."""
+    return f"{PREFIX}:caller:{{{caller}}}:followers"
+
+
+def followers(session_id: str) -> str:
+    """A sorted set of the session's open followers (score: when its lease ends, ms)."""
+    return f"{PREFIX}:{{{session_id}}}:followers"
+
+
 def is_session_id(value: str) -> bool:
     """Whether `value` has the shape of a session id (never touch Redis with other keys)."""
     return bool(SESSION_ID_RE.match(value))

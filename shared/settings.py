@@ -149,6 +149,10 @@ class Settings:
     max_prompt_chars: int = 200_000
     max_messages: int = 500
     max_messages_chars: int = 200_000
+    # Per caller (API key id; client address in open mode); 0 turns a limit off.
+    rate_creates_per_min: int = 120
+    rate_window_s: int = 60
+    max_running_per_caller: int = 100
     demo_tokens_per_s: float = 20.0
     demo_max_tokens: int = 200
     provider_base_url: str = OPENROUTER_BASE_URL
@@ -247,6 +251,11 @@ class Settings:
             max_messages=_int(env, "MAX_MESSAGES", cls.max_messages, minimum=1),
             max_messages_chars=_int(
                 env, "MAX_MESSAGES_CHARS", cls.max_messages_chars, minimum=1
+            ),
+            rate_creates_per_min=_int(env, "RATE_CREATES_PER_MIN", cls.rate_creates_per_min),
+            rate_window_s=_int(env, "RATE_WINDOW_S", cls.rate_window_s, minimum=1),
+            max_running_per_caller=_int(
+                env, "MAX_RUNNING_PER_CALLER", cls.max_running_per_caller
             ),
             demo_tokens_per_s=_float(env, "DEMO_TOKENS_PER_S", cls.demo_tokens_per_s),
             demo_max_tokens=_int(env, "DEMO_MAX_TOKENS", cls.demo_max_tokens, minimum=1),

@@ -107,6 +107,9 @@ def stack_env(redis_server: RedisUnderTest, fake_provider: FakeProvider) -> dict
         XREAD_BLOCK_MS="1000",
         SSE_PING_S="1",
         LEASE_TTL_S="5",
+        # Every test talks from 127.0.0.1, one caller in open mode: test_limits.py sets these.
+        RATE_CREATES_PER_MIN="0",
+        MAX_RUNNING_PER_CALLER="0",
     )
 
 

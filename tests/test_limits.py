@@ -3,15 +3,21 @@ against real API and worker processes (docs/API.md, "Limits")."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 
+from api.apikeys import hash_key
+from shared import keys
 from shared.errors import ConfigError
 from shared.settings import Settings
+from tests import client
 from tests.procs import Api
 
 
@@ -62,3 +68,112 @@ def test_size_limits_are_settings_and_in_the_document() -> None:
         Settings.from_env({"MAX_PROMPT_CHARS": "0"})
     with pytest.raises(ConfigError, match="MAX_MESSAGES"):
         Settings.from_env({"MAX_MESSAGES": "many"})
+
+
+def keyed(*key_ids: str, **env: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """Environment with fresh API keys (fresh callers: no count left by other tests), and
+    each key id's Authorization header."""
+    tag = uuid.uuid4().hex[:8]
+    secrets = {k: f"rsk_{k}-{tag}-0123456789abcdefghijklmnop" for k in key_ids}
+    ids = {k: f"{k}-{tag}" for k in key_ids}
+    env = {
+        "API_KEYS": ",".join(f"{ids[k]}:{hash_key(s)}" for k, s in secrets.items()),
+        "STREAM_TOKEN_SECRET": "test-stream-token-secret-0123456789abcdef",
+        **env,
+    }
+    return env, {k: {"Authorization": f"Bearer {s}"} for k, s in secrets.items()}
+
+
+def assert_429(response: requests.Response, code: str = "too_many_requests") -> int:
+    """The limit's error; returns its Retry-After seconds."""
+    assert response.status_code == 429, response.text
+    assert response.json()["error"]["code"] == code
+    retry_after = int(response.headers["Retry-After"])
+    assert retry_after >= 1
+    return retry_after
+
+
+def test_creations_per_window_are_counted_across_api_processes(make_stack: Any) -> None:
+    env, auth = keyed("alice", "bob", RATE_CREATES_PER_MIN="3", RATE_WINDOW_S="3")
+    stack = make_stack(**env)
+    one, two = stack.api(), stack.api()
+    body = {"prompt": "hi", "max_tokens": 1}
+    first = post(one, body, auth["alice"])
+    assert first.status_code == 202
+    assert post(two, body, auth["alice"]).status_code == 202
+    assert post(one, body, auth["alice"]).status_code == 202
+    # The fourth, on the other process: the count is shared.
+    refused = post(two, body, auth["alice"])
+    retry_after = assert_429(refused)
+    assert retry_after <= 3
+    assert "RATE_CREATES_PER_MIN" in refused.json()["error"]["message"]
+    # Another key is another caller.
+    assert post(two, body, auth["bob"]).status_code == 202
+    # An idempotent retry returns its session, limit or not.
+    idem = {**auth["alice"], "Idempotency-Key": "retry-me"}
+    time.sleep(retry_after)
+    created = post(one, body, idem)
+    assert created.status_code == 202
+    for _ in range(3):
+        post(two, body, auth["alice"])
+    assert_429(post(two, body, auth["alice"]))
+    again = post(two, body, idem)
+    assert again.status_code == 202, again.text
+    assert again.json()["sessionId"] == created.json()["sessionId"]
+    # A refused POST with a new Idempotency-Key does not keep the key: it works later.
+    assert_429(post(one, body, {**auth["alice"], "Idempotency-Key": "later"}))
+    time.sleep(assert_429(post(one, body, auth["alice"])))
+    assert post(one, body, {**auth["alice"], "Idempotency-Key": "later"}).status_code == 202
+
+
+def test_open_mode_counts_per_client_address(make_stack: Any, r: redis.Redis) -> None:
+    stack = make_stack(RATE_CREATES_PER_MIN="2", RATE_WINDOW_S="60")
+    api = stack.api()
+    r.delete(keys.caller_creates("addr:127.0.0.1"))
+    body = {"prompt": "hi", "max_tokens": 1}
+    try:
+        assert post(api, body).status_code == 202
+        assert post(api, body).status_code == 202
+        assert 1 <= assert_429(post(api, body)) <= 60
+    finally:
+        r.delete(keys.caller_creates("addr:127.0.0.1"))
+
+
+def test_running_generations_per_caller(make_stack: Any) -> None:
+    env, auth = keyed("alice", MAX_RUNNING_PER_CALLER="2", DEMO_TOKENS_PER_S="5")
+    stack = make_stack(**env)
+    stack.worker()
+    one, two = stack.api(), stack.api()
+    h = auth["alice"]
+    long = {"prompt": "long", "max_tokens": 1000}
+    a = post(one, long, {**h, "Idempotency-Key": "a"})
+    assert a.status_code == 202
+    assert post(two, long, h).status_code == 202
+    refused = post(two, {"prompt": "more", "max_tokens": 2}, h)
+    assert assert_429(refused) == 2
+    assert "MAX_RUNNING_PER_CALLER" in refused.json()["error"]["message"]
+    # Retrying a live session is not a new generation.
+    retry = post(two, long, {**h, "Idempotency-Key": "a"})
+    assert retry.status_code == 202
+    assert retry.json()["sessionId"] == a.json()["sessionId"]
+    # A cancelled session frees its place, on any process.
+    stop = requests.delete(f"{one.url}/api/streams/{a.json()['sessionId']}", headers=h, timeout=10)
+    assert stop.status_code == 202
+    short = post(two, {"prompt": "more", "max_tokens": 2}, h)
+    assert short.status_code == 202, short.text
+    assert_429(post(one, {"prompt": "more", "max_tokens": 2}, h))
+    # So does a completed one.
+    client.wait_terminal(one.url, short.json()["sessionId"], headers=h)
+    assert post(one, {"prompt": "more", "max_tokens": 2}, h).status_code == 202
+
+
+def test_rate_and_running_settings() -> None:
+    settings = Settings.from_env({})
+    assert settings.max_running_per_caller >= 100  # DESIGN.md 2.1
+    assert settings.rate_creates_per_min > 0
+    with pytest.raises(ConfigError, match="RATE_CREATES_PER_MIN"):
+        Settings.from_env({"RATE_CREATES_PER_MIN": "-1"})
+    with pytest.raises(ConfigError, match="RATE_WINDOW_S"):
+        Settings.from_env({"RATE_WINDOW_S": "0"})
+    with pytest.raises(ConfigError, match="MAX_RUNNING_PER_CALLER"):
+        Settings.from_env({"MAX_RUNNING_PER_CALLER": "lots"})

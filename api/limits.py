@@ -1,0 +1,44 @@
+"""The per-caller limits of `shared.limits`, applied to the current request (docs/API.md).
+
+A caller is its API key id in keyed mode and its client address in open mode (the
+address ProxyFix takes from X-Forwarded-For when TRUST_PROXY_HEADERS is on; behind a
+proxy without it, every client shares the proxy's address and so its limits).
+"""
+
+from __future__ import annotations
+
+from flask import request
+
+from api import auth
+from api.backend import backend
+from shared import limits
+
+
+def caller_bucket() -> str:
+    """The name the current request's caller is counted under."""
+    owner = auth.caller().owner
+    return f"key:{owner}" if owner else f"addr:{request.remote_addr or 'unknown'}"
+
+
+def admit_creation(session_id: str) -> None:
+    """Count a new session against the caller's rate and running limits, or raise
+    `TooManyRequests`."""
+    b = backend()
+    caller = caller_bucket()
+    limits.count_creation(
+        b.redis, caller, limit=b.settings.rate_creates_per_min, window_s=b.settings.rate_window_s
+    )
+    limits.admit_running(
+        b.redis,
+        caller,
+        session_id,
+        limit=b.settings.max_running_per_caller,
+        ttl_s=b.settings.stream_ttl_s,
+    )
+
+
+def forget_creation(session_id: str) -> None:
+    """Undo `admit_creation`'s running count for a session that was not created."""
+    b = backend()
+    if b.settings.max_running_per_caller > 0:
+        limits.forget_running(b.redis, caller_bucket(), session_id)

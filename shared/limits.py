@@ -1,0 +1,114 @@
+"""Per-caller limits kept in Redis, so every API process counts against the same numbers.
+
+A caller is a string the API picks (`api.limits.caller_bucket`); each caller's keys share
+one hash tag, so each script touches one slot and the limits work on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, cast
+
+import redis
+
+from shared import keys
+from shared.errors import TooManyRequests
+from shared.streams import TERMINAL_STATUSES, now_ms
+
+log = logging.getLogger(__name__)
+
+# A fixed window: the first creation starts it (and its expiry); refused attempts count
+# too, without stretching it.
+_COUNT = """
+local n = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {n, ttl}
+"""
+
+_ADD_LIVE = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return redis.call('ZCARD', KEYS[1])
+"""
+
+# How long an id may sit in a caller's live set without a meta: the POST that added it is
+# still creating the session. After that a missing meta means expired (or never created).
+PENDING_GRACE_MS = 60_000
+# There is no telling when a running generation ends: ask the client to look again soon.
+RUNNING_RETRY_AFTER_S = 2
+
+_scripts: dict[str, Any] = {}
+
+
+def _run(r: redis.Redis, source: str, keys_: list[str], args: list[Any]) -> Any:
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = r.register_script(source)
+    return script(keys=keys_, args=args, client=r)
+
+
+def count_creation(r: redis.Redis, caller: str, *, limit: int, window_s: int) -> None:
+    """Count one creation in the caller's window; raise `TooManyRequests` past `limit`."""
+    if limit <= 0:
+        return
+    n, ttl_ms = _run(r, _COUNT, [keys.caller_creates(caller)], [window_s * 1000])
+    if int(n) > limit:
+        raise TooManyRequests(
+            f"more than {limit} sessions created in {window_s} s (RATE_CREATES_PER_MIN); "
+            "retry after the Retry-After seconds",
+            retry_after_s=max(1, math.ceil(int(ttl_ms) / 1000)),
+        )
+
+
+def admit_running(
+    r: redis.Redis, caller: str, session_id: str, *, limit: int, ttl_s: int
+) -> None:
+    """Count `session_id` among the caller's live sessions; raise `TooManyRequests` (and
+    forget it) when that makes more than `limit`.
+
+    Adding before counting means two racing creations may both be refused near the limit,
+    but never both admitted past it. Ended sessions are pruned only when the count reaches
+    the limit, against each session's meta: no terminal transition has to remember the set.
+    """
+    if limit <= 0:
+        return
+    key = keys.caller_live(caller)
+    now = now_ms()
+    count = int(_run(r, _ADD_LIVE, [key], [now, session_id, ttl_s * 1000]))
+    if count > limit:
+        count = _prune(r, key, now)
+    if count > limit:
+        r.zrem(key, session_id)
+        raise TooManyRequests(
+            f"{limit} generations of this caller are queued or running "
+            "(MAX_RUNNING_PER_CALLER); retry when one ends",
+            retry_after_s=RUNNING_RETRY_AFTER_S,
+        )
+
+
+def forget_running(r: redis.Redis, caller: str, session_id: str) -> None:
+    """Drop a session that was never created from the caller's live set."""
+    r.zrem(keys.caller_live(caller), session_id)
+
+
+def _prune(r: redis.Redis, key: str, now: int) -> int:
+    """Drop ended or expired sessions from a live set; the number left."""
+    members = cast(list[tuple[str, float]], r.zrange(key, 0, -1, withscores=True))
+    # One command per session: their metas live on any node of a cluster.
+    pipe = r.pipeline(transaction=False)
+    for session_id, _score in members:
+        pipe.hget(keys.meta(session_id), "status")
+    statuses = pipe.execute()
+    ended = [
+        session_id
+        for (session_id, score), status in zip(members, statuses, strict=True)
+        if status in TERMINAL_STATUSES or (status is None and score < now - PENDING_GRACE_MS)
+    ]
+    if ended:
+        r.zrem(key, *ended)
+    return len(members) - len(ended)
