@@ -18,11 +18,11 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from api import auth, hub, shutdown
+from api import auth, hub, limits, shutdown
 from api.backend import Backend, backend
 from api.routes import session_id_or_404
 from shared import keys, streams
-from shared.errors import BadCursor, InvalidRequest, SessionNotFound
+from shared.errors import BadCursor, InvalidRequest, SessionNotFound, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_BAD_CURSOR = 4400
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_MANY = 4429
 
 
 def _dumps(event: dict[str, Any]) -> str:
@@ -137,18 +138,25 @@ def follow_ws(ws: Any, session_id: str) -> None:
     # wsproto (simple-websocket) accepts permessage-deflate only if the client offers it.
     is_plain = "permessage-deflate" not in request.headers.get("Sec-WebSocket-Extensions", "")
     shutdown.register(ws)
+    place = None
     try:
         if not keys.is_session_id(session_id):
             raise SessionNotFound(f"no session {session_id[:64]}")
         auth.check_owner(session_id)
+        place = limits.join_followers(session_id)
         for batch in _events(b, session_id, after):
             if shutdown.is_stopping() or not ws.connected:
                 return
+            place.keep()
             if batch:
                 _send_frames(ws, batch, is_plain=is_plain)
     except SessionNotFound as e:
         ws.send(_error_frame(e.code, e.message))
         ws.close(CLOSE_NOT_FOUND, e.code)
+        return
+    except TooManyRequests as e:
+        ws.send(_error_frame(e.code, e.message))
+        ws.close(CLOSE_TOO_MANY, e.code)
         return
     except redis.RedisError as e:
         log.warning("follower of %s lost Redis: %s", session_id, e)
@@ -163,6 +171,8 @@ def follow_ws(ws: Any, session_id: str) -> None:
         return
     finally:
         shutdown.unregister(ws)
+        if place is not None:
+            place.leave()
     ws.close(CLOSE_NORMAL)
 
 
@@ -183,6 +193,7 @@ def follow_sse(session_id: str) -> Response:
     # A browser's EventSource sends Last-Event-ID by itself on reconnect: it is the newest.
     after = streams.parse_cursor(request.headers.get("Last-Event-ID") or request.args.get("after"))
     streams.read_meta(b.redis, session_id)  # 404 before any event
+    place = limits.join_followers(session_id)  # 429 before any event
     ping_s = b.settings.sse_ping_s
 
     def body() -> Iterator[bytes]:
@@ -192,6 +203,7 @@ def follow_sse(session_id: str) -> Response:
             for batch in _events(b, session_id, after):
                 if shutdown.is_stopping():
                     return  # EventSource reconnects with Last-Event-ID, to another process
+                place.keep()
                 now = time.monotonic()
                 if not batch:
                     if now - last_write >= ping_s:
@@ -206,8 +218,11 @@ def follow_sse(session_id: str) -> Response:
             # End the response; EventSource reconnects with Last-Event-ID by itself.
             log.warning("SSE follower of %s lost Redis: %s", session_id, e)
 
-    return Response(
+    response = Response(
         body(),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+    # WSGI closes the response however it ends, even if the body never started.
+    response.call_on_close(place.leave)
+    return response

@@ -42,3 +42,16 @@ def forget_creation(session_id: str) -> None:
     b = backend()
     if b.settings.max_running_per_caller > 0:
         limits.forget_running(b.redis, caller_bucket(), session_id)
+
+
+def join_followers(session_id: str) -> limits.FollowerPlace:
+    """A place among the session's and the caller's followers, or `TooManyRequests`."""
+    b = backend()
+    return limits.join_followers(
+        b.redis,
+        session_id,
+        caller_bucket(),
+        per_session=b.settings.max_followers_per_session,
+        per_caller=b.settings.max_followers_per_caller,
+        lease_s=b.settings.follower_lease_s,
+    )

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+import uuid
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -36,11 +39,24 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return redis.call('ZCARD', KEYS[1])
 """
 
+# A follower holds a place in a sorted set scored by when its lease ends; places of
+# followers whose API process died lapse by themselves and are dropped here.
+_JOIN = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local limit = tonumber(ARGV[4])
+if limit > 0 and redis.call('ZCARD', KEYS[1]) >= limit then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
 # How long an id may sit in a caller's live set without a meta: the POST that added it is
 # still creating the session. After that a missing meta means expired (or never created).
 PENDING_GRACE_MS = 60_000
 # There is no telling when a running generation ends: ask the client to look again soon.
 RUNNING_RETRY_AFTER_S = 2
+# Nor when a follower leaves.
+FOLLOWERS_RETRY_AFTER_S = 5
 
 _scripts: dict[str, Any] = {}
 
@@ -112,3 +128,71 @@ def _prune(r: redis.Redis, key: str, now: int) -> int:
     if ended:
         r.zrem(key, *ended)
     return len(members) - len(ended)
+
+
+@dataclass
+class FollowerPlace:
+    """A follower's place in its session's and its caller's follower sets, until `leave`."""
+
+    r: redis.Redis
+    keys: list[str]
+    member: str
+    lease_ms: int
+    renew_at: float
+
+    def keep(self) -> None:
+        """Renew the place's lease when a third of it has passed (call it often)."""
+        if not self.keys or time.monotonic() < self.renew_at:
+            return
+        self.renew_at = time.monotonic() + self.lease_ms / 3000
+        until = now_ms() + self.lease_ms
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            for key in self.keys:
+                pipe.zadd(key, {self.member: until})
+                pipe.pexpire(key, self.lease_ms)
+            pipe.execute()
+        except redis.RedisError as e:
+            # The follow itself meets the outage; an unrenewed place only lapses.
+            log.warning("could not renew a follower's place: %s", e)
+
+    def leave(self) -> None:
+        """Give the place up (it lapses with its lease if this fails)."""
+        for key in self.keys:
+            try:
+                self.r.zrem(key, self.member)
+            except redis.RedisError as e:
+                log.warning("could not give up a follower's place in %s: %s", key, e)
+        self.keys = []
+
+
+def join_followers(
+    r: redis.Redis,
+    session_id: str,
+    caller: str,
+    *,
+    per_session: int,
+    per_caller: int,
+    lease_s: int,
+) -> FollowerPlace:
+    """Take a follower's place in the session's and the caller's sets, or raise
+    `TooManyRequests` (code `too_many_followers`) when either is full."""
+    lease_ms = lease_s * 1000
+    place = FollowerPlace(r, [], uuid.uuid4().hex, lease_ms, time.monotonic() + lease_s / 3)
+    for key, limit, setting in (
+        (keys.followers(session_id), per_session, "MAX_FOLLOWERS_PER_SESSION"),
+        (keys.caller_followers(caller), per_caller, "MAX_FOLLOWERS_PER_CALLER"),
+    ):
+        if limit <= 0:
+            continue
+        now = now_ms()
+        if not _run(r, _JOIN, [key], [now, now + lease_ms, place.member, limit, lease_ms]):
+            place.leave()
+            whose = "this session" if setting.endswith("SESSION") else "this caller"
+            raise TooManyRequests(
+                f"{limit} followers of {whose} are connected already ({setting})",
+                retry_after_s=FOLLOWERS_RETRY_AFTER_S,
+                code="too_many_followers",
+            )
+        place.keys.append(key)
+    return place

@@ -153,6 +153,9 @@ class Settings:
     rate_creates_per_min: int = 120
     rate_window_s: int = 60
     max_running_per_caller: int = 100
+    max_followers_per_session: int = 500
+    max_followers_per_caller: int = 1000
+    follower_lease_s: int = 60
     demo_tokens_per_s: float = 20.0
     demo_max_tokens: int = 200
     provider_base_url: str = OPENROUTER_BASE_URL
@@ -257,6 +260,13 @@ class Settings:
             max_running_per_caller=_int(
                 env, "MAX_RUNNING_PER_CALLER", cls.max_running_per_caller
             ),
+            max_followers_per_session=_int(
+                env, "MAX_FOLLOWERS_PER_SESSION", cls.max_followers_per_session
+            ),
+            max_followers_per_caller=_int(
+                env, "MAX_FOLLOWERS_PER_CALLER", cls.max_followers_per_caller
+            ),
+            follower_lease_s=_int(env, "FOLLOWER_LEASE_S", cls.follower_lease_s, minimum=3),
             demo_tokens_per_s=_float(env, "DEMO_TOKENS_PER_S", cls.demo_tokens_per_s),
             demo_max_tokens=_int(env, "DEMO_MAX_TOKENS", cls.demo_max_tokens, minimum=1),
             provider_base_url=base_url,

@@ -3,6 +3,8 @@ against real API and worker processes (docs/API.md, "Limits")."""
 
 from __future__ import annotations
 
+import json
+import struct
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 import requests
+import websocket
 
 from api.apikeys import hash_key
 from shared import keys
@@ -177,3 +180,116 @@ def test_rate_and_running_settings() -> None:
         Settings.from_env({"RATE_WINDOW_S": "0"})
     with pytest.raises(ConfigError, match="MAX_RUNNING_PER_CALLER"):
         Settings.from_env({"MAX_RUNNING_PER_CALLER": "lots"})
+
+
+class Follower:
+    """A WebSocket or SSE follower held open until `close`."""
+
+    def __init__(self, api: Api, session_id: str, headers: dict[str, str], kind: str) -> None:
+        self.kind = kind
+        path = f"/api/streams/{session_id}"
+        if kind == "ws":
+            self.ws = websocket.create_connection(
+                f"{api.ws_url}{path}/ws", timeout=10, header=headers
+            )
+            self.first = json.loads(self.ws.recv())
+            self.is_admitted = self.first["type"] != "error"
+        else:
+            self.sse = requests.get(f"{api.url}{path}", headers=headers, stream=True, timeout=10)
+            self.is_admitted = self.sse.status_code == 200
+
+    def refusal(self) -> tuple[str, int | str]:
+        """The error code, and the close code (WS) or Retry-After (SSE), of a refusal."""
+        if self.kind == "ws":
+            opcode, data = self.ws.recv_data(control_frame=True)
+            assert opcode == websocket.ABNF.OPCODE_CLOSE
+            return self.first["error"]["code"], struct.unpack("!H", data[:2])[0]
+        assert self.sse.status_code == 429, self.sse.text
+        return self.sse.json()["error"]["code"], int(self.sse.headers["Retry-After"])
+
+    def close(self) -> None:
+        if self.kind == "ws":
+            self.ws.close(timeout=1)
+            self.ws.shutdown()
+        else:
+            self.sse.close()
+
+
+def eventually_admitted(
+    api: Api, session_id: str, headers: dict[str, str], kind: str, timeout_s: float = 20
+) -> Follower:
+    """A follower admitted once the server noticed a place was given up (or lapsed)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        follower = Follower(api, session_id, headers, kind)
+        if follower.is_admitted:
+            return follower
+        follower.close()
+        assert time.monotonic() < deadline, "no follower place came free"
+        time.sleep(0.3)
+
+
+def test_followers_per_session_and_per_caller_across_processes(make_stack: Any) -> None:
+    env, auth = keyed(
+        "alice",
+        "bob",
+        MAX_FOLLOWERS_PER_SESSION="2",
+        MAX_FOLLOWERS_PER_CALLER="3",
+        FOLLOWER_LEASE_S="3",
+        DEMO_TOKENS_PER_S="5",
+    )
+    stack = make_stack(**env)
+    stack.worker()
+    one, two = stack.api(), stack.api()
+    alice, bob = auth["alice"], auth["bob"]
+    long = {"prompt": "watched", "max_tokens": 1000}
+    s1 = post(one, long, alice).json()["sessionId"]
+    s2 = post(one, long, alice).json()["sessionId"]
+    held = [Follower(one, s1, alice, "ws"), Follower(two, s1, alice, "sse")]
+    assert all(f.is_admitted for f in held)
+
+    # The session is full, on either process, over either transport.
+    ws = Follower(two, s1, alice, "ws")
+    assert not ws.is_admitted
+    assert ws.refusal() == ("too_many_followers", 4429)
+    assert "MAX_FOLLOWERS_PER_SESSION" in ws.first["error"]["message"]
+    ws.close()
+    sse = Follower(one, s1, alice, "sse")
+    assert not sse.is_admitted
+    code, retry_after = sse.refusal()
+    assert code == "too_many_followers" and int(retry_after) >= 1
+    sse.close()
+
+    # A follower that leaves gives its place up.
+    held.pop(0).close()
+    held.append(eventually_admitted(two, s1, alice, "ws"))
+
+    # Alice has 2 followers; one more of another session makes her limit of 3.
+    held.append(Follower(two, s2, alice, "sse"))
+    assert held[-1].is_admitted
+    over = Follower(one, s2, alice, "ws")
+    assert over.refusal() == ("too_many_followers", 4429)
+    assert "MAX_FOLLOWERS_PER_CALLER" in over.first["error"]["message"]
+    over.close()
+    sse = Follower(one, s2, alice, "sse")
+    assert sse.refusal()[0] == "too_many_followers"
+    sse.close()
+    # Bob is another caller.
+    s3 = post(two, long, bob).json()["sessionId"]
+    held.append(Follower(one, s3, bob, "ws"))
+    assert held[-1].is_admitted
+
+    # The places of an API process that died lapse with their lease.
+    two.kill()
+    eventually_admitted(one, s2, alice, "ws").close()
+    for f in held:
+        f.close()
+
+
+def test_follower_settings() -> None:
+    settings = Settings.from_env({})
+    assert settings.max_followers_per_session > 0 and settings.max_followers_per_caller > 0
+    with pytest.raises(ConfigError, match="FOLLOWER_LEASE_S"):
+        Settings.from_env({"FOLLOWER_LEASE_S": "1"})
+    with pytest.raises(ConfigError, match="MAX_FOLLOWERS_PER_SESSION"):
+        Settings.from_env({"MAX_FOLLOWERS_PER_SESSION": "-2"})
