@@ -227,6 +227,19 @@ ERRORS = {
     "401": _error("Missing or wrong credentials (only with API keys configured)"),
     "409": _error("The Idempotency-Key was used with a different body"),
     "413": _error("The body is larger than the limit"),
+    "429": {
+        **_error(
+            "A per-caller limit (docs/API.md, Limits): too_many_requests (creations per "
+            "window, running generations) or too_many_followers"
+        ),
+        "headers": {
+            "Retry-After": {
+                "required": True,
+                "description": "Seconds to wait before trying again",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
+        },
+    },
     "503": _error("Redis or the job queue is unavailable"),
 }
 
@@ -280,7 +293,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                         },
                         "content": {JSON: {"schema": _ref("Created")}},
                     },
-                    **_errors("400", "409", "413", "503"),
+                    **_errors("400", "409", "413", "429", "503"),
                 },
             },
             "get": {
@@ -351,7 +364,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                         _ref("SseEvent"),
                         "text/event-stream",
                     ),
-                    **_errors("400", "404", "503"),
+                    **_errors("400", "404", "429", "503"),
                 },
             },
             "delete": {
@@ -372,8 +385,9 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 "description": "OpenAPI has no WebSocket: this is the upgrade request. After "
                 "the 101 the server sends one JSON text frame per event and closes 1000 after "
                 "the terminal one; an unknown session gets an error frame and close 4404, a "
-                "malformed cursor close 4400. The server ignores what the client sends; a "
-                "message over the size limit closes with 1009.",
+                "malformed cursor close 4400, too many followers (of the session or the "
+                "caller) a too_many_followers frame and close 4429. The server ignores what "
+                "the client sends; a message over the size limit closes with 1009.",
                 "parameters": [
                     {
                         "name": "after",
@@ -384,7 +398,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 ],
                 "x-websocket": {
                     "frames": "application/json",
-                    "closeCodes": [1000, 1009, 4400, 4404, 1013],
+                    "closeCodes": [1000, 1009, 4400, 4404, 4429, 1013],
                 },
                 "responses": {
                     "101": {"description": "Switching Protocols: the WebSocket follows"},

@@ -293,3 +293,15 @@ def test_follower_settings() -> None:
         Settings.from_env({"FOLLOWER_LEASE_S": "1"})
     with pytest.raises(ConfigError, match="MAX_FOLLOWERS_PER_SESSION"):
         Settings.from_env({"MAX_FOLLOWERS_PER_SESSION": "-2"})
+
+
+def test_the_document_states_the_429s() -> None:
+    from api.openapi import build
+
+    doc = build(Settings())
+    e429 = doc["components"]["responses"]["E429"]
+    assert e429["headers"]["Retry-After"]["required"]
+    assert "429" in doc["paths"]["/api/streams/generate"]["post"]["responses"]
+    assert "429" in doc["paths"]["/api/streams/{sessionId}"]["get"]["responses"]
+    ws = doc["paths"]["/api/streams/{sessionId}/ws"]["get"]
+    assert 4429 in ws["x-websocket"]["closeCodes"]
