@@ -14,7 +14,7 @@ from flask import Blueprint, Response, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
@@ -31,6 +31,7 @@ sock = Sock()
 
 # WebSocket close codes of the contract.
 CLOSE_NORMAL = 1000
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_BAD_CURSOR = 4400
 CLOSE_UNAUTHORIZED = 4401
@@ -44,6 +45,38 @@ def _dumps(event: dict[str, Any]) -> str:
 
 def _error_frame(code: str, message: str) -> str:
     return _dumps({"type": "error", "error": {"code": code, "message": message}})
+
+
+class _MessageBudget:
+    """Stands in for simple-websocket's input buffer, which only its reader thread fills:
+    drops each client message unread and, past `per_min` in a minute, closes with 1008.
+
+    Raising `LocalProtocolError` is how simple-websocket's reader stops on its own; it
+    then closes the socket, and the handler sees `connected` go false.
+    """
+
+    def __init__(self, ws: Any, per_min: int) -> None:
+        self.ws = ws
+        self.per_min = per_min
+        self.count = 0
+        self.window_end = time.monotonic() + 60
+
+    def append(self, _message: Any) -> None:
+        now = time.monotonic()
+        if now >= self.window_end:
+            self.count, self.window_end = 0, now + 60
+        self.count += 1
+        if self.count > self.per_min:
+            log.info("closing a WebSocket that sent more than %d messages a minute", self.per_min)
+            close = CloseConnection(CLOSE_POLICY_VIOLATION, "too_many_messages")
+            self.ws.sock.send(self.ws.ws.send(close))
+            raise LocalProtocolError("too many client messages")
+
+    def pop(self, _index: int = 0) -> Any:
+        raise IndexError("client messages are not kept")
+
+    def __len__(self) -> int:
+        return 0
 
 
 def _events(b: Backend, session_id: str, after: str | None) -> Iterator[streams.Batch]:
@@ -122,8 +155,10 @@ def follow_ws(ws: Any, session_id: str) -> None:
     """Send the events after `?after=`, then live ones, then close 1000."""
     b = backend()
     # simple-websocket's reader keeps every message a client sends for `receive`, which
-    # nothing here calls: unbounded, a client could fill our memory. Drop them as they come.
-    ws.input_buffer = deque(maxlen=0)
+    # nothing here calls: unbounded, a client could fill our memory. Drop them as they come,
+    # and close on a client that floods.
+    per_min = b.settings.ws_client_messages_per_min
+    ws.input_buffer = _MessageBudget(ws, per_min) if per_min else deque(maxlen=0)
     refused = auth.failure()
     if refused is not None:
         ws.send(_error_frame(refused.code, refused.message))

@@ -387,7 +387,9 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 "the terminal one; an unknown session gets an error frame and close 4404, a "
                 "malformed cursor close 4400, too many followers (of the session or the "
                 "caller) a too_many_followers frame and close 4429. The server ignores what "
-                "the client sends; a message over the size limit closes with 1009.",
+                "the client sends; a message over the size limit closes with 1009, more than "
+                f"{settings.ws_client_messages_per_min or 'unlimited'} messages a minute "
+                "with 1008.",
                 "parameters": [
                     {
                         "name": "after",
@@ -398,7 +400,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 ],
                 "x-websocket": {
                     "frames": "application/json",
-                    "closeCodes": [1000, 1009, 4400, 4404, 4429, 1013],
+                    "closeCodes": [1000, 1008, 1009, 4400, 4404, 4429, 1013],
                 },
                 "responses": {
                     "101": {"description": "Switching Protocols: the WebSocket follows"},

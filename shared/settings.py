@@ -156,6 +156,8 @@ class Settings:
     max_followers_per_session: int = 500
     max_followers_per_caller: int = 1000
     follower_lease_s: int = 60
+    # Messages a WebSocket client may send per minute (they are ignored); past it, close 1008.
+    ws_client_messages_per_min: int = 120
     demo_tokens_per_s: float = 20.0
     demo_max_tokens: int = 200
     provider_base_url: str = OPENROUTER_BASE_URL
@@ -267,6 +269,9 @@ class Settings:
                 env, "MAX_FOLLOWERS_PER_CALLER", cls.max_followers_per_caller
             ),
             follower_lease_s=_int(env, "FOLLOWER_LEASE_S", cls.follower_lease_s, minimum=3),
+            ws_client_messages_per_min=_int(
+                env, "WS_CLIENT_MESSAGES_PER_MIN", cls.ws_client_messages_per_min
+            ),
             demo_tokens_per_s=_float(env, "DEMO_TOKENS_PER_S", cls.demo_tokens_per_s),
             demo_max_tokens=_int(env, "DEMO_MAX_TOKENS", cls.demo_max_tokens, minimum=1),
             provider_base_url=base_url,

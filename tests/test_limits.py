@@ -305,3 +305,31 @@ def test_the_document_states_the_429s() -> None:
     assert "429" in doc["paths"]["/api/streams/{sessionId}"]["get"]["responses"]
     ws = doc["paths"]["/api/streams/{sessionId}/ws"]["get"]
     assert 4429 in ws["x-websocket"]["closeCodes"]
+
+
+def ws_send_and_close_code(api: Api, session_id: str, messages: int) -> int:
+    """Open a WebSocket, send `messages` text messages, read until the server closes."""
+    ws = websocket.create_connection(f"{api.ws_url}/api/streams/{session_id}/ws", timeout=30)
+    try:
+        ws.recv()  # the first event: the handler has the connection
+        for n in range(messages):
+            ws.send(f"hello {n}")
+        while True:
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return int(struct.unpack("!H", data[:2])[0])
+    finally:
+        ws.close(timeout=1)
+        ws.shutdown()
+
+
+def test_a_websocket_client_that_floods_is_closed(make_stack: Any) -> None:
+    stack = make_stack(WS_CLIENT_MESSAGES_PER_MIN="5")
+    stack.worker()
+    api = stack.api()
+    long = client.create(api.url, prompt="flooded", max_tokens=2000)["sessionId"]
+    assert ws_send_and_close_code(api, long, 6) == 1008
+    short = client.create(api.url, prompt="polite", max_tokens=20)["sessionId"]
+    assert ws_send_and_close_code(api, short, 5) == 1000
+    # The flood ended one follower, not the session.
+    assert client.info(api.url, long)["status"] in ("queued", "running")

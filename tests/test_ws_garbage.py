@@ -53,7 +53,9 @@ def _follow_in_thread(api: Api, session_id: str) -> tuple[threading.Thread, list
 
 @pytest.mark.slow
 def test_garbage_frames_are_ignored_and_a_flood_does_not_grow_memory(make_stack: Any) -> None:
-    stack = make_stack()
+    # A limit above the flood: messages are counted and dropped, never kept (test_limits.py
+    # has the flooder closed).
+    stack = make_stack(WS_CLIENT_MESSAGES_PER_MIN=str(FLOOD_FRAMES * 2))
     stack.worker()
     api = stack.api()
     session_id = client.create(api.url, prompt="under attack", max_tokens=2000)["sessionId"]
