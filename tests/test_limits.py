@@ -19,9 +19,11 @@ import websocket
 from api.apikeys import hash_key
 from shared import keys
 from shared.errors import ConfigError
+from shared.localredis import LocalRedis
 from shared.settings import Settings
 from tests import client
-from tests.procs import Api
+from tests.localcluster import LocalCluster
+from tests.procs import Api, Worker, child_env
 
 
 @pytest.fixture(scope="module")
@@ -333,3 +335,42 @@ def test_a_websocket_client_that_floods_is_closed(make_stack: Any) -> None:
     assert ws_send_and_close_code(api, short, 5) == 1000
     # The flood ended one follower, not the session.
     assert client.info(api.url, long)["status"] in ("queued", "running")
+
+
+@pytest.mark.slow
+def test_limits_on_a_redis_cluster(logs_dir: Path) -> None:
+    cluster = LocalCluster().start()
+    broker = LocalRedis().start()
+    env = child_env(
+        REDIS_CLUSTER="true",
+        REDIS_URL=cluster.url,
+        CELERY_BROKER_URL=broker.url,
+        CELERY_QUEUE="q-cluster-limits",
+        DEMO_TOKENS_PER_S="50",
+        XREAD_BLOCK_MS="1000",
+        MAX_RUNNING_PER_CALLER="1",
+        RATE_CREATES_PER_MIN="100",
+        MAX_FOLLOWERS_PER_SESSION="1",
+    )
+    worker = api = None
+    try:
+        worker = Worker(env, logs_dir, name="cluster-limits-worker").start()
+        api = Api(env, logs_dir, name="cluster-limits-api").start()
+        done = client.create(api.url, prompt="short", max_tokens=3)["sessionId"]
+        client.wait_terminal(api.url, done)
+        # The ended session is pruned against its meta, on whichever node holds it.
+        live = client.create(api.url, prompt="long", max_tokens=2000)["sessionId"]
+        assert_429(post(api, {"prompt": "one too many", "max_tokens": 1}))
+        first = Follower(api, live, {}, "ws")
+        assert first.is_admitted
+        second = Follower(api, live, {}, "ws")
+        assert second.refusal() == ("too_many_followers", 4429)
+        second.close()
+        first.close()
+        requests.delete(f"{api.url}/api/streams/{live}", timeout=10)
+    finally:
+        for proc in (api, worker):
+            if proc is not None:
+                proc.stop(timeout_s=10)
+        broker.close()
+        cluster.close()
