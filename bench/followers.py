@@ -24,6 +24,7 @@ from typing import Any
 
 import redis
 
+from bench import NO_CALLER_LIMITS
 from bench.procstat import cpu_s, rss_mb, run_delay_s
 from bench.wsclient import Followers
 from shared.localredis import LocalRedis
@@ -43,6 +44,7 @@ def api_env(redis_url: str, worker_class: str, hub: str, **extra: str) -> dict[s
         FOLLOWER_HUB=hub,
         WEB_WORKER_CONNECTIONS="5000",
         GUNICORN_CMD_ARGS=cmd_args,
+        **NO_CALLER_LIMITS,
         **extra,
     )
 

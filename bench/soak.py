@@ -15,6 +15,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from bench import NO_CALLER_LIMITS
 from shared.localredis import LocalRedis
 from tests.chaos import Cluster, run_chaos
 from tests.procs import child_env
@@ -44,6 +45,7 @@ def main() -> None:
         XREAD_BLOCK_MS="1000",
         WORKER_CONCURRENCY="400",
         REDIS_MAX_CONNECTIONS="4000",
+        **NO_CALLER_LIMITS,
     )
     cluster = Cluster(env, logs, redis_server)
     cluster.add_api()

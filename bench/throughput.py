@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import NO_CALLER_LIMITS
 from bench.wsclient import open_ws
 from shared.localredis import LocalRedis
 from tests import client
@@ -51,7 +52,12 @@ def replay_s(port: int, session_id: str) -> tuple[float, int]:
 def measure(sessions: int, chunks: int, logs: Path) -> dict[str, list[float]]:
     """Append rates (chunks/s) and replay times (ms) of `sessions` sessions of `chunks`."""
     redis_server = LocalRedis().start()
-    env = child_env(REDIS_URL=redis_server.url, DEMO_TOKENS_PER_S="0", MAX_TOKENS_CAP=str(chunks))
+    env = child_env(
+        REDIS_URL=redis_server.url,
+        DEMO_TOKENS_PER_S="0",
+        MAX_TOKENS_CAP=str(chunks),
+        **NO_CALLER_LIMITS,
+    )
     worker = Worker(env, logs, name="worker-throughput").start()
     api = Api(env, logs, name="api-throughput").start()
     rates, replays = [], []
