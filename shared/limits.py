@@ -81,9 +81,7 @@ def count_creation(r: redis.Redis, caller: str, *, limit: int, window_s: int) ->
         )
 
 
-def admit_running(
-    r: redis.Redis, caller: str, session_id: str, *, limit: int, ttl_s: int
-) -> None:
+def admit_running(r: redis.Redis, caller: str, session_id: str, *, limit: int, ttl_s: int) -> None:
     """Count `session_id` among the caller's live sessions; raise `TooManyRequests` (and
     forget it) when that makes more than `limit`.
 

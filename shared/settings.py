@@ -254,14 +254,10 @@ class Settings:
             max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
             max_prompt_chars=_int(env, "MAX_PROMPT_CHARS", cls.max_prompt_chars, minimum=1),
             max_messages=_int(env, "MAX_MESSAGES", cls.max_messages, minimum=1),
-            max_messages_chars=_int(
-                env, "MAX_MESSAGES_CHARS", cls.max_messages_chars, minimum=1
-            ),
+            max_messages_chars=_int(env, "MAX_MESSAGES_CHARS", cls.max_messages_chars, minimum=1),
             rate_creates_per_min=_int(env, "RATE_CREATES_PER_MIN", cls.rate_creates_per_min),
             rate_window_s=_int(env, "RATE_WINDOW_S", cls.rate_window_s, minimum=1),
-            max_running_per_caller=_int(
-                env, "MAX_RUNNING_PER_CALLER", cls.max_running_per_caller
-            ),
+            max_running_per_caller=_int(env, "MAX_RUNNING_PER_CALLER", cls.max_running_per_caller),
             max_followers_per_session=_int(
                 env, "MAX_FOLLOWERS_PER_SESSION", cls.max_followers_per_session
             ),
