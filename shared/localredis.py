@@ -118,7 +118,7 @@ class LocalRedis:
                     ) from None
                 time.sleep(0.05)
         client.close()
-        log.info("redis-server %s listening on %s", self.binary, self.url)
+        log.info("redis-server %s listening on 127.0.0.1:%d", self.binary, self.port)
         return self
 
     def stop(self) -> None:

@@ -13,6 +13,7 @@ import requests
 import trustme
 
 from shared.localredis import LocalRedis
+from shared.redisconn import redacted
 from tests import client
 from worker.providers.demo import demo_text
 
@@ -63,3 +64,18 @@ def test_the_product_runs_on_a_guarded_redis_and_logs_no_password(
     # And the password is in no log of the processes that used it
     for proc in (worker, api):
         assert PASSWORD not in proc.log(), f"the Redis password is in {proc.log_path}"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        (
+            "rediss://user:pw@h/0?ssl_cert_reqs=required",
+            "rediss://user:***@h/0?ssl_cert_reqs=required",
+        ),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+    ],
+)
+def test_a_redis_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert redacted(url) == shown
