@@ -13,6 +13,7 @@ import requests
 import websocket
 
 from api.apikeys import hash_key
+from api.openapi import build
 from shared.errors import ConfigError
 from shared.settings import Settings
 from tests import client
@@ -336,3 +337,16 @@ def test_allowed_origins_are_kept_in_normal_form() -> None:
     assert settings.allowed_origins == ("https://app.example", "http://a:8080")
     assert Settings.from_env({}).allowed_origins == ()
     assert Settings.from_env({"ALLOWED_ORIGINS": "*"}).allowed_origins == ("*",)
+
+
+def test_the_openapi_document_states_the_origin_refusals() -> None:
+    paths = build(Settings())["paths"]
+    for path, method in [
+        ("/api/streams/generate", "post"),
+        ("/api/streams/{sessionId}", "get"),
+        ("/api/streams/{sessionId}", "delete"),
+    ]:
+        assert "403" in paths[path][method]["responses"]
+    ws = paths["/api/streams/{sessionId}/ws"]["get"]
+    assert 4403 in ws["x-websocket"]["closeCodes"]
+    assert "forbidden_origin" in ws["description"]
