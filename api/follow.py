@@ -18,7 +18,7 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from api import auth, hub, shutdown
+from api import auth, hub, origins, shutdown
 from api.backend import Backend, backend
 from api.routes import session_id_or_404
 from shared import keys, streams
@@ -34,6 +34,7 @@ CLOSE_NORMAL = 1000
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_BAD_CURSOR = 4400
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN_ORIGIN = 4403
 CLOSE_NOT_FOUND = 4404
 
 
@@ -123,6 +124,11 @@ def follow_ws(ws: Any, session_id: str) -> None:
     # simple-websocket's reader keeps every message a client sends for `receive`, which
     # nothing here calls: unbounded, a client could fill our memory. Drop them as they come.
     ws.input_buffer = deque(maxlen=0)
+    foreign = origins.failure()
+    if foreign is not None:
+        ws.send(_error_frame(origins.FORBIDDEN_ORIGIN, foreign))
+        ws.close(CLOSE_FORBIDDEN_ORIGIN, origins.FORBIDDEN_ORIGIN)
+        return
     refused = auth.failure()
     if refused is not None:
         ws.send(_error_frame(refused.code, refused.message))
