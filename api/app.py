@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, errors, follow, openapi, routes
+from api import auth, errors, follow, openapi, origins, routes
 from api.backend import EXTENSION, Backend
 from shared.settings import Settings
 
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = Backend.build(settings)
     errors.register(app)
+    origins.register(app)  # before credentials: a CORS preflight carries none
     auth.register(app, settings)
     app.register_blueprint(routes.bp)
     app.register_blueprint(follow.bp)

@@ -88,6 +88,8 @@ def _authenticate() -> None:
     view = current_app.view_functions.get(request.endpoint or "")
     if request.endpoint == "static" or getattr(view, "is_public", False):
         return
+    if request.method == "OPTIONS":
+        return  # a CORS preflight never carries credentials, and OPTIONS reads nothing
     takes_token = bool(getattr(view, "takes_stream_token", False))
     try:
         g.caller = _identify(settings, takes_token)

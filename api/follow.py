@@ -18,7 +18,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from api import auth, hub, limits, shutdown
+from api import auth, hub, limits, origins, shutdown
 from api.backend import Backend, backend
 from api.routes import session_id_or_404
 from shared import keys, streams
@@ -35,6 +35,7 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_BAD_CURSOR = 4400
 CLOSE_UNAUTHORIZED = 4401
+CLOSE_FORBIDDEN_ORIGIN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_MANY = 4429
 
@@ -159,6 +160,11 @@ def follow_ws(ws: Any, session_id: str) -> None:
     # and close on a client that floods.
     per_min = b.settings.ws_client_messages_per_min
     ws.input_buffer = _MessageBudget(ws, per_min) if per_min else deque(maxlen=0)
+    foreign = origins.failure()
+    if foreign is not None:
+        ws.send(_error_frame(origins.FORBIDDEN_ORIGIN, foreign))
+        ws.close(CLOSE_FORBIDDEN_ORIGIN, origins.FORBIDDEN_ORIGIN)
+        return
     refused = auth.failure()
     if refused is not None:
         ws.send(_error_frame(refused.code, refused.message))

@@ -225,6 +225,10 @@ ERRORS = {
     "404": _error("No such session (or endpoint)"),
     "405": _error("The endpoint does not take this method; `Allow` names those it takes"),
     "401": _error("Missing or wrong credentials (only with API keys configured)"),
+    "403": _error(
+        "forbidden_origin: the request's `Origin` is neither the API's own nor in "
+        "ALLOWED_ORIGINS (browsers only: a request without `Origin` is never refused for it)"
+    ),
     "409": _error("The Idempotency-Key was used with a different body"),
     "413": _error("The body is larger than the limit"),
     "429": {
@@ -293,7 +297,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                         },
                         "content": {JSON: {"schema": _ref("Created")}},
                     },
-                    **_errors("400", "409", "413", "429", "503"),
+                    **_errors("400", "403", "409", "413", "429", "503"),
                 },
             },
             "get": {
@@ -364,7 +368,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                         _ref("SseEvent"),
                         "text/event-stream",
                     ),
-                    **_errors("400", "404", "429", "503"),
+                    **_errors("400", "403", "404", "429", "503"),
                 },
             },
             "delete": {
@@ -373,7 +377,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 "responses": {
                     "200": _ok("It had already ended: its final status", _ref("Cancelled")),
                     "202": _ok("It was live and is now cancelled", _ref("Cancelled")),
-                    **_errors("404", "503"),
+                    **_errors("403", "404", "503"),
                 },
             },
         },
@@ -385,9 +389,11 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 "description": "OpenAPI has no WebSocket: this is the upgrade request. After "
                 "the 101 the server sends one JSON text frame per event and closes 1000 after "
                 "the terminal one; an unknown session gets an error frame and close 4404, a "
-                "malformed cursor close 4400, too many followers (of the session or the "
-                "caller) a too_many_followers frame and close 4429. The server ignores what "
-                "the client sends; a message over the size limit closes with 1009, more than "
+                "malformed cursor close 4400, a page of a foreign origin (not the API's own nor "
+                "in ALLOWED_ORIGINS) forbidden_origin and close 4403, too many followers (of "
+                "the session or the caller) a too_many_followers frame and close 4429. The "
+                "server ignores what the client sends; a message over the size limit closes "
+                "with 1009, more than "
                 f"{settings.ws_client_messages_per_min or 'unlimited'} messages a minute "
                 "with 1008.",
                 "parameters": [
@@ -400,7 +406,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 ],
                 "x-websocket": {
                     "frames": "application/json",
-                    "closeCodes": [1000, 1008, 1009, 4400, 4404, 4429, 1013],
+                    "closeCodes": [1000, 1008, 1009, 4400, 4403, 4404, 4429, 1013],
                 },
                 "responses": {
                     "101": {"description": "Switching Protocols: the WebSocket follows"},
@@ -509,7 +515,10 @@ def build(settings: Settings) -> dict[str, Any]:
             "description": "Generation runs on workers; every chunk is kept in a Redis Stream "
             "that any client can replay from its cursor and follow live. Every error is "
             '`{"error": {"code", "message"}}`; any endpoint answers 405 with `Allow` to a '
-            "method it does not take.",
+            "method it does not take. Browsers: CORS (preflights included) for the API's own "
+            "origin and those of ALLOWED_ORIGINS; pages of any other origin get no CORS "
+            "headers, and their POST, DELETE, SSE and WebSocket requests are refused "
+            "(docs/API.md).",
         },
         "paths": paths(settings),
         "components": {

@@ -17,6 +17,7 @@ import urllib.request
 
 from shared.errors import ConfigError
 from shared.localredis import LocalRedis, free_port
+from shared.redisconn import redacted
 from shared.settings import Settings
 
 
@@ -58,7 +59,7 @@ def main() -> None:
         env["REDIS_URL"] = local_redis.url
         print(f"Redis:  embedded {local_redis.binary} at {local_redis.url}", flush=True)
     else:
-        print(f"Redis:  {env['REDIS_URL']}", flush=True)
+        print(f"Redis:  {redacted(env['REDIS_URL'])}", flush=True)
     port = args.port or free_port()
     env.update(PORT=str(port), HOST=args.host, WEB_CONCURRENCY=env.get("WEB_CONCURRENCY", "1"))
     bin_dir = os.path.dirname(sys.executable)

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from urllib.parse import quote
 
 import redis
 
@@ -42,8 +43,16 @@ class LocalRedis:
     """A redis-server child process with append-only persistence in its own folder."""
 
     def __init__(
-        self, binary: str | None = None, port: int | None = None, data_dir: str | None = None
+        self,
+        binary: str | None = None,
+        port: int | None = None,
+        data_dir: str | None = None,
+        *,
+        password: str | None = None,
+        tls: tuple[str, str, str] | None = None,
     ):
+        """`password` sets `requirepass`; `tls` (cert file, key file, CA file) serves TLS
+        only, on the port."""
         found = binary or find_redis_server()
         if not found:
             raise FileNotFoundError(
@@ -51,6 +60,8 @@ class LocalRedis:
             )
         self.binary: str = found
         self.port = port or free_port()
+        self.password = password
+        self.tls = tls
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="rstreams-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -58,14 +69,25 @@ class LocalRedis:
     @property
     def url(self) -> str:
         """The URL clients connect to."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.tls:
+            ca = quote(self.tls[2], safe="")
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={ca}&ssl_cert_reqs=required"
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> LocalRedis:
         """Start the server (again, after `stop` or `kill`) and wait until it answers PING."""
+        port_args = ["--port", str(self.port)]
+        if self.tls:
+            cert, key, ca = self.tls
+            port_args = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert]
+            port_args += ["--tls-key-file", key, "--tls-ca-cert-file", ca]
+            port_args += ["--tls-auth-clients", "no"]
+        if self.password:
+            port_args += ["--requirepass", self.password]
         args = [
             self.binary,
-            "--port",
-            str(self.port),
+            *port_args,
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -82,7 +104,7 @@ class LocalRedis:
             os.path.join(self.data_dir, "redis.log"),
         ]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=0.5)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         while True:
             try:
@@ -96,7 +118,7 @@ class LocalRedis:
                     ) from None
                 time.sleep(0.05)
         client.close()
-        log.info("redis-server %s listening on %s", self.binary, self.url)
+        log.info("redis-server %s listening on 127.0.0.1:%d", self.binary, self.port)
         return self
 
     def stop(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import cast
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
@@ -57,3 +58,14 @@ def connect(
 def is_cluster(r: object) -> bool:
     """Whether `r` is a Redis Cluster client (or one of its pipelines)."""
     return isinstance(r, RedisCluster)
+
+
+def redacted(url: str) -> str:
+    """`url` with its password, if any, shown as `***`: fit for a log or a console."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))

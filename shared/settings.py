@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+from shared import origins
 from shared.errors import ConfigError
 
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
@@ -69,6 +70,25 @@ def _url(env: Mapping[str, str], name: str, default: str, schemes: tuple[str, ..
 
 def _patterns(env: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in _str(env, name, default).split(",") if p.strip())
+
+
+def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
+    """ALLOWED_ORIGINS: exact `scheme://host[:port]` origins, or `*` alone; empty: same origin."""
+    entries = _patterns(env, "ALLOWED_ORIGINS", "")
+    if origins.ANY in entries:
+        if len(entries) > 1:
+            raise ConfigError("ALLOWED_ORIGINS must be * alone or a list of origins, not both")
+        return (origins.ANY,)
+    out = []
+    for n, entry in enumerate(entries, 1):
+        origin = origins.normalize(entry)
+        if origin is None or not entry.lower().startswith(("http://", "https://")):
+            raise ConfigError(
+                f"ALLOWED_ORIGINS entry {n} ({entry!r}) is not an origin like "
+                "https://app.example.com (http or https, a host, an optional port, no path)"
+            )
+        out.append(origin)
+    return tuple(dict.fromkeys(out))
 
 
 def _key_entries(lines: list[str], where: str, *, numbered: bool) -> list[tuple[str, str]]:
@@ -194,6 +214,8 @@ class Settings:
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     stream_token_secret: str = field(default="", repr=False)
     stream_token_ttl_s: int = 3600
+    # Browser origins, besides the API's own, that may use it (CORS, WebSocket, SSE); ("*",): any.
+    allowed_origins: tuple[str, ...] = ()
 
     @property
     def has_api_keys(self) -> bool:
@@ -317,6 +339,7 @@ class Settings:
             api_keys=api_keys,
             stream_token_secret=_token_secret(env, bool(api_keys)),
             stream_token_ttl_s=_int(env, "STREAM_TOKEN_TTL_S", cls.stream_token_ttl_s, minimum=1),
+            allowed_origins=_origins(env),
         )
         if not settings.is_model_allowed(settings.default_model):
             raise ConfigError(

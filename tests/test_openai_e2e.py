@@ -8,7 +8,7 @@ import requests
 
 from tests import client
 from tests.fake_provider import FakeProvider, expected_text
-from tests.procs import Api
+from tests.procs import Api, Worker
 
 
 def test_provider_answer_streams_to_followers(api: Api, fake_provider: FakeProvider) -> None:
@@ -61,3 +61,11 @@ def test_cancel_closes_the_upstream_request(api: Api, fake_provider: FakeProvide
     time.sleep(0.5)
     assert client.text(api.url, session_id)["chunks"] == chunks < 400
     assert "fake-slow" in fake_provider.disconnects
+
+
+def test_the_provider_key_is_in_no_log(api: Api, worker: Worker) -> None:
+    # After answers, a mid-stream error and a refused key through the shared stack above.
+    session_id = client.create(api.url, prompt="one more", model="fake-401")["sessionId"]
+    client.ws_follow(api.ws_url, session_id)
+    for proc in (worker, api):
+        assert "sk-test-provider-key" not in proc.log(), f"the provider key is in {proc.log_path}"
