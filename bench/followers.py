@@ -34,11 +34,14 @@ from tests.procs import Api, Worker, child_env
 CLIENT_PROCESSES = 2
 
 
-def api_env(redis_url: str, worker_class: str, hub: str, **extra: str) -> dict[str, str]:
-    """The API's environment for a worker class (gthread gets a thread per follower)."""
-    cmd_args = "--worker-class gevent"
+def api_env(
+    redis_url: str, worker_class: str, hub: str, web_workers: int = 1, **extra: str
+) -> dict[str, str]:
+    """The API's environment for a worker class (gthread gets a thread per follower) and a
+    number of gunicorn worker processes."""
+    cmd_args = f"--workers {web_workers} --worker-class gevent"
     if worker_class == "gthread":
-        cmd_args = "--worker-class gthread --threads 1200"
+        cmd_args = f"--workers {web_workers} --worker-class gthread --threads 1200"
     return child_env(
         REDIS_URL=redis_url,
         FOLLOWER_HUB=hub,
@@ -57,6 +60,7 @@ def run_load(
     chunks: int,
     worker_class: str = "gevent",
     hub: str = "true",
+    web_workers: int = 1,
     logs: Path,
 ) -> dict[str, Any]:
     """One load: returns its figures."""
@@ -65,6 +69,7 @@ def run_load(
         server.url,
         worker_class,
         hub,
+        web_workers,
         DEMO_TOKENS_PER_S=str(rate),
         WORKER_CONCURRENCY=str(max(sessions, 10)),
         MAX_TOKENS_CAP=str(max(chunks, 8192)),
@@ -192,6 +197,7 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=250)
     parser.add_argument("--loads", default="1x1,100x1,100x10")
     parser.add_argument("--idle", type=int, default=0, help="only measure N idle followers")
+    parser.add_argument("--web-workers", type=int, default=1, help="gunicorn worker processes")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="rstreams-followers-"))
     if args.idle:
@@ -211,6 +217,7 @@ def main() -> None:
             chunks=args.chunks,
             worker_class=args.worker_class,
             hub=args.hub,
+            web_workers=args.web_workers,
             logs=logs,
         )
         print(load_row(figures), flush=True)
