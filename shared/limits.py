@@ -11,12 +11,13 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import redis
 
 from shared import keys
 from shared.errors import TooManyRequests
+from shared.redisconn import run_script
 from shared.streams import TERMINAL_STATUSES, now_ms
 
 log = logging.getLogger(__name__)
@@ -58,21 +59,12 @@ RUNNING_RETRY_AFTER_S = 2
 # Nor when a follower leaves.
 FOLLOWERS_RETRY_AFTER_S = 5
 
-_scripts: dict[str, Any] = {}
-
-
-def _run(r: redis.Redis, source: str, keys_: list[str], args: list[Any]) -> Any:
-    script = _scripts.get(source)
-    if script is None:
-        script = _scripts[source] = r.register_script(source)
-    return script(keys=keys_, args=args, client=r)
-
 
 def count_creation(r: redis.Redis, caller: str, *, limit: int, window_s: int) -> None:
     """Count one creation in the caller's window; raise `TooManyRequests` past `limit`."""
     if limit <= 0:
         return
-    n, ttl_ms = _run(r, _COUNT, [keys.caller_creates(caller)], [window_s * 1000])
+    n, ttl_ms = run_script(r, _COUNT, [keys.caller_creates(caller)], [window_s * 1000])
     if int(n) > limit:
         raise TooManyRequests(
             f"more than {limit} sessions created in {window_s} s (RATE_CREATES_PER_MIN); "
@@ -93,7 +85,7 @@ def admit_running(r: redis.Redis, caller: str, session_id: str, *, limit: int, t
         return
     key = keys.caller_live(caller)
     now = now_ms()
-    count = int(_run(r, _ADD_LIVE, [key], [now, session_id, ttl_s * 1000]))
+    count = int(run_script(r, _ADD_LIVE, [key], [now, session_id, ttl_s * 1000]))
     if count > limit:
         count = _prune(r, key, now)
     if count > limit:
@@ -184,7 +176,7 @@ def join_followers(
         if limit <= 0:
             continue
         now = now_ms()
-        if not _run(r, _JOIN, [key], [now, now + lease_ms, place.member, limit, lease_ms]):
+        if not run_script(r, _JOIN, [key], [now, now + lease_ms, place.member, limit, lease_ms]):
             place.leave()
             whose = "this session" if setting.endswith("SESSION") else "this caller"
             raise TooManyRequests(

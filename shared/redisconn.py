@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -69,3 +69,14 @@ def redacted(url: str) -> str:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+_scripts: dict[str, Any] = {}
+
+
+def run_script(r: redis.Redis, source: str, keys_: list[str], args: list[Any]) -> Any:
+    """Run the Lua script `source` (EVALSHA, loading it on first use or after a restart)."""
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = r.register_script(source)
+    return script(keys=keys_, args=args, client=r)

@@ -24,7 +24,7 @@ import redis
 from shared import keys
 from shared.errors import AppendRefused, BadCursor, IdempotencyConflict, SessionNotFound
 from shared.jobs import GenerationRequest
-from shared.redisconn import is_cluster
+from shared.redisconn import is_cluster, run_script
 
 log = logging.getLogger(__name__)
 
@@ -200,15 +200,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-_scripts: dict[str, Any] = {}
-
-
-def _run(r: redis.Redis, source: str, keys_: list[str], args: list[Any]) -> Any:
-    script = _scripts.get(source)
-    if script is None:
-        script = _scripts[source] = r.register_script(source)
-    return script(keys=keys_, args=args, client=r)
-
 
 @functools.cache
 def _sha(source: str) -> str:
@@ -268,7 +259,7 @@ def create_session(
     args: list[Any] = [_dumps({"status": Status.QUEUED.value})]
     for name, value in fields.items():
         args += [name, value]
-    event_id = _run(r, _CREATE, [keys.meta(session_id), keys.events(session_id)], args)
+    event_id = run_script(r, _CREATE, [keys.meta(session_id), keys.events(session_id)], args)
     if not event_id:
         raise AppendRefused(f"session {session_id} exists already", code="exists")
     if not owner:  # open mode: nobody lists sessions
@@ -325,7 +316,7 @@ def _append(
     """Run the atomic append script; `fields` are `_append_args`'s."""
     args = _append_args(etype, new_status=new_status, **fields)
     source, keys_ = _append_script(r, session_id)
-    return _append_result(r, session_id, new_status, _run(r, source, keys_, args))
+    return _append_result(r, session_id, new_status, run_script(r, source, keys_, args))
 
 
 def _append_script(r: Any, session_id: str) -> tuple[str, list[str]]:
@@ -516,13 +507,17 @@ def acquire_lease(
     r: redis.Redis, session_id: str, ttl_ms: int, worker: str = ""
 ) -> tuple[str, str | None]:
     """Take the session's lease: ("ok", token), or (held|terminal|not_found, None)."""
-    result = _run(r, _ACQUIRE, [keys.meta(session_id), keys.lease(session_id)], [ttl_ms, worker])
+    result = run_script(
+        r, _ACQUIRE, [keys.meta(session_id), keys.lease(session_id)], [ttl_ms, worker]
+    )
     return (str(result[0]), str(result[1]) if len(result) > 1 else None)
 
 
 def renew_lease(r: redis.Redis, session_id: str, token: str, ttl_ms: int) -> bool:
     """Extend the lease if `token` still holds it; False: lost, or the session ended."""
-    return bool(_run(r, _RENEW, [keys.meta(session_id), keys.lease(session_id)], [token, ttl_ms]))
+    return bool(
+        run_script(r, _RENEW, [keys.meta(session_id), keys.lease(session_id)], [token, ttl_ms])
+    )
 
 
 def queue_renew(pipe: Any, session_id: str, token: str, ttl_ms: int) -> None:
@@ -536,7 +531,7 @@ def queue_renew(pipe: Any, session_id: str, token: str, ttl_ms: int) -> None:
 
 def release_lease(r: redis.Redis, session_id: str, token: str) -> None:
     """Give the lease up if `token` still holds it."""
-    _run(r, _RELEASE, [keys.lease(session_id)], [token])
+    run_script(r, _RELEASE, [keys.lease(session_id)], [token])
 
 
 def read_meta(r: redis.Redis, session_id: str) -> dict[str, str]:
