@@ -13,6 +13,7 @@ from pathlib import Path
 import redis
 
 from shared.localredis import find_redis_server, free_port
+from tests.procs import child_env
 
 SLOTS = 16384
 MIN_VERSION = (7, 0)
@@ -127,3 +128,18 @@ class LocalCluster:
                 proc.kill()
                 proc.wait()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def cluster_env(
+    cluster: LocalCluster, broker_url: str, queue: str, **overrides: str
+) -> dict[str, str]:
+    """The environment of a worker and an API on `cluster`, with their broker beside it."""
+    return child_env(
+        REDIS_CLUSTER="true",
+        REDIS_URL=cluster.url,
+        CELERY_BROKER_URL=broker_url,
+        CELERY_QUEUE=queue,
+        DEMO_TOKENS_PER_S="50",
+        XREAD_BLOCK_MS="1000",
+        **overrides,
+    )

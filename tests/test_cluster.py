@@ -19,8 +19,8 @@ from api.apikeys import hash_key
 from shared import keys
 from shared.localredis import LocalRedis
 from tests import client
-from tests.localcluster import LocalCluster
-from tests.procs import Api, Worker, child_env
+from tests.localcluster import LocalCluster, cluster_env
+from tests.procs import Api, Worker
 from tests.test_follow import assert_well_formed
 from worker.providers.demo import demo_text
 
@@ -41,16 +41,7 @@ def stack(logs_dir: Path) -> Iterator[ClusterStack]:
     """Everything started once for this module, stopped after it."""
     cluster = LocalCluster().start()
     broker = LocalRedis().start()
-    env = child_env(
-        REDIS_CLUSTER="true",
-        REDIS_URL=cluster.url,
-        CELERY_BROKER_URL=broker.url,
-        CELERY_QUEUE="q-cluster",
-        DEMO_TOKENS_PER_S="50",
-        XREAD_BLOCK_MS="1000",
-        SSE_PING_S="1",
-        LEASE_TTL_S="5",
-    )
+    env = cluster_env(cluster, broker.url, "q-cluster", SSE_PING_S="1", LEASE_TTL_S="5")
     worker = api = None
     rc = RedisCluster.from_url(cluster.url, decode_responses=True)
     try:
@@ -78,9 +69,7 @@ def follow_all(ws_url: str, session_ids: list[str]) -> dict[str, client.WsResult
     def run(i: int, session_id: str) -> None:
         results[f"{i}:{session_id}"] = client.ws_follow(ws_url, session_id)
 
-    threads = [
-        threading.Thread(target=run, args=(i, sid)) for i, sid in enumerate(session_ids)
-    ]
+    threads = [threading.Thread(target=run, args=(i, sid)) for i, sid in enumerate(session_ids)]
     for t in threads:
         t.start()
     for t in threads:
@@ -143,15 +132,11 @@ def test_resume_from_a_cursor_gives_exactly_the_rest(stack: ClusterStack, cut: i
     sse = client.sse_follow(stack.api.url, session_id, last_event_id=first[-1]["id"])
     assert sse.events == rest.events
     assert sse.ids == [e["id"] for e in rest.events]
-    assert client.chunks_text(first + rest.events) == client.text(stack.api.url, session_id)[
-        "text"
-    ]
+    assert client.chunks_text(first + rest.events) == client.text(stack.api.url, session_id)["text"]
 
 
 def test_sse_follows_a_live_session(stack: ClusterStack) -> None:
-    session_id = client.create(stack.api.url, prompt="sse on a cluster", max_tokens=25)[
-        "sessionId"
-    ]
+    session_id = client.create(stack.api.url, prompt="sse on a cluster", max_tokens=25)["sessionId"]
     result = client.sse_follow(stack.api.url, session_id)
     assert_well_formed(result.events, 25)
     assert result.types[-1] == "done"

@@ -22,8 +22,8 @@ from shared.errors import ConfigError
 from shared.localredis import LocalRedis
 from shared.settings import Settings
 from tests import client
-from tests.localcluster import LocalCluster
-from tests.procs import Api, Worker, child_env
+from tests.localcluster import LocalCluster, cluster_env
+from tests.procs import Api, Worker
 
 
 @pytest.fixture(scope="module")
@@ -341,13 +341,10 @@ def test_a_websocket_client_that_floods_is_closed(make_stack: Any) -> None:
 def test_limits_on_a_redis_cluster(logs_dir: Path) -> None:
     cluster = LocalCluster().start()
     broker = LocalRedis().start()
-    env = child_env(
-        REDIS_CLUSTER="true",
-        REDIS_URL=cluster.url,
-        CELERY_BROKER_URL=broker.url,
-        CELERY_QUEUE="q-cluster-limits",
-        DEMO_TOKENS_PER_S="50",
-        XREAD_BLOCK_MS="1000",
+    env = cluster_env(
+        cluster,
+        broker.url,
+        "q-cluster-limits",
         MAX_RUNNING_PER_CALLER="1",
         RATE_CREATES_PER_MIN="100",
         MAX_FOLLOWERS_PER_SESSION="1",
