@@ -7,13 +7,14 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import redis
 
-from shared.localredis import find_redis_server, free_port
-from tests.procs import child_env
+from shared.localredis import LocalRedis, find_redis_server, free_port
+from tests.procs import Api, Worker, child_env
 
 SLOTS = 16384
 MIN_VERSION = (7, 0)
@@ -130,16 +131,31 @@ class LocalCluster:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def cluster_env(
-    cluster: LocalCluster, broker_url: str, queue: str, **overrides: str
-) -> dict[str, str]:
-    """The environment of a worker and an API on `cluster`, with their broker beside it."""
-    return child_env(
+@contextmanager
+def cluster_stack(
+    logs_dir: Path, name: str, **overrides: str
+) -> Iterator[tuple[LocalCluster, Api]]:
+    """A 3-master cluster, a broker beside it, one worker and one API in cluster mode;
+    everything stopped on the way out."""
+    cluster = LocalCluster().start()
+    broker = LocalRedis().start()
+    env = child_env(
         REDIS_CLUSTER="true",
         REDIS_URL=cluster.url,
-        CELERY_BROKER_URL=broker_url,
-        CELERY_QUEUE=queue,
+        CELERY_BROKER_URL=broker.url,
+        CELERY_QUEUE=f"q-{name}",
         DEMO_TOKENS_PER_S="50",
         XREAD_BLOCK_MS="1000",
         **overrides,
     )
+    worker = api = None
+    try:
+        worker = Worker(env, logs_dir, name=f"{name}-worker").start()
+        api = Api(env, logs_dir, name=f"{name}-api").start()
+        yield cluster, api
+    finally:
+        for proc in (api, worker):
+            if proc is not None:
+                proc.stop(timeout_s=10)
+        broker.close()
+        cluster.close()

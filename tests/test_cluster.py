@@ -17,10 +17,9 @@ from redis.cluster import RedisCluster
 
 from api.apikeys import hash_key
 from shared import keys
-from shared.localredis import LocalRedis
 from tests import client
-from tests.localcluster import LocalCluster, cluster_env
-from tests.procs import Api, Worker
+from tests.localcluster import LocalCluster, cluster_stack
+from tests.procs import Api
 from tests.test_follow import assert_well_formed
 from worker.providers.demo import demo_text
 
@@ -39,22 +38,12 @@ class ClusterStack:
 @pytest.fixture(scope="module")
 def stack(logs_dir: Path) -> Iterator[ClusterStack]:
     """Everything started once for this module, stopped after it."""
-    cluster = LocalCluster().start()
-    broker = LocalRedis().start()
-    env = cluster_env(cluster, broker.url, "q-cluster", SSE_PING_S="1", LEASE_TTL_S="5")
-    worker = api = None
-    rc = RedisCluster.from_url(cluster.url, decode_responses=True)
-    try:
-        worker = Worker(env, logs_dir, name="cluster-worker").start()
-        api = Api(env, logs_dir, name="cluster-api").start()
-        yield ClusterStack(cluster, rc, api)
-    finally:
-        for proc in (api, worker):
-            if proc is not None:
-                proc.stop(timeout_s=10)
-        rc.close()
-        broker.close()
-        cluster.close()
+    with cluster_stack(logs_dir, "cluster", SSE_PING_S="1", LEASE_TTL_S="5") as (cluster, api):
+        rc = RedisCluster.from_url(cluster.url, decode_responses=True)
+        try:
+            yield ClusterStack(cluster, rc, api)
+        finally:
+            rc.close()
 
 
 def node_of(rc: RedisCluster, session_id: str) -> str:

@@ -19,11 +19,10 @@ import websocket
 from api.apikeys import hash_key
 from shared import keys
 from shared.errors import ConfigError
-from shared.localredis import LocalRedis
 from shared.settings import Settings
 from tests import client
-from tests.localcluster import LocalCluster, cluster_env
-from tests.procs import Api, Worker
+from tests.localcluster import cluster_stack
+from tests.procs import Api
 
 
 @pytest.fixture(scope="module")
@@ -339,20 +338,12 @@ def test_a_websocket_client_that_floods_is_closed(make_stack: Any) -> None:
 
 @pytest.mark.slow
 def test_limits_on_a_redis_cluster(logs_dir: Path) -> None:
-    cluster = LocalCluster().start()
-    broker = LocalRedis().start()
-    env = cluster_env(
-        cluster,
-        broker.url,
-        "q-cluster-limits",
-        MAX_RUNNING_PER_CALLER="1",
-        RATE_CREATES_PER_MIN="100",
-        MAX_FOLLOWERS_PER_SESSION="1",
-    )
-    worker = api = None
-    try:
-        worker = Worker(env, logs_dir, name="cluster-limits-worker").start()
-        api = Api(env, logs_dir, name="cluster-limits-api").start()
+    overrides = {
+        "MAX_RUNNING_PER_CALLER": "1",
+        "RATE_CREATES_PER_MIN": "100",
+        "MAX_FOLLOWERS_PER_SESSION": "1",
+    }
+    with cluster_stack(logs_dir, "cluster-limits", **overrides) as (_cluster, api):
         done = client.create(api.url, prompt="short", max_tokens=3)["sessionId"]
         client.wait_terminal(api.url, done)
         # The ended session is pruned against its meta, on whichever node holds it.
@@ -365,9 +356,3 @@ def test_limits_on_a_redis_cluster(logs_dir: Path) -> None:
         second.close()
         first.close()
         requests.delete(f"{api.url}/api/streams/{live}", timeout=10)
-    finally:
-        for proc in (api, worker):
-            if proc is not None:
-                proc.stop(timeout_s=10)
-        broker.close()
-        cluster.close()
