@@ -162,3 +162,30 @@ export class ResumableStreamsError extends Error implements StreamError {
   code: string;
   httpStatus?: number;
 }
+
+/** A session this browser started or opened, as kept in localStorage. */
+export interface RecentSession {
+  sessionId: string;
+  /** A short label, e.g. the start of the prompt. */
+  title: string;
+  /** ISO time it was added. */
+  createdAt: string;
+  /** The last status seen. */
+  status?: StreamStatus;
+  /** A stream token (keyed mode), so the session can be followed again. */
+  token?: string;
+}
+
+/** This browser's recent sessions in localStorage, newest first, shared by every page of
+ * the origin that uses the same `storageKey` (the demo page and the React components). */
+export class RecentSessions {
+  /** Defaults: storageKey "rstreams:recent", limit 20, storage `globalThis.localStorage`
+   * (a page without storage keeps the list in memory). */
+  constructor(options?: { storageKey?: string; limit?: number; storage?: Storage });
+  list(): RecentSession[];
+  /** Add, or move to the front and update an existing entry with the same id. */
+  add(session: RecentSession): void;
+  update(sessionId: string, patch: Partial<RecentSession>): void;
+  remove(sessionId: string): void;
+  clear(): void;
+}
