@@ -41,6 +41,7 @@ from rstreams.client import (
     Event,
     RstreamsError,
     Status,
+    is_terminal,
 )
 
 EXIT_OK = 0
@@ -235,18 +236,28 @@ def follow_to_terminal(client: Client, session_id: str, after: str | None) -> in
                         cursor = event.id
                     last = event
     except KeyboardInterrupt:
-        resume = f"rstreams follow {session_id}" + (f" --after {cursor}" if cursor else "")
-        _say(f"Detached; the answer keeps generating. Resume with: {resume}")
-        return EXIT_DETACHED
-    if screen.live is not None:
+        if last is None or not is_terminal(last):
+            resume = f"rstreams follow {session_id}" + (f" --after {cursor}" if cursor else "")
+            _say(f"Detached; the answer keeps generating. Resume with: {resume}")
+            return EXIT_DETACHED
+    if screen.live is not None and screen.received:
         _say(screen.summary())
+    if last is None:  # the cursor was the end already: how did it end?
+        status = client.status(session_id)["status"]
+        return EXIT_OK if status == "completed" else _ended_badly(status, None)
     if isinstance(last, Error):
-        _say(f"rstreams: the answer ended with an error: {last.message} ({last.code})")
-        return EXIT_FAILED
+        return _ended_badly("failed", last)
     if isinstance(last, Cancelled):
-        _say("rstreams: the answer was cancelled")
-        return EXIT_FAILED
+        return _ended_badly("cancelled", None)
     return EXIT_OK
+
+
+def _ended_badly(status: str, error: Error | None) -> int:
+    if error is not None:
+        _say(f"rstreams: the answer ended with an error: {error.message} ({error.code})")
+    else:
+        _say(f"rstreams: the answer {'was cancelled' if status == 'cancelled' else 'failed'}")
+    return EXIT_FAILED
 
 
 def cmd_generate(client: Client, args: argparse.Namespace) -> int:

@@ -116,6 +116,7 @@ class Error:
 
 Event = Chunk | Status | Done | Cancelled | Error
 TERMINAL = (Done, Cancelled, Error)
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
 def is_terminal(event: Event) -> bool:
@@ -312,7 +313,8 @@ class Client:
         on_reconnect: Callable[[int, RstreamsError], None] | None = None,
     ) -> Iterator[Event]:
         """The session's events after the cursor `after` (from the start if None), live, until
-        a terminal event, which is the last one yielded.
+        a terminal event, which is the last one yielded; nothing if `after` is the terminal
+        event's cursor already.
 
         A lost connection is retried from the last event yielded (`Last-Event-ID`), with
         backoff, for up to `reconnect_for_s`; `on_reconnect(attempt, why)` is called before
@@ -324,10 +326,13 @@ class Client:
         attempt = 0
         has_connected = False
         failing_since: float | None = None
+        empty_ends = 0
         while True:
+            is_empty = True
             try:
                 for event in self._follow_once(session_id, cursor):
                     has_connected, attempt, failing_since = True, 0, None
+                    is_empty, empty_ends = False, 0
                     if event.id is not None:
                         cursor = event.id
                     yield event
@@ -335,9 +340,17 @@ class Client:
                         return
                 has_connected = True
                 why = RstreamsError(None, "disconnected", "the stream ended before its last event")
+                # The API ends a follower without an event both when the cursor is already
+                # past the terminal event and when it shuts down: only a session that has
+                # ended tells them apart, and only twice in a row, since an API that shuts
+                # down may not have sent what came after the cursor.
+                if is_empty and self.status(session_id)["status"] in TERMINAL_STATUSES:
+                    empty_ends += 1
+                    if empty_ends >= 2:
+                        return
             except RstreamsError as e:
-                retryable = e.status is None or e.status in _RETRYABLE_STATUS
-                if not retryable or not has_connected:
+                is_retryable = e.status is None or e.status in _RETRYABLE_STATUS
+                if not is_retryable or not has_connected:
                     raise
                 why = e
             now = time.monotonic()

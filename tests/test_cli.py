@@ -81,6 +81,9 @@ def test_ctrl_c_detaches_and_the_printed_command_prints_exactly_the_rest(api: Ap
     assert client.status(session_id)["status"] == "completed"
     assert first_part and rest.stdout
     assert first_part + rest.stdout == client.text(session_id)  # nothing lost or repeated
+    done_cursor = list(client.follow(session_id))[-1].id
+    past_the_end = rstreams(api.url, "follow", session_id, "--after", done_cursor)
+    assert (past_the_end.returncode, past_the_end.stdout) == (0, "")
     client.close()
 
 

@@ -47,6 +47,7 @@ def test_follow_after_a_cursor_gives_exactly_the_rest(api: Api) -> None:
         rest = list(client.follow(session_id, after=middle.id))
         assert [c.index for c in chunks_of(rest)] == list(range(8, 20))
         assert isinstance(rest[-1], Done)
+        assert list(client.follow(session_id, after=rest[-1].id)) == []  # past the end: nothing
 
 
 def test_follow_resumes_across_an_api_kill_and_restart(make_stack: Any, logs_dir: Path) -> None:
