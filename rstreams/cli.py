@@ -141,7 +141,7 @@ class Screen:
         return self.received / max(time.monotonic() - self.first_chunk_at, 1e-3)
 
     def _render(self) -> RenderableType:
-        line = Text()
+        line = Text(no_wrap=True, overflow="ellipsis")
         line.append(f" {self.status} ", style="bold reverse")
         line.append(f" {self.chunks} chunks")
         if self.received >= 2:
@@ -197,7 +197,7 @@ class Screen:
 
     def on_reconnect(self, attempt: int, why: RstreamsError) -> None:
         """Show that the connection is being retried."""
-        self.status, self.note = "reconnecting", f"attempt {attempt}: {why.message}"
+        self.status, self.note = "reconnecting", f"attempt {attempt}, {why.code}"
 
     def stop(self) -> None:
         """Take the progress line away and leave the terminal at the start of a line."""
