@@ -184,3 +184,32 @@ def test_too_many_requests_says_when_to_retry(make_stack: Any) -> None:
     assert second.stderr.count("\n") == 1, second.stderr
     assert "too_many_requests" in second.stderr
     assert re.search(r"retry after \d+ s$", second.stderr.strip()), second.stderr
+
+
+def test_dev_runs_the_local_stack_and_ctrl_c_stops_it(stack_env: dict[str, str]) -> None:
+    port = free_port()
+    env = {**stack_env, "CELERY_QUEUE": f"q-dev-{port}"}  # its worker takes only its own jobs
+    dev = subprocess.Popen(
+        [RSTREAMS, "dev", "--port", str(port), "--worker-concurrency", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    assert dev.stdout is not None
+    try:
+        for line in dev.stdout:
+            if line.startswith("Ready"):
+                break
+        assert f"http://127.0.0.1:{port}/" in line
+        url = f"http://127.0.0.1:{port}"
+        done = rstreams(url, "generate", "from the local stack", "--max-tokens", "5")
+        assert done.returncode == 0, done.stderr
+        with Client(url) as client:
+            assert done.stdout == client.text(session_id_of(done.stderr))
+    finally:
+        dev.send_signal(signal.SIGINT)
+        dev.communicate(timeout=30)
+    assert dev.returncode == 0
+    down = rstreams(f"http://127.0.0.1:{port}", "status", nanoid())
+    assert "cannot reach the API" in down.stderr  # the API it started is gone with it
