@@ -101,9 +101,9 @@ class Screen:
     overwrite each other.
     """
 
-    def __init__(self, out: IO[str], err: IO[str], *, chunks: int = 0) -> None:
+    def __init__(self, out: IO[str], err: IO[str]) -> None:
         self.out = out
-        self.chunks = chunks  # chunks of the session so far (the next index)
+        self.chunks = 0  # chunks of the session so far (the next index)
         self.received = 0  # chunks this command received
         self.started = time.monotonic()
         self.first_chunk_at: float | None = None
