@@ -78,7 +78,11 @@ class _Interrupts:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        """Use this handler for SIGINT inside the block."""
+        """Use this handler for SIGINT inside the block, unless SIGINT is ignored (as a
+        non-interactive shell does for the commands it starts with `&`)."""
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            yield
+            return
         previous = signal.signal(signal.SIGINT, self.handle)
         try:
             yield
