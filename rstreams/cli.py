@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -411,9 +412,29 @@ def _explain(e: RstreamsError) -> str:
     return f"{e.message} ({e.code})"
 
 
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{21}")
+_TAKES_VALUE = frozenset({"--url", "--api-key", "--after"})
+_TAKES_ID = frozenset({"follow", "status", "text", "cancel"})
+
+
+def _protect_ids(argv: list[str]) -> list[str]:
+    """Move a session id that starts with "-" (nanoid ids may) behind a "--", where
+    argparse takes it for the positional it is rather than an unknown option."""
+    start = 0  # just after the command: the first word that is no option nor its value
+    while start < len(argv) and argv[start].startswith("-"):
+        start += 2 if argv[start] in _TAKES_VALUE else 1
+    if start >= len(argv) or argv[start] not in _TAKES_ID or "--" in argv:
+        return argv
+    for n in range(start + 1, len(argv)):
+        arg = argv[n]
+        if arg.startswith("-") and _SESSION_ID.fullmatch(arg) and argv[n - 1] not in _TAKES_VALUE:
+            return [*argv[:n], *argv[n + 1 :], "--", arg]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Run the command line and exit with its status."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_protect_ids(sys.argv[1:] if argv is None else argv))
     if args.run is None:
         sys.exit(cmd_dev(args))
     client = Client(getattr(args, "url", None), getattr(args, "api_key", None))

@@ -114,7 +114,8 @@ def test_cancel_status_and_text(api: Api) -> None:
 
 def test_errors_are_one_line_and_a_nonzero_exit(api: Api) -> None:
     unknown = nanoid()
-    for args in (["follow", unknown], ["status", unknown], ["cancel", unknown]):
+    dashed = "-" + unknown[1:]  # a nanoid may start with "-": an id all the same, no option
+    for args in (["follow", unknown], ["status", unknown], ["cancel", unknown], ["text", dashed]):
         failed = rstreams(api.url, *args)
         assert failed.returncode == 1
         assert failed.stderr.count("\n") == 1 and "not_found" in failed.stderr, failed.stderr
