@@ -72,7 +72,9 @@ class LocalRedis:
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         if self.tls:
             ca = quote(self.tls[2], safe="")
-            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={ca}&ssl_cert_reqs=required"
+            return (
+                f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={ca}&ssl_cert_reqs=required"
+            )
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> LocalRedis:
