@@ -149,6 +149,11 @@ export class Stream {
     this._timer = setTimeout(() => this._connect(), 0);
   }
 
+  /** The stream token this stream follows with (keyed mode), or null. @returns {string | null} */
+  get token() {
+    return this._token;
+  }
+
   /** The current snapshot. @returns {StreamState} */
   get state() {
     return this._state;
