@@ -61,6 +61,24 @@ def types(log: dict[str, Any]) -> list[str]:
     return [e["type"] for e in log["events"]]
 
 
+def test_the_module_is_served_as_javascript_and_revalidated(api: Api) -> None:
+    response = requests.get(f"{api.url}/static/rstreams.js", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/javascript; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert "export class ResumableStreams" in response.text
+    again = requests.get(
+        f"{api.url}/static/rstreams.js",
+        headers={"If-None-Match": response.headers["ETag"]},
+        timeout=10,
+    )
+    assert again.status_code == 304
+    types = requests.get(f"{api.url}/static/rstreams.d.ts", timeout=10)
+    assert types.status_code == 200
+    assert types.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert "export class Stream" in types.text
+
+
 def test_start_streams_over_a_websocket_to_the_end(page: Any, api: Api) -> None:
     log = page.evaluate(
         """async () => {
@@ -341,6 +359,8 @@ def keyed(make_stack: Any) -> Api:
 
 
 def test_keyed_mode_with_an_api_key_and_with_a_stream_token(browser: Any, keyed: Api) -> None:
+    for name in ("rstreams.js", "rstreams.d.ts", "demo.js", "demo.css"):
+        assert requests.get(f"{keyed.url}/static/{name}", timeout=10).status_code == 200
     page = open_page(browser, keyed)
     try:
         result = page.evaluate(
