@@ -210,8 +210,12 @@ KEY = "rsk_demo-page-test-key-0123456789abcdefghijk"
 SECRET = "demo-page-test-stream-token-secret-0123456789"
 
 
-def test_keyed_mode_asks_for_a_key_and_shares_a_stream_token(browser: Any, make_stack: Any) -> None:
-    stack = make_stack(API_KEYS=f"web:{hash_key(KEY)}", STREAM_TOKEN_SECRET=SECRET)
+def test_keyed_mode_asks_for_a_key_shares_a_stream_token_and_tells_a_rate_limit(
+    browser: Any, make_stack: Any
+) -> None:
+    stack = make_stack(
+        API_KEYS=f"web:{hash_key(KEY)}", STREAM_TOKEN_SECRET=SECRET, RATE_CREATES_PER_MIN="1"
+    )
     stack.worker()
     keyed = stack.api()
     page = open_demo(browser, keyed.url)
@@ -240,6 +244,12 @@ def test_keyed_mode_asks_for_a_key_and_shares_a_stream_token(browser: Any, make_
         expect(other.get_by_test_id("status")).to_have_text("completed", timeout=30_000)
         expect(other.get_by_test_id("answer")).to_have_text(text)
         other.screenshot(path=screenshot_path("demo-keyed-shared"), full_page=True)
+        # One creation a minute: the next is refused, and the page says when to try again.
+        page.get_by_test_id("send").click()
+        error = page.get_by_test_id("error")
+        expect(error).to_contain_text(re.compile(r"Too many requests, try again in \d+ s"))
+        assert session_of(page.url) == session_id
+        page.screenshot(path=screenshot_path("demo-rate-limited"), full_page=True)
     finally:
         page.context.close()
         if other is not None:

@@ -43,8 +43,8 @@ function describe(error) {
       : "This API needs an API key: enter one below and send again.";
   }
   if (error.httpStatus === 429) {
-    const wait = error.retryAfterS ? ` Try again in ${error.retryAfterS} s.` : "";
-    return `Too many requests: ${error.message}${wait}`;
+    const wait = error.retryAfterS ? `try again in ${error.retryAfterS} s` : "try again shortly";
+    return `Too many requests, ${wait}. (${error.message})`;
   }
   if (error.code === "not_found") {
     return "No such session: it may have expired, or it belongs to another key.";
