@@ -186,6 +186,10 @@ def test_the_recent_list_reopens_a_session(browser: Any, api: Api) -> None:
         expect(page.get_by_test_id("recent-item")).to_have_count(2)
         expect_completed_with_text(page, api.url, first)
         page.screenshot(path=screenshot_path("demo-recent"), full_page=True)
+        page.go_back()  # to the page without a session
+        expect(page.get_by_test_id("status")).to_have_text("idle")
+        expect(page.get_by_test_id("answer")).to_have_text("")
+        expect(page.get_by_test_id("share-link")).to_be_hidden()
     finally:
         page.context.close()
 

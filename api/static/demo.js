@@ -193,7 +193,19 @@ function openFromUrl() {
   const params = new URLSearchParams(location.search);
   const sessionId = params.get("session");
   const token = new URLSearchParams(location.hash.slice(1)).get("token") || undefined;
-  if (sessionId) follow(sessionId, token);
+  if (sessionId) {
+    follow(sessionId, token);
+    return;
+  }
+  // Back to the page without a session: show none.
+  if (stream) stream.close();
+  stream = null;
+  unsubscribe.forEach((off) => off());
+  unsubscribe = [];
+  $("answer").textContent = "";
+  $("share").hidden = true;
+  render({ status: "idle", chunks: 0, reconnecting: false, attempt: 0 });
+  renderRecent();
 }
 
 function init() {
