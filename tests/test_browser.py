@@ -258,3 +258,19 @@ def test_keyed_mode_asks_for_a_key_shares_a_stream_token_and_tells_a_rate_limit(
         page.context.close()
         if other is not None:
             other.context.close()
+
+
+def test_a_link_to_an_unknown_session_says_so_once(browser: Any, api: Api) -> None:
+    page = browser.new_context().new_page()
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    try:
+        page.goto(f"{api.url}/?session={'A' * 21}")
+        expect(page.get_by_test_id("status")).to_have_text("failed", timeout=10_000)
+        expect(page.get_by_test_id("error")).to_contain_text("No such session")
+        page.wait_for_timeout(700)  # longer than a first backoff: no retry comes
+        expect(page.get_by_test_id("status")).to_have_text("failed")
+        assert len(sockets) == 1
+        page.screenshot(path=screenshot_path("demo-not-found"), full_page=True)
+    finally:
+        page.context.close()
