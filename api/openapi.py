@@ -478,7 +478,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
         "/static/{filename}": {
             "get": {
                 "operationId": "staticFile",
-                "summary": "The demo page's files",
+                "summary": "The demo page's files and the browser client, rstreams.js",
                 "security": [],
                 "parameters": [
                     {

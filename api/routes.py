@@ -204,6 +204,24 @@ def stop(session_id: str) -> tuple[Response, int]:
     return jsonify(sessionId=session_id, status=status), 202 if was_live else 200
 
 
+# The browser client and its types: the same text whatever the platform's mime.types says.
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".ts": "text/plain; charset=utf-8"}
+
+
+@bp.after_app_request
+def _static_headers(response: Response) -> Response:
+    """Exact types for the static files, and revalidation on every use (ETag) so a deploy
+    reaches pages and bundlers at once."""
+    if request.endpoint == "static" and response.status_code in (200, 304):
+        name = (request.view_args or {}).get("filename", "")
+        for suffix, content_type in STATIC_TYPES.items():
+            if name.endswith(suffix):
+                response.headers["Content-Type"] = content_type
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 @bp.get("/")
 @auth.public
 def page() -> Response:

@@ -38,6 +38,8 @@ export interface StreamError {
   message: string;
   /** The HTTP status, when the error came from an HTTP answer. */
   httpStatus?: number;
+  /** Seconds to wait before trying again, from the `Retry-After` of a 429 or 503. */
+  retryAfterS?: number;
 }
 
 /** A snapshot of a stream; a new object on every change (safe as React state). */
@@ -159,8 +161,10 @@ export class ResumableStreams {
 
 /** The error thrown by `start`, `status`, `text` and `stop`. */
 export class ResumableStreamsError extends Error implements StreamError {
+  constructor(code: string, message: string, httpStatus?: number, retryAfterS?: number);
   code: string;
   httpStatus?: number;
+  retryAfterS?: number;
 }
 
 /** A session this browser started or opened, as kept in localStorage. */

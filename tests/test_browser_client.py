@@ -1,0 +1,397 @@
+"""rstreams.js, the browser client, driven in headless Chromium against the real stack."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from api.apikeys import hash_key
+from tests import client
+from tests.procs import Api
+
+# Loads the module into a page of the API and records what a stream emits.
+HARNESS = """async () => {
+  window.rs = await import("/static/rstreams.js");
+  window.track = (stream) => {
+    const log = { events: [], finished: 0, final: null };
+    for (const type of ["open", "status", "chunk", "done", "cancelled", "error", "reconnecting"]) {
+      stream.on(type, (e) => log.events.push({ type, ...e }));
+    }
+    stream.finished.then((s) => { log.finished += 1; log.final = s; });
+    return log;
+  };
+  // Wait for the end, then a little more: nothing may come after it.
+  window.settle = async (stream, log) => {
+    await stream.finished;
+    await new Promise((r) => setTimeout(r, 300));
+    return log;
+  };
+}"""
+
+
+def open_page(browser: Any, api: Api) -> Any:
+    """A fresh page of the API's origin with rstreams.js imported."""
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(api.url + "/healthz")
+    page.evaluate(HARNESS)
+    return page
+
+
+@pytest.fixture
+def page(browser: Any, api: Api) -> Iterator[Any]:
+    """A page of the shared API with the harness loaded."""
+    page = open_page(browser, api)
+    yield page
+    page.context.close()
+
+
+def chunk_indexes(log: dict[str, Any]) -> list[int]:
+    return [e["index"] for e in log["events"] if e["type"] == "chunk"]
+
+
+def types(log: dict[str, Any]) -> list[str]:
+    return [e["type"] for e in log["events"]]
+
+
+def test_start_streams_over_a_websocket_to_the_end(page: Any, api: Api) -> None:
+    log = page.evaluate(
+        """async () => {
+          const stream = await new rs.ResumableStreams().start("hello", { max_tokens: 30 });
+          return settle(stream, track(stream));
+        }"""
+    )
+    final = log["final"]
+    assert final["status"] == "completed" and final["ended"] is True
+    assert final["transport"] == "ws"
+    assert final["chunks"] == 30 and chunk_indexes(log) == list(range(30))
+    assert final["finishReason"] == "stop"
+    assert final["text"] == client.text(api.url, final["sessionId"])["text"]
+    assert types(log)[0] == "open"
+    assert types(log)[-1] == "done" and types(log).count("done") == 1
+    assert log["finished"] == 1
+    statuses = [e["status"] for e in log["events"] if e["type"] == "status"]
+    assert statuses[-1] == "completed" and "running" in statuses
+
+
+def test_forced_sse_streams_to_the_end(page: Any, api: Api) -> None:
+    log = page.evaluate(
+        """async () => {
+          const client = new rs.ResumableStreams({ transport: "sse" });
+          const stream = await client.start("over SSE", { max_tokens: 30 });
+          return settle(stream, track(stream));
+        }"""
+    )
+    final = log["final"]
+    assert final["status"] == "completed" and final["transport"] == "sse"
+    assert chunk_indexes(log) == list(range(30))
+    assert final["text"] == client.text(api.url, final["sessionId"])["text"]
+    assert types(log).count("done") == 1 and types(log)[-1] == "done"
+
+
+class NoWebSocketProxy:
+    """An HTTP proxy in front of the API that refuses WebSocket upgrades with a 403, as
+    some corporate proxies do, and passes everything else through."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.upgrades_refused = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = conn.recv(65536)
+            if not data:
+                conn.close()
+                return
+            head += data
+        if b"upgrade: websocket" in head.lower():
+            self.upgrades_refused += 1
+            conn.sendall(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            conn.close()
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        upstream.sendall(head)
+        back = threading.Thread(target=self._pipe, args=(upstream, conn), daemon=True)
+        back.start()
+        self._pipe(conn, upstream)
+        back.join()
+        conn.close()
+        upstream.close()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sink.shutdown(socket.SHUT_WR)
+
+
+def test_auto_falls_back_to_sse_where_websockets_are_refused(browser: Any, api: Api) -> None:
+    proxy = NoWebSocketProxy(api.port)
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(proxy.url + "/healthz")
+        page.evaluate(HARNESS)
+        log = page.evaluate(
+            """async () => {
+              const stream = await new rs.ResumableStreams().start("no WS", { max_tokens: 30 });
+              return settle(stream, track(stream));
+            }"""
+        )
+    finally:
+        context.close()
+        proxy.close()
+    final = log["final"]
+    assert final["status"] == "completed" and final["transport"] == "sse"
+    assert proxy.upgrades_refused == 2
+    assert chunk_indexes(log) == list(range(30))
+    assert final["text"] == client.text(api.url, final["sessionId"])["text"]
+    assert [e["transport"] for e in log["events"] if e["type"] == "open"] == ["sse"]
+
+
+def test_a_dropped_websocket_reconnects_from_its_cursor_without_duplicates(
+    browser: Any, api: Api
+) -> None:
+    context = browser.new_context()
+    connections: list[int] = []
+
+    def cut_the_first_after_ten_frames(ws: Any) -> None:
+        server = ws.connect_to_server()
+        connections.append(0)
+        number = len(connections)
+
+        def relay(message: str | bytes) -> None:
+            ws.send(message)
+            connections[number - 1] += 1
+            if number == 1 and connections[0] == 10:
+                ws.close(code=1013, reason="try again later")
+
+        server.on_message(relay)
+
+    try:
+        page = context.new_page()
+        page.route_web_socket(re.compile(r"/ws"), cut_the_first_after_ten_frames)
+        page.goto(api.url + "/healthz")
+        page.evaluate(HARNESS)
+        log = page.evaluate(
+            """async () => {
+              const client = new rs.ResumableStreams({ backoff: { initialMs: 50 } });
+              const stream = await client.start("cut me", { max_tokens: 40 });
+              return settle(stream, track(stream));
+            }"""
+        )
+    finally:
+        context.close()
+    final = log["final"]
+    assert len(connections) == 2
+    assert types(log).count("reconnecting") == 1
+    assert [e["transport"] for e in log["events"] if e["type"] == "open"] == ["ws", "ws"]
+    assert chunk_indexes(log) == list(range(40))
+    assert final["status"] == "completed" and final["chunks"] == 40
+    assert final["text"] == client.text(api.url, final["sessionId"])["text"]
+
+
+def test_resume_by_id_replays_from_the_start_or_from_a_cursor(page: Any, api: Api) -> None:
+    session_id = client.create(api.url, prompt="resume me", max_tokens=40)["sessionId"]
+    events = client.ws_follow(api.ws_url, session_id).events
+    chunks = [e for e in events if e["type"] == "chunk"]
+    full = client.text(api.url, session_id)["text"]
+    logs = page.evaluate(
+        """async ({ sessionId, after }) => {
+          const client = new rs.ResumableStreams();
+          const all = client.resume(sessionId);
+          const rest = client.resume(sessionId, { after });
+          const logs = [track(all), track(rest)];
+          return [await settle(all, logs[0]), await settle(rest, logs[1])];
+        }""",
+        {"sessionId": session_id, "after": chunks[14]["id"]},
+    )
+    replayed, rest = logs
+    assert chunk_indexes(replayed) == list(range(40))
+    assert replayed["final"]["text"] == full
+    assert chunk_indexes(rest) == list(range(15, 40))
+    assert rest["final"]["text"] == "".join(c["text"] for c in chunks[15:])
+    assert rest["final"]["status"] == "completed" and rest["final"]["chunks"] == 40
+
+
+def test_stop_cancels_the_generation_and_the_stream_ends_cancelled(page: Any, api: Api) -> None:
+    log = page.evaluate(
+        """async () => {
+          const stream = await new rs.ResumableStreams().start("stop me", { max_tokens: 500 });
+          const log = track(stream);
+          await new Promise((resolve) => stream.on("chunk", (e) => e.index >= 4 && resolve()));
+          await stream.stop();
+          return settle(stream, log);
+        }"""
+    )
+    final = log["final"]
+    assert final["status"] == "cancelled" and final["ended"] is True
+    assert types(log).count("cancelled") == 1 and types(log)[-1] == "cancelled"
+    assert 5 <= final["chunks"] < 500
+    after = client.text(api.url, final["sessionId"])
+    assert after["status"] == "cancelled" and after["text"] == final["text"]
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse", "auto"])
+def test_an_unknown_session_fails_once_without_reconnecting(page: Any, transport: str) -> None:
+    attempts: list[str] = []
+    page.on("websocket", lambda ws: attempts.append(ws.url))
+    page.on("request", lambda r: "/api/streams/" in r.url and attempts.append(r.url))
+    log = page.evaluate(
+        """async (transport) => {
+          const stream = new rs.ResumableStreams({ transport }).resume("A".repeat(21));
+          const log = track(stream);
+          await settle(stream, log);
+          await new Promise((r) => setTimeout(r, 700));  // longer than a first backoff
+          return log;
+        }""",
+        transport,
+    )
+    final = log["final"]
+    assert final["status"] == "failed" and final["error"]["code"] == "not_found"
+    assert "reconnecting" not in types(log)
+    assert [e["code"] for e in log["events"] if e["type"] == "error"] == ["not_found"]
+    assert len(attempts) == 1
+
+
+def test_a_refused_start_rejects_with_the_code_and_status(page: Any) -> None:
+    error = page.evaluate(
+        """async () => {
+          try {
+            await new rs.ResumableStreams().start("hi", { model: "no-such-model" });
+          } catch (e) {
+            return { name: e.name, code: e.code, httpStatus: e.httpStatus,
+                     isError: e instanceof rs.ResumableStreamsError };
+          }
+        }"""
+    )
+    assert error == {
+        "name": "ResumableStreamsError",
+        "code": "unknown_model",
+        "httpStatus": 400,
+        "isError": True,
+    }
+
+
+def test_recent_sessions_keep_a_short_newest_first_list(page: Any) -> None:
+    result = page.evaluate(
+        """() => {
+          const recent = new rs.RecentSessions({ storageKey: "test:recent", limit: 3 });
+          for (const id of ["a", "b", "c", "d"]) {
+            recent.add({ sessionId: id, title: id, createdAt: new Date().toISOString() });
+          }
+          recent.add({ sessionId: "c", title: "c again", createdAt: "" });
+          recent.update("b", { status: "completed" });
+          recent.remove("d");
+          const again = new rs.RecentSessions({ storageKey: "test:recent" }).list();
+          const other = new rs.RecentSessions({ storageKey: "test:other" }).list();
+          return { again, other };
+        }"""
+    )
+    assert [(s["sessionId"], s["title"], s.get("status")) for s in result["again"]] == [
+        ("c", "c again", None),
+        ("b", "b", "completed"),
+    ]
+    assert result["other"] == []
+
+
+KEY = "rsk_browser-test-key-0123456789abcdefghijklmn"
+SECRET = "browser-test-stream-token-secret-0123456789"
+
+
+@pytest.fixture
+def keyed(make_stack: Any) -> Api:
+    """A stack of its own with one API key and stream tokens."""
+    stack = make_stack(API_KEYS=f"web:{hash_key(KEY)}", STREAM_TOKEN_SECRET=SECRET)
+    stack.worker()
+    return stack.api()
+
+
+def test_keyed_mode_with_an_api_key_and_with_a_stream_token(browser: Any, keyed: Api) -> None:
+    page = open_page(browser, keyed)
+    try:
+        result = page.evaluate(
+            """async (key) => {
+              const out = {};
+              try {
+                await new rs.ResumableStreams().start("no key");
+              } catch (e) {
+                out.noKey = { code: e.code, httpStatus: e.httpStatus };
+              }
+              const keyed = new rs.ResumableStreams({ apiKey: key });
+              const started = await keyed.start("with a key", { max_tokens: 20 });
+              out.started = (await settle(started, track(started))).final;
+              // A page given only a session id and its stream token (no key) follows it,
+              // over either transport.
+              const res = await fetch("/api/streams/generate", {
+                method: "POST",
+                headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
+                body: JSON.stringify({ prompt: "for a token", max_tokens: 20 }),
+              });
+              const { sessionId, streamToken } = await res.json();
+              out.sessionId = sessionId;
+              const follow = async (options, resume) => {
+                const stream = new rs.ResumableStreams(options).resume(sessionId, resume);
+                return (await settle(stream, track(stream))).final;
+              };
+              out.tokenWs = await follow({}, { token: streamToken });
+              out.tokenSse = await follow({ transport: "sse" }, { token: streamToken });
+              out.keyOnly = await follow({ apiKey: key }, {});
+              const refused = new rs.ResumableStreams().resume(sessionId);
+              const log = track(refused);
+              out.noToken = (await settle(refused, log)).final;
+              out.noTokenEvents = log.events.map((e) => e.type);
+              return out;
+            }""",
+            KEY,
+        )
+    finally:
+        page.context.close()
+    assert result["noKey"] == {"code": "unauthorized", "httpStatus": 401}
+    assert result["started"]["status"] == "completed" and result["started"]["chunks"] == 20
+    assert result["started"]["transport"] == "ws"
+    text = requests.get(
+        f"{keyed.url}/api/streams/{result['sessionId']}/text",
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=10,
+    ).json()["text"]
+    for name, transport in (("tokenWs", "ws"), ("tokenSse", "sse"), ("keyOnly", "sse")):
+        final = result[name]
+        assert (name, final["status"], final["transport"]) == (name, "completed", transport)
+        assert final["text"] == text
+    assert result["noToken"]["status"] == "failed"
+    assert result["noToken"]["error"]["code"] == "unauthorized"
+    assert "reconnecting" not in result["noTokenEvents"]
