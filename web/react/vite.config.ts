@@ -8,6 +8,7 @@ export default defineConfig({
     lib: { entry: "src/index.ts", formats: ["es"], fileName: "index" },
     rolldownOptions: { external: [/^react($|\/)/, /^react-dom($|\/)/] },
     sourcemap: true,
+    minify: false, // the application's bundler minifies; keep the published code readable
     target: "es2020",
     emptyOutDir: true,
   },

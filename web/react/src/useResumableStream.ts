@@ -282,8 +282,10 @@ function titleOf(prompt: string, options: StartOptions): string {
   return line.length > 60 ? `${line.slice(0, 59)}…` : line;
 }
 
-/** The stream token of a started stream, where the client exposes it (keyed mode). */
+/** The stream token a start got (keyed mode), so the recent list can follow it again.
+ * rstreams.d.ts declares no accessor for it; rstreams.js keeps it as `_token`. */
 function streamTokenOf(stream: Stream): { token?: string } {
-  const token = (stream as unknown as { token?: unknown }).token;
+  const held = stream as unknown as { token?: unknown; _token?: unknown };
+  const token = held.token ?? held._token;
   return typeof token === "string" && token ? { token } : {};
 }
