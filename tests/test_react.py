@@ -3,6 +3,7 @@ the real stack: start, reload and resume, an API killed mid-answer, stop; Strict
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -74,10 +75,10 @@ def _npm(*args: str, cwd: Path = WEB) -> str:
         timeout=600,
         env={**os.environ, "NO_COLOR": "1", "CI": "1"},
     )
-    output = result.stdout + result.stderr
     if result.returncode != 0:
+        output = result.stdout + result.stderr
         pytest.fail(f"`npm {' '.join(args)}` in {cwd} failed:\n{output[-6000:]}")
-    return output
+    return result.stdout
 
 
 @pytest.fixture(scope="session")
@@ -121,6 +122,16 @@ def test_the_package_is_self_contained_esm_with_types(web_build: Path) -> None:
     assert (dist / "rstreams.d.ts").read_text() == (
         ROOT / "api" / "static" / "rstreams.d.ts"
     ).read_text()
+    # What `npm publish` would ship: the build and the README, with React as a peer.
+    packed = json.loads(_npm("pack", "--dry-run", "--json", cwd=WEB / "react"))[0]
+    assert packed["name"] == "@resumable-streams/react"
+    shipped = {f["path"] for f in packed["files"]}
+    assert {"dist/index.js", "dist/index.d.ts", "dist/rstreams.d.ts", "README.md"} <= shipped
+    assert not [path for path in shipped if path.startswith(("src/", "test/"))]
+    manifest = json.loads((WEB / "react" / "package.json").read_text())
+    assert set(manifest["peerDependencies"]) == {"react", "react-dom"}
+    assert "dependencies" not in manifest
+    assert manifest["exports"]["."] == {"types": "./dist/index.d.ts", "import": "./dist/index.js"}
 
 
 # --- the API serves the example ------------------------------------------------------

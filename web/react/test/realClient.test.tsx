@@ -9,7 +9,7 @@ afterEach(() => {
   vi.unstubAllGlobals();
 });
 
-it("sends the token as a bearer key to baseUrl and follows over SSE until unmounted", async () => {
+it("sends the token as a bearer key to baseUrl, follows with the stream token until unmounted", async () => {
   const calls: { url: string; init: RequestInit }[] = [];
   let followAborted = false;
   vi.stubGlobal(
@@ -17,7 +17,7 @@ it("sends the token as a bearer key to baseUrl and follows over SSE until unmoun
     vi.fn(async (url: string, init: RequestInit) => {
       calls.push({ url, init });
       if (init.method === "POST") {
-        return new Response(JSON.stringify({ sessionId: "S".repeat(21), status: "queued" }), {
+        return new Response(JSON.stringify({ sessionId: "S".repeat(21), status: "queued", streamToken: "tok-1" }), {
           status: 202,
           headers: { "Content-Type": "application/json" },
         });
@@ -50,10 +50,21 @@ it("sends the token as a bearer key to baseUrl and follows over SSE until unmoun
     max_tokens: 7,
   });
   await waitFor(() => expect(calls).toHaveLength(2));
-  expect(calls[1].url).toBe(`https://api.example/api/streams/${id}`);
+  expect(calls[1].url).toBe(`https://api.example/api/streams/${id}?token=tok-1`);
   expect(new Headers(calls[1].init.headers).get("Authorization")).toBe("Bearer sk-key");
-  expect(recent.list()).toEqual([expect.objectContaining({ sessionId: id, title: "Explain quantum computing" })]);
+  // The start's stream token is remembered, so the session can be followed again.
+  expect(recent.list()).toEqual([
+    expect.objectContaining({ sessionId: id, title: "Explain quantum computing", token: "tok-1" }),
+  ]);
 
   hook.unmount();
   await waitFor(() => expect(followAborted).toBe(true));
+
+  // Another page (no key) resumes by id alone: the remembered token goes with it.
+  const other = renderHook(() => useResumableStream({ baseUrl: "https://api.example", transport: "sse", recent }));
+  act(() => other.result.current.resumeStream(id));
+  await waitFor(() => expect(calls).toHaveLength(3));
+  expect(calls[2].url).toBe(`https://api.example/api/streams/${id}?token=tok-1`);
+  expect(new Headers(calls[2].init.headers).get("Authorization")).toBeNull();
+  other.unmount();
 });
