@@ -61,6 +61,24 @@ def types(log: dict[str, Any]) -> list[str]:
     return [e["type"] for e in log["events"]]
 
 
+def test_the_module_is_served_as_javascript_and_revalidated(api: Api) -> None:
+    response = requests.get(f"{api.url}/static/rstreams.js", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/javascript; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert "export class ResumableStreams" in response.text
+    again = requests.get(
+        f"{api.url}/static/rstreams.js",
+        headers={"If-None-Match": response.headers["ETag"]},
+        timeout=10,
+    )
+    assert again.status_code == 304
+    types = requests.get(f"{api.url}/static/rstreams.d.ts", timeout=10)
+    assert types.status_code == 200
+    assert types.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert "export class Stream" in types.text
+
+
 def test_start_streams_over_a_websocket_to_the_end(page: Any, api: Api) -> None:
     log = page.evaluate(
         """async () => {
@@ -341,6 +359,8 @@ def keyed(make_stack: Any) -> Api:
 
 
 def test_keyed_mode_with_an_api_key_and_with_a_stream_token(browser: Any, keyed: Api) -> None:
+    for name in ("rstreams.js", "rstreams.d.ts", "demo.js", "demo.css"):
+        assert requests.get(f"{keyed.url}/static/{name}", timeout=10).status_code == 200
     page = open_page(browser, keyed)
     try:
         result = page.evaluate(
@@ -395,3 +415,41 @@ def test_keyed_mode_with_an_api_key_and_with_a_stream_token(browser: Any, keyed:
     assert result["noToken"]["status"] == "failed"
     assert result["noToken"]["error"]["code"] == "unauthorized"
     assert "reconnecting" not in result["noTokenEvents"]
+
+
+def test_back_online_reconnects_without_waiting_out_the_backoff(browser: Any, api: Api) -> None:
+    context = browser.new_context()
+    connections: list[int] = []
+
+    def cut_the_first_at_once(ws: Any) -> None:
+        server = ws.connect_to_server()
+        connections.append(0)
+        if len(connections) == 1:
+            ws.close(code=1001, reason="going away")
+        else:
+            server.on_message(ws.send)
+
+    try:
+        page = context.new_page()
+        page.route_web_socket(re.compile(r"/ws"), cut_the_first_at_once)
+        page.goto(api.url + "/healthz")
+        page.evaluate(HARNESS)
+        result = page.evaluate(
+            """async () => {
+              // A first retry 30 to 60 s away: only the `online` event can bring it sooner.
+              const backoff = { initialMs: 60000, maxMs: 60000 };
+              const client = new rs.ResumableStreams({ backoff });
+              const stream = await client.start("back online", { max_tokens: 20 });
+              const log = track(stream);
+              await new Promise((resolve) => stream.on("reconnecting", resolve));
+              window.dispatchEvent(new Event("online"));
+              const late = new Promise((r) => setTimeout(() => r("still waiting"), 20000));
+              const outcome = await Promise.race([stream.finished.then((s) => s.status), late]);
+              return { outcome, events: log.events.map((e) => e.type) };
+            }"""
+        )
+    finally:
+        context.close()
+    assert result["outcome"] == "completed"
+    assert len(connections) == 2
+    assert result["events"].count("reconnecting") == 1

@@ -131,6 +131,9 @@ export interface SessionInfo {
 
 export class Stream {
   readonly sessionId: string;
+  /** The stream token this stream follows with (keyed mode: from `start`'s 202 or
+   * `resume`'s options), or null. A page keeps it to follow the session again. */
+  readonly token: string | null;
   /** The current snapshot. */
   readonly state: StreamState;
   /** Resolves with the terminal snapshot (completed, failed or cancelled); also resolves

@@ -19,6 +19,10 @@
 /** @typedef {import("./rstreams.d.ts").ResumeOptions} ResumeOptions */
 /** @typedef {import("./rstreams.d.ts").SessionInfo} SessionInfo */
 /** @typedef {import("./rstreams.d.ts").RecentSession} RecentSession */
+/**
+ * How one SSE response ended: a refusal (`terminal`), or a reason to follow again.
+ * @typedef {{ terminal: boolean; error: StreamError; retryAfterS?: number; network?: boolean }} Outcome
+ */
 
 // Refusals that no retry can change: the `error` frame's code, or the WebSocket close code.
 const TERMINAL_CODES = new Set(["not_found", "unauthorized", "forbidden_origin", "bad_cursor"]);
@@ -145,8 +149,21 @@ export class Stream {
     this.finished = new Promise((resolve) => {
       this._resolve = resolve;
     });
+    /** @private A browser back online retries at once instead of at the end of its backoff. */
+    this._onOnline = () => {
+      if (this._timer !== null && this._state.reconnecting) {
+        clearTimeout(this._timer);
+        this._connect();
+      }
+    };
+    if (typeof addEventListener === "function") addEventListener("online", this._onOnline);
     // Listeners added right after `resume` returns see every event: connect a tick later.
     this._timer = setTimeout(() => this._connect(), 0);
+  }
+
+  /** The stream token this stream follows with (keyed mode), or null. @returns {string | null} */
+  get token() {
+    return this._token;
   }
 
   /** The current snapshot. @returns {StreamState} */
@@ -175,7 +192,7 @@ export class Stream {
     if (this._closed) return;
     this._closed = true;
     this._stopLink();
-    this._resolve(this._state);
+    this._end();
   }
 
   /** Cancel the generation on the server; the stream then ends `cancelled`. */
@@ -194,7 +211,7 @@ export class Stream {
     return !(this._client._apiKey && !this._token);
   }
 
-  /** @private */
+  /** @private @param {string} type @param {unknown} event */
   _emit(type, event) {
     const set = this._listeners.get(type);
     if (!set) return;
@@ -218,6 +235,12 @@ export class Stream {
       this._emit("status", { status: patch.status });
     }
     this._emit("state", this._state);
+  }
+
+  /** @private Resolve `finished` (once: a promise settles once) and let go of the page. */
+  _end() {
+    if (typeof removeEventListener === "function") removeEventListener("online", this._onOnline);
+    this._resolve(this._state);
   }
 
   /** @private */
@@ -372,7 +395,7 @@ export class Stream {
       return null; // the server ended the response: follow again from the cursor
     })()
       .catch((e) => ({ terminal: false, error: plainError(e), network: true }))
-      .then((outcome) => {
+      .then((/** @type {Outcome | null} */ outcome) => {
         stopIdle();
         if (done) return;
         done = true;
@@ -396,6 +419,7 @@ export class Stream {
   /**
    * @private One SSE event block; returns a terminal outcome for a refusal.
    * @param {string} block
+   * @returns {Outcome | null}
    */
   _sseBlock(block) {
     let type = "message";
@@ -429,6 +453,7 @@ export class Stream {
   /** @private @param {"ws" | "sse"} transport */
   _opened(transport) {
     if (this._closed) return;
+    /** @type {Partial<StreamState>} */
     const patch = { transport, reconnecting: false };
     if (this._state.status === "reconnecting" || this._state.status === "connecting") {
       patch.status = this._serverStatus;
@@ -458,10 +483,10 @@ export class Stream {
     if (this._closed || this._state.ended) return;
     this._set({ status: "failed", error, ended: true, reconnecting: false });
     this._emit("error", error);
-    this._resolve(this._state);
+    this._end();
   }
 
-  /** @private One event of the session (a WebSocket frame or an SSE event's data). */
+  /** @private One event of the session (a WebSocket frame or an SSE event's data). @param {any} event */
   _handle(event) {
     if (this._closed || this._state.ended || !event || typeof event.type !== "string") return;
     /** @type {Partial<StreamState>} */
@@ -501,7 +526,7 @@ export class Stream {
           chunks: this._state.chunks,
           usage: this._state.usage,
         });
-        this._resolve(this._state);
+        this._end();
         return;
       }
       case "cancelled": {
@@ -509,7 +534,7 @@ export class Stream {
         patch.ended = true;
         this._set(patch);
         this._emit("cancelled", {});
-        this._resolve(this._state);
+        this._end();
         return;
       }
       case "error": {
@@ -522,7 +547,7 @@ export class Stream {
         patch.error = error;
         this._set(patch);
         this._emit("error", error);
-        this._resolve(this._state);
+        this._end();
         return;
       }
       default:
@@ -535,17 +560,17 @@ export class Stream {
 export class ResumableStreams {
   /** @param {ClientOptions} [options] */
   constructor(options = {}) {
-    /** @private */
+    /** @internal read by Stream */
     this._baseUrl = String(options.baseUrl || "").replace(/\/+$/, "");
-    /** @private */
+    /** @internal read by Stream */
     this._apiKey = options.apiKey || "";
-    /** @private */
+    /** @internal read by Stream */
     this._transport = options.transport || "auto";
     if (!["auto", "ws", "sse"].includes(this._transport)) {
       throw new TypeError(`transport must be "auto", "ws" or "sse", not ${this._transport}`);
     }
     const backoff = options.backoff || {};
-    /** @private */
+    /** @internal read by Stream */
     this._backoff = {
       initialMs: backoff.initialMs ?? 250,
       maxMs: backoff.maxMs ?? 10000,
@@ -611,7 +636,7 @@ export class ResumableStreams {
     return this._request("DELETE", `/api/streams/${encodeURIComponent(sessionId)}`);
   }
 
-  /** @private */
+  /** @internal the `Authorization` header, if the client has a key @returns {Record<string, string>} */
   _auth() {
     return this._apiKey ? { Authorization: `Bearer ${this._apiKey}` } : {};
   }
