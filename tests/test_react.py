@@ -14,9 +14,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+import requests
 from playwright.sync_api import Page, expect
 
 from api import examples
+from api.apikeys import hash_key
 from api.app import create_app
 from shared.localredis import free_port
 from shared.settings import Settings
@@ -337,3 +339,27 @@ def test_resume_from_the_recent_list_shows_that_session(
     assert ui.answer() == client.text(api.url, first)["text"]
     share = entry.get_by_role("link", name=re.compile("^Share link"))
     assert parse_qs(urlparse(share.get_attribute("href") or "").query)["session"] == [first]
+
+
+def test_keyed_mode_a_shared_link_with_a_stream_token_follows_the_answer(
+    make_stack: Any, web_build: Path, example: Any
+) -> None:
+    key = "sk-react-example-key"
+    stack = make_stack(API_KEYS=f"web:{hash_key(key)}", STREAM_TOKEN_SECRET="s" * 48)
+    stack.worker()
+    api = stack.api()
+    auth = {"Authorization": f"Bearer {key}"}
+    created = client.create(api.url, headers=auth, prompt="Shared in keyed mode", max_tokens=60)
+    session_id, token = created["sessionId"], created["streamToken"]
+
+    # A browser without the key opens the link the example shares: the session in the
+    # query, its stream token in the fragment.
+    ui = example(api, "react-keyed-share")
+    ui.open(f"?session={session_id}#token={token}")
+    ui.expect_status("completed")
+    server = requests.get(f"{api.url}/api/streams/{session_id}/text", headers=auth, timeout=10)
+    assert server.status_code == 200
+    assert ui.answer() == server.json()["text"]
+    assert len(ui.sockets_of(session_id)) == 1, ui.sockets
+    share = ui.page.get_by_test_id("share-link").get_attribute("href") or ""
+    assert urlparse(share).fragment == f"token={token}"

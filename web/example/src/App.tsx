@@ -7,15 +7,21 @@ function sessionInUrl(): string | null {
   return new URLSearchParams(window.location.search).get("session");
 }
 
-function linkTo(sessionId: string): string {
+/** A stream token in the URL's fragment (keyed mode), which browsers send to no server. */
+function tokenInUrl(): string | undefined {
+  return new URLSearchParams(window.location.hash.slice(1)).get("token") ?? undefined;
+}
+
+function linkTo(sessionId: string, token?: string | null): string {
   const url = new URL(window.location.href);
   url.search = "";
+  url.hash = token ? `token=${encodeURIComponent(token)}` : "";
   url.searchParams.set("session", sessionId);
   return url.href;
 }
 
 export function App() {
-  const { startStream, resumeStream, stopStream, content, status, chunks, isStreaming, isReconnecting, error, sessionId } =
+  const { startStream, resumeStream, stopStream, content, status, chunks, isStreaming, isReconnecting, error, sessionId, streamToken } =
     useResumableStream({ baseUrl: "" });
   const [prompt, setPrompt] = useState("Explain quantum computing");
   const [model, setModel] = useState("demo");
@@ -25,15 +31,16 @@ export function App() {
   // keeps one stream).
   useEffect(() => {
     const id = sessionInUrl();
-    if (id) resumeStream(id);
+    const token = tokenInUrl();
+    if (id) resumeStream(id, token ? { token } : undefined);
   }, [resumeStream]);
 
   // Keep the URL on the session shown.
   useEffect(() => {
-    if (sessionId && sessionInUrl() !== sessionId) {
-      window.history.replaceState(null, "", linkTo(sessionId));
+    if (sessionId && (sessionInUrl() !== sessionId || (streamToken && tokenInUrl() !== streamToken))) {
+      window.history.replaceState(null, "", linkTo(sessionId, streamToken));
     }
-  }, [sessionId]);
+  }, [sessionId, streamToken]);
 
   const send = (event: FormEvent) => {
     event.preventDefault();
@@ -89,7 +96,7 @@ export function App() {
         </span>
         {isReconnecting && <span data-testid="reconnecting">reconnecting…</span>}
         {sessionId && (
-          <a data-testid="share-link" href={linkTo(sessionId)}>
+          <a data-testid="share-link" href={linkTo(sessionId, streamToken)}>
             Share link
           </a>
         )}
@@ -106,7 +113,7 @@ export function App() {
         data-testid="recent"
         activeSessionId={sessionId}
         onResume={(s) => resumeStream(s.sessionId, s.token ? { token: s.token } : undefined)}
-        shareUrl={(s) => linkTo(s.sessionId)}
+        shareUrl={(s) => linkTo(s.sessionId, s.token)}
       />
     </main>
   );

@@ -19,7 +19,8 @@ export interface StreamRecoveryProps extends Omit<HTMLAttributes<HTMLElement>, "
   activeSessionId?: string | null;
   /** Called after a stop was accepted (default: nothing more). */
   onStop?: (session: RecentSession) => void;
-  /** The link that opens a session elsewhere. Default: this page with `?session=<id>`. */
+  /** The link that opens a session elsewhere. Default: this page with `?session=<id>`,
+   * and `#token=<stream token>` when there is one. */
   shareUrl?: (session: RecentSession) => string;
   /** The API's origin for status checks and stops ("" is this page's). */
   baseUrl?: string;
@@ -42,6 +43,9 @@ function defaultShareUrl(session: RecentSession): string {
   url.search = "";
   url.hash = "";
   url.searchParams.set("session", session.sessionId);
+  // Keyed mode: the stream token in the fragment, which browsers send to no server (as
+  // the demo page does).
+  if (session.token) url.hash = `token=${encodeURIComponent(session.token)}`;
   return url.href;
 }
 

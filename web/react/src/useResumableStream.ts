@@ -66,17 +66,21 @@ export interface UseResumableStreamResult {
   isReconnecting: boolean;
   error: StreamError | null;
   sessionId: string | null;
+  /** The stream token the stream follows with (keyed mode: from the start, or given to
+   * `resumeStream`), for a share link; null without one. */
+  streamToken: string | null;
   /** The client's last snapshot, for anything else (cursor, transport, usage...). */
   state: StreamState | null;
 }
 
 interface View {
   state: StreamState | null;
+  token: string | null;
   status: ResumableStreamStatus;
   error: StreamError | null;
 }
 
-const IDLE: View = { state: null, status: "idle", error: null };
+const IDLE: View = { state: null, token: null, status: "idle", error: null };
 const ACTIVE = new Set<ResumableStreamStatus>([
   "connecting",
   "queued",
@@ -84,8 +88,8 @@ const ACTIVE = new Set<ResumableStreamStatus>([
   "reconnecting",
 ]);
 
-function viewOf(state: StreamState): View {
-  return { state, status: state.status, error: state.error };
+function viewOf(stream: Stream, state: StreamState): View {
+  return { state, token: stream.token ?? null, status: state.status, error: state.error };
 }
 
 /** Any thrown value as a StreamError. */
@@ -158,7 +162,7 @@ export function useResumableStream(
       let lastStatus = stream.state.status;
       const unsubscribe = stream.on("state", (state) => {
         if (followed.current?.stream !== stream) return;
-        setView(viewOf(state));
+        setView(viewOf(stream, state));
         if (state.status !== lastStatus) {
           lastStatus = state.status;
           const list = recent();
@@ -168,7 +172,7 @@ export function useResumableStream(
         }
       });
       followed.current = { stream, unsubscribe };
-      setView(viewOf(stream.state));
+      setView(viewOf(stream, stream.state));
     },
     [release, recent],
   );
@@ -259,7 +263,7 @@ export function useResumableStream(
     };
   }, [release]);
 
-  const { state, status, error } = view;
+  const { state, token, status, error } = view;
   return {
     startStream,
     resumeStream,
@@ -272,6 +276,7 @@ export function useResumableStream(
     isReconnecting: state?.reconnecting ?? false,
     error,
     sessionId: state?.sessionId ?? null,
+    streamToken: token,
     state,
   };
 }
@@ -282,10 +287,7 @@ function titleOf(prompt: string, options: StartOptions): string {
   return line.length > 60 ? `${line.slice(0, 59)}…` : line;
 }
 
-/** The stream token a start got (keyed mode), so the recent list can follow it again.
- * rstreams.d.ts declares no accessor for it; rstreams.js keeps it as `_token`. */
+/** The stream token a start got (keyed mode), so the recent list can follow it again. */
 function streamTokenOf(stream: Stream): { token?: string } {
-  const held = stream as unknown as { token?: unknown; _token?: unknown };
-  const token = held.token ?? held._token;
-  return typeof token === "string" && token ? { token } : {};
+  return stream.token ? { token: stream.token } : {};
 }

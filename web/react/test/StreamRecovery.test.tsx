@@ -92,6 +92,17 @@ describe("<StreamRecovery/>", () => {
     expect(screen.getByRole("status").textContent).toContain("copied");
   });
 
+  it("links to this page with the session, and its stream token in the fragment", () => {
+    const recent = new FakeRecent();
+    recent.add({ sessionId: A, title: "open", createdAt: "2026-11-25T10:00:00Z", status: "completed" });
+    recent.add({ sessionId: B, title: "keyed", createdAt: "2026-11-25T10:01:00Z", status: "completed", token: "t/1" });
+    window.history.replaceState(null, "", "/chat?session=old#token=old");
+    render(<StreamRecovery recent={recent.asRecent()} onResume={() => {}} />);
+    const href = (name: string) => screen.getByRole("link", { name }).getAttribute("href");
+    expect(href("Share link to “open”")).toBe(`${location.origin}/chat?session=${A}`);
+    expect(href("Share link to “keyed”")).toBe(`${location.origin}/chat?session=${B}#token=t%2F1`);
+  });
+
   it("shows sessions added after it rendered", () => {
     const { recent } = setup();
     act(() =>

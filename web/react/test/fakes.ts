@@ -15,6 +15,7 @@ type Listener = (event: never) => void;
 
 export class FakeStream {
   readonly sessionId: string;
+  token: string | null = null;
   state: StreamState;
   closed = false;
   stopped = false;

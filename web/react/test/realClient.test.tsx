@@ -41,6 +41,7 @@ it("sends the token as a bearer key to baseUrl, follows with the stream token un
     id = await hook.result.current.startStream("Explain quantum computing", { model: "demo", max_tokens: 7 });
   });
   expect(id).toBe("S".repeat(21));
+  expect(hook.result.current.streamToken).toBe("tok-1");
   const post = calls[0];
   expect(post.url).toBe("https://api.example/api/streams/generate");
   expect(new Headers(post.init.headers).get("Authorization")).toBe("Bearer sk-key");
