@@ -11,6 +11,8 @@ export default defineConfig({
   plugins: [react()],
   build: { outDir: "dist", emptyOutDir: true },
   server: {
-    proxy: { "/api": { target: api, ws: true, changeOrigin: true } },
+    // The Host header is passed on unchanged, so the API sees the page's own origin and
+    // needs no ALLOWED_ORIGINS entry for the dev server.
+    proxy: { "/api": { target: api, ws: true } },
   },
 });
