@@ -30,6 +30,19 @@ describe("useResumableStream", () => {
     });
   });
 
+  it("returns the same functions on every render, safe as effect dependencies", async () => {
+    const { client, hook } = setup();
+    const first = hook.result.current;
+    act(() => hook.result.current.resumeStream("k".repeat(21)));
+    act(() => client.streams[0].chunk("x"));
+    hook.rerender();
+    const later = hook.result.current;
+    expect(later.startStream).toBe(first.startStream);
+    expect(later.resumeStream).toBe(first.resumeStream);
+    expect(later.stopStream).toBe(first.stopStream);
+    expect(later.closeStream).toBe(first.closeStream);
+  });
+
   it("goes from start through streaming to completed", async () => {
     const { client, recent, hook } = setup();
     let id = "";
@@ -134,6 +147,19 @@ describe("useResumableStream", () => {
       content: "partial",
       isStreaming: false,
     });
+  });
+
+  it("closeStream stops following without cancelling, and keeps what was shown", () => {
+    const { client, hook } = setup();
+    act(() => hook.result.current.resumeStream("l".repeat(21)));
+    act(() => client.streams[0].chunk("kept"));
+    act(() => hook.result.current.closeStream());
+    expect(client.streams[0]).toMatchObject({ closed: true, stopped: false });
+    expect(hook.result.current.content).toBe("kept");
+    // Following it again opens a new stream (a replay from the start).
+    act(() => hook.result.current.resumeStream("l".repeat(21)));
+    expect(client.open).toHaveLength(1);
+    expect(client.streams).toHaveLength(2);
   });
 
   it("closes the stream on unmount", async () => {
