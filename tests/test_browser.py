@@ -186,6 +186,10 @@ def test_the_recent_list_reopens_a_session(browser: Any, api: Api) -> None:
         expect(page.get_by_test_id("recent-item")).to_have_count(2)
         expect_completed_with_text(page, api.url, first)
         page.screenshot(path=screenshot_path("demo-recent"), full_page=True)
+        page.go_back()  # to the page without a session
+        expect(page.get_by_test_id("status")).to_have_text("idle")
+        expect(page.get_by_test_id("answer")).to_have_text("")
+        expect(page.get_by_test_id("share-link")).to_be_hidden()
     finally:
         page.context.close()
 
@@ -210,8 +214,12 @@ KEY = "rsk_demo-page-test-key-0123456789abcdefghijk"
 SECRET = "demo-page-test-stream-token-secret-0123456789"
 
 
-def test_keyed_mode_asks_for_a_key_and_shares_a_stream_token(browser: Any, make_stack: Any) -> None:
-    stack = make_stack(API_KEYS=f"web:{hash_key(KEY)}", STREAM_TOKEN_SECRET=SECRET)
+def test_keyed_mode_asks_for_a_key_shares_a_stream_token_and_tells_a_rate_limit(
+    browser: Any, make_stack: Any
+) -> None:
+    stack = make_stack(
+        API_KEYS=f"web:{hash_key(KEY)}", STREAM_TOKEN_SECRET=SECRET, RATE_CREATES_PER_MIN="1"
+    )
     stack.worker()
     keyed = stack.api()
     page = open_demo(browser, keyed.url)
@@ -240,7 +248,29 @@ def test_keyed_mode_asks_for_a_key_and_shares_a_stream_token(browser: Any, make_
         expect(other.get_by_test_id("status")).to_have_text("completed", timeout=30_000)
         expect(other.get_by_test_id("answer")).to_have_text(text)
         other.screenshot(path=screenshot_path("demo-keyed-shared"), full_page=True)
+        # One creation a minute: the next is refused, and the page says when to try again.
+        page.get_by_test_id("send").click()
+        error = page.get_by_test_id("error")
+        expect(error).to_contain_text(re.compile(r"Too many requests, try again in \d+ s"))
+        assert session_of(page.url) == session_id
+        page.screenshot(path=screenshot_path("demo-rate-limited"), full_page=True)
     finally:
         page.context.close()
         if other is not None:
             other.context.close()
+
+
+def test_a_link_to_an_unknown_session_says_so_once(browser: Any, api: Api) -> None:
+    page = browser.new_context().new_page()
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    try:
+        page.goto(f"{api.url}/?session={'A' * 21}")
+        expect(page.get_by_test_id("status")).to_have_text("failed", timeout=10_000)
+        expect(page.get_by_test_id("error")).to_contain_text("No such session")
+        page.wait_for_timeout(700)  # longer than a first backoff: no retry comes
+        expect(page.get_by_test_id("status")).to_have_text("failed")
+        assert len(sockets) == 1
+        page.screenshot(path=screenshot_path("demo-not-found"), full_page=True)
+    finally:
+        page.context.close()

@@ -453,3 +453,33 @@ def test_back_online_reconnects_without_waiting_out_the_backoff(browser: Any, ap
     assert result["outcome"] == "completed"
     assert len(connections) == 2
     assert result["events"].count("reconnecting") == 1
+
+
+def test_a_chunk_delivered_twice_is_shown_once(browser: Any, api: Api) -> None:
+    context = browser.new_context()
+
+    def deliver_everything_twice(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def twice(message: str | bytes) -> None:
+            ws.send(message)
+            ws.send(message)
+
+        server.on_message(twice)
+
+    try:
+        page = context.new_page()
+        page.route_web_socket(re.compile(r"/ws"), deliver_everything_twice)
+        page.goto(api.url + "/healthz")
+        page.evaluate(HARNESS)
+        log = page.evaluate(
+            """async () => {
+              const stream = await new rs.ResumableStreams().start("twice", { max_tokens: 20 });
+              return settle(stream, track(stream));
+            }"""
+        )
+    finally:
+        context.close()
+    assert chunk_indexes(log) == list(range(20))
+    assert log["final"]["text"] == client.text(api.url, log["final"]["sessionId"])["text"]
+    assert types(log).count("done") == 1

@@ -43,8 +43,8 @@ function describe(error) {
       : "This API needs an API key: enter one below and send again.";
   }
   if (error.httpStatus === 429) {
-    const wait = error.retryAfterS ? ` Try again in ${error.retryAfterS} s.` : "";
-    return `Too many requests: ${error.message}${wait}`;
+    const wait = error.retryAfterS ? `try again in ${error.retryAfterS} s` : "try again shortly";
+    return `Too many requests, ${wait}. (${error.message})`;
   }
   if (error.code === "not_found") {
     return "No such session: it may have expired, or it belongs to another key.";
@@ -193,7 +193,19 @@ function openFromUrl() {
   const params = new URLSearchParams(location.search);
   const sessionId = params.get("session");
   const token = new URLSearchParams(location.hash.slice(1)).get("token") || undefined;
-  if (sessionId) follow(sessionId, token);
+  if (sessionId) {
+    follow(sessionId, token);
+    return;
+  }
+  // Back to the page without a session: show none.
+  if (stream) stream.close();
+  stream = null;
+  unsubscribe.forEach((off) => off());
+  unsubscribe = [];
+  $("answer").textContent = "";
+  $("share").hidden = true;
+  render({ status: "idle", chunks: 0, reconnecting: false, attempt: 0 });
+  renderRecent();
 }
 
 function init() {
