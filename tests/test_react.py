@@ -363,3 +363,13 @@ def test_keyed_mode_a_shared_link_with_a_stream_token_follows_the_answer(
     assert len(ui.sockets_of(session_id)) == 1, ui.sockets
     share = ui.page.get_by_test_id("share-link").get_attribute("href") or ""
     assert urlparse(share).fragment == f"token={token}"
+
+
+def test_a_link_to_an_unknown_session_says_so_once(api: Api, web_build: Path, example: Any) -> None:
+    unknown = "U" * 21
+    ui = example(api, "react-unknown")
+    ui.open(f"?session={unknown}")
+    ui.expect_status("failed")
+    expect(ui.page.get_by_test_id("error")).to_contain_text("not_found")
+    expect(ui.page.get_by_test_id("stop")).to_be_disabled()
+    assert len(ui.sockets_of(unknown)) == 1, ui.sockets
