@@ -67,6 +67,8 @@ function render(state) {
   $("chunks").textContent = String(state.chunks);
   $("stop").disabled = !LIVE.has(status);
   $("answer").setAttribute("aria-busy", String(LIVE.has(status)));
+  const via = { ws: "via WebSocket", sse: "via SSE" };
+  $("transport").textContent = (LIVE.has(status) && via[state.transport]) || "";
   $("reconnect-note").hidden = !state.reconnecting;
   if (state.reconnecting) {
     $("reconnect-note").textContent = `Connection lost: reconnecting (attempt ${state.attempt})…`;
@@ -204,7 +206,7 @@ function openFromUrl() {
   unsubscribe = [];
   $("answer").textContent = "";
   $("share").hidden = true;
-  render({ status: "idle", chunks: 0, reconnecting: false, attempt: 0 });
+  render({ status: "idle", chunks: 0, reconnecting: false, attempt: 0, transport: null });
   renderRecent();
 }
 

@@ -214,7 +214,7 @@ export class Stream {
   /** @private @param {string} type @param {unknown} event */
   _emit(type, event) {
     const set = this._listeners.get(type);
-    if (!set) return;
+    if (!set || this._closed) return; // a listener may close the stream mid-event
     for (const listener of [...set]) {
       try {
         listener(event);
