@@ -494,6 +494,36 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 },
             }
         },
+        "/examples/react/": {
+            "get": {
+                "operationId": "reactExample",
+                "summary": "The React example page (web/example), once built",
+                "security": [],
+                "responses": {
+                    "200": _ok("The page", {"type": "string"}, "text/html"),
+                    **_errors("404"),
+                },
+            }
+        },
+        "/examples/react/{filename}": {
+            "get": {
+                "operationId": "reactExampleFile",
+                "summary": "The React example page's files",
+                "security": [],
+                "parameters": [
+                    {
+                        "name": "filename",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {"description": "The file", "content": {"*/*": {}}},
+                    **_errors("404"),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
