@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, errors, follow, openapi, origins, routes
+from api import auth, errors, follow, metrics, openapi, origins, routes
 from api.backend import EXTENSION, Backend
 from shared.settings import Settings
 
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(routes.bp)
     app.register_blueprint(follow.bp)
     app.register_blueprint(openapi.bp)
+    app.register_blueprint(metrics.bp)
     follow.sock.init_app(app)
     wsgi: Any = _WholeFrames(app.wsgi_app, settings.ws_send_timeout_s)
     if settings.trust_proxy_headers:

@@ -61,9 +61,12 @@ def test_the_product_runs_on_a_guarded_redis_and_logs_no_password(
     assert client.chunks_text(ws.events) == demo_text("guarded", 20)
     assert client.chunks_text(sse.events) == demo_text("guarded", 20)
     assert client.text(api.url, session_id)["text"] == demo_text("guarded", 20)
-    # And the password is in no log of the processes that used it
+    # And the password is in no log of the processes that used it, nor in their metrics
     for proc in (worker, api):
         assert PASSWORD not in proc.log(), f"the Redis password is in {proc.log_path}"
+    metrics = requests.get(f"{api.url}/metrics", timeout=10)
+    assert "rstreams_redis_up 1.0" in metrics.text
+    assert PASSWORD not in metrics.text
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import redis
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-from shared import keys, streams
+from shared import keys, metrics, streams
 from shared.errors import AppendRefused
 from shared.settings import Settings
 
@@ -61,12 +61,17 @@ def reap_once(
             if not keep_going():
                 return counts
             now = streams.now_ms()
+            takeovers = 0
             for session_id, (meta, is_leased) in zip(session_ids, states, strict=True):
                 action = _decide(settings, meta, is_leased, now)
                 if action:
                     _act(r, settings, enqueue, session_id, meta, action)
                     counts[action] += 1
+                    # A running session handed out again: its worker died.
+                    takeovers += action == "requeued" and meta.status == streams.Status.RUNNING
             counts["seen"] += len(session_ids)
+            if takeovers:
+                metrics.count(r, metrics.REAPER_TAKEOVERS, takeovers)
         if cursor == 0:
             return counts
 
