@@ -21,7 +21,7 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from api import auth, hub, limits, metrics, origins, shutdown
 from api.backend import Backend, backend
 from api.routes import session_id_or_404
-from shared import keys, streams
+from shared import keys, logs, streams
 from shared.errors import BadCursor, InvalidRequest, SessionNotFound, TooManyRequests
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,8 @@ def follow_sse(session_id: str) -> Response:
     ping_s = b.settings.sse_ping_s
 
     def body() -> Iterator[bytes]:
+        # The body runs after the request's teardown, in the same greenlet.
+        logs.bind(session_id)
         last_write = time.monotonic()
         yield b": connected\n\n"
         try:

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import redis
 
-from shared import metrics, streams
+from shared import logs, metrics, streams
 from shared.errors import AppendRefused, ProviderError
 from shared.jobs import GenerationRequest
 from shared.settings import Settings
@@ -158,7 +158,10 @@ class Sink:
         if self._down_since is None:
             self._down_since = now
             log.warning(
-                "session %s: Redis unreachable (%s); holding chunks", self.session_id, error
+                "session %s: Redis unreachable (%s); holding chunks",
+                self.session_id,
+                error,
+                extra=logs.about(self.session_id),
             )
         elif now - self._down_since > self.settings.redis_outage_max_s:
             raise StoreUnavailable(
@@ -173,6 +176,7 @@ class Sink:
                 "session %s: Redis back after %.1f s",
                 self.session_id,
                 time.monotonic() - self._down_since,
+                extra=logs.about(self.session_id),
             )
         self._down_since = None
         self._backoff_s = _BACKOFF_START_S

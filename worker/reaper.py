@@ -15,7 +15,7 @@ import redis
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-from shared import keys, metrics, streams
+from shared import keys, logs, metrics, streams
 from shared.errors import AppendRefused
 from shared.settings import Settings
 
@@ -147,15 +147,22 @@ def _requeue(r: redis.Redis, session_id: str, queue: str, enqueue: Enqueue) -> N
     r.hset(keys.meta(session_id), "enqueued_ms", streams.now_ms())
     r.hincrby(keys.meta(session_id), "requeues", 1)
     enqueue(session_id, queue)
-    log.warning("session %s has no live worker: handed out again", session_id)
+    log.warning(
+        "session %s has no live worker: handed out again", session_id, extra=logs.about(session_id)
+    )
 
 
 def _end(r: redis.Redis, settings: Settings, session_id: str, code: str, message: str) -> None:
     try:
         streams.append_error(r, session_id, code, message, token="", ttl_s=settings.stream_ttl_s)
-        log.warning("session %s ended: %s", session_id, code)
+        log.warning("session %s ended: %s", session_id, code, extra=logs.about(session_id))
     except AppendRefused as e:
-        log.info("session %s not ended by the reaper: %s", session_id, e.code)
+        log.info(
+            "session %s not ended by the reaper: %s",
+            session_id,
+            e.code,
+            extra=logs.about(session_id),
+        )
 
 
 def reap_locked(r: redis.Redis, settings: Settings, enqueue: Enqueue, lock: Lock) -> dict[str, int]:
