@@ -11,6 +11,7 @@ followers and every delivery since the web process started. Without that directo
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import time
@@ -68,6 +69,13 @@ _LATENCY = Histogram(
     registry=LOCAL,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+_LATENCY_BOUNDS: list[float] = list(_LATENCY._upper_bounds)  # ends with +Inf
+
+
+# A follower adds up its counts and hands them to the metrics at most this often (and
+# when it leaves): in multiprocess mode every update of a metric is a locked write to
+# a memory-mapped file, which per batch would cost several times what counting does.
+FLUSH_S = 1.0
 
 
 class Follower:
@@ -76,8 +84,13 @@ class Follower:
     def __init__(self, transport: str) -> None:
         self._gauge = _FOLLOWERS.labels(transport)
         self._delivered = _DELIVERED.labels(transport)
+        now = time.time()
         # Entries appended before the follower came are a replay, not a delivery delay.
-        self._since_ms = int(time.time() * 1000)
+        self._since_ms = int(now * 1000)
+        self._flush_at = now + FLUSH_S
+        self._chunks = 0
+        self._latency_counts = [0] * len(_LATENCY_BOUNDS)  # per bucket, not cumulative
+        self._latency_sum = 0.0
         self._gauge.inc()
         self._is_in = True
 
@@ -86,19 +99,39 @@ class Follower:
         first, last = batch[0], batch[-1]
         if first["type"] == "chunk" and last["type"] == "chunk":
             # Chunk indices run on without gaps: no loop over a batch of thousands.
-            chunks = last["index"] - first["index"] + 1
+            self._chunks += last["index"] - first["index"] + 1
         else:
-            chunks = sum(1 for event in batch if event["type"] == "chunk")
-        if chunks:
-            self._delivered.inc(chunks)
+            self._chunks += sum(1 for event in batch if event["type"] == "chunk")
+        now = time.time()
         appended_ms = int(first["id"].partition("-")[0])
         if appended_ms >= self._since_ms:
-            _LATENCY.observe(max(0.0, time.time() - appended_ms / 1000))
+            latency = max(0.0, now - appended_ms / 1000)
+            self._latency_counts[bisect.bisect_left(_LATENCY_BOUNDS, latency)] += 1
+            self._latency_sum += latency
+        if now >= self._flush_at:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the metrics."""
+        self._flush_at = time.time() + FLUSH_S
+        if self._chunks:
+            self._delivered.inc(self._chunks)
+            self._chunks = 0
+        if self._latency_sum or any(self._latency_counts):
+            # Histogram.observe adds 1 to a bucket and the value to the sum; this adds
+            # many observations' worth at once.
+            for bucket, n in zip(_LATENCY._buckets, self._latency_counts, strict=True):
+                if n:
+                    bucket.inc(n)
+            _LATENCY._sum.inc(self._latency_sum)
+            self._latency_counts = [0] * len(_LATENCY_BOUNDS)
+            self._latency_sum = 0.0
 
     def leave(self) -> None:
-        """The follower is gone (idempotent)."""
+        """The follower is gone: flush its counts, leave the gauge (idempotent)."""
         if self._is_in:
             self._is_in = False
+            self.flush()
             self._gauge.dec()
 
 

@@ -65,6 +65,9 @@ def test_a_session_followed_live_counts_its_chunks_both_ways(api: Api, worker: W
         lambda s: (
             grew("rstreams_chunks_appended_total", s) >= 30
             and grew("rstreams_generation_seconds_count", s) >= 1
+            # A follower hands its counts over when it leaves, just after its close.
+            and grew("rstreams_chunks_delivered_total", s, transport="ws") >= 30
+            and grew("rstreams_chunks_delivered_total", s, transport="sse") >= 30
         ),
     )
     # Then the workers appended 30 chunks in one generation, and the API delivered 30
