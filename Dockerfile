@@ -5,7 +5,8 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY api ./api
 COPY worker ./worker
-RUN pip install . && useradd --create-home app
+# With the [monitoring] extra: the compose file's optional Flower service runs this image too.
+RUN pip install '.[monitoring]' && useradd --create-home app
 USER app
 EXPOSE 8000
 CMD ["gunicorn", "-c", "api/gunicorn_conf.py", "api.app:create_app()"]

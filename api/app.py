@@ -6,11 +6,12 @@ import logging
 import threading
 from typing import Any
 
-from flask import Flask
+from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, errors, examples, follow, openapi, origins, routes
+from api import auth, errors, examples, follow, metrics, openapi, origins, routes
 from api.backend import EXTENSION, Backend
+from shared import logs
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,23 @@ class _WholeFrames:
         return self.app(environ, start_response)
 
 
+def _bind_session() -> None:
+    """Lines logged while handling /api/streams/<id>... carry the session id."""
+    session_id = (request.view_args or {}).get("session_id") or (
+        request.args.get("sessionId") if request.path == "/api/streams/generate" else None
+    )
+    logs.bind(session_id if isinstance(session_id, str) else None)
+
+
+def _unbind_session(_error: BaseException | None = None) -> None:
+    # A keep-alive connection serves its next request in the same greenlet.
+    logs.bind(None)
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the API for `settings` (default: from the environment)."""
     settings = settings or Settings.from_env()
+    logs.configure(settings.log_format)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["SOCK_SERVER_OPTIONS"] = {
@@ -70,12 +85,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = Backend.build(settings)
     errors.register(app)
+    app.before_request(_bind_session)
+    app.teardown_request(_unbind_session)
     origins.register(app)  # before credentials: a CORS preflight carries none
     auth.register(app, settings)
     app.register_blueprint(routes.bp)
     app.register_blueprint(follow.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(examples.bp)
+    app.register_blueprint(metrics.bp)
     follow.sock.init_app(app)
     wsgi: Any = _WholeFrames(app.wsgi_app, settings.ws_send_timeout_s)
     if settings.trust_proxy_headers:

@@ -18,10 +18,10 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from api import auth, hub, limits, origins, shutdown
+from api import auth, hub, limits, metrics, origins, shutdown
 from api.backend import Backend, backend
 from api.routes import session_id_or_404
-from shared import keys, streams
+from shared import keys, logs, streams
 from shared.errors import BadCursor, InvalidRequest, SessionNotFound, TooManyRequests
 
 log = logging.getLogger(__name__)
@@ -180,17 +180,20 @@ def follow_ws(ws: Any, session_id: str) -> None:
     is_plain = "permessage-deflate" not in request.headers.get("Sec-WebSocket-Extensions", "")
     shutdown.register(ws)
     place = None
+    follower = None
     try:
         if not keys.is_session_id(session_id):
             raise SessionNotFound(f"no session {session_id[:64]}")
         auth.check_owner(session_id)
         place = limits.join_followers(session_id)
+        follower = metrics.Follower("ws")
         for batch in _events(b, session_id, after):
             if shutdown.is_stopping() or not ws.connected:
                 return
             place.keep()
             if batch:
                 _send_frames(ws, batch, is_plain=is_plain)
+                follower.sent(batch)
     except SessionNotFound as e:
         ws.send(_error_frame(e.code, e.message))
         ws.close(CLOSE_NOT_FOUND, e.code)
@@ -214,6 +217,8 @@ def follow_ws(ws: Any, session_id: str) -> None:
         shutdown.unregister(ws)
         if place is not None:
             place.leave()
+        if follower is not None:
+            follower.leave()
     ws.close(CLOSE_NORMAL)
 
 
@@ -235,9 +240,12 @@ def follow_sse(session_id: str) -> Response:
     after = streams.parse_cursor(request.headers.get("Last-Event-ID") or request.args.get("after"))
     streams.read_meta(b.redis, session_id)  # 404 before any event
     place = limits.join_followers(session_id)  # 429 before any event
+    follower = metrics.Follower("sse")
     ping_s = b.settings.sse_ping_s
 
     def body() -> Iterator[bytes]:
+        # The body runs after the request's teardown, in the same greenlet.
+        logs.bind(session_id)
         last_write = time.monotonic()
         yield b": connected\n\n"
         try:
@@ -253,6 +261,7 @@ def follow_sse(session_id: str) -> Response:
                     continue
                 last_write = now
                 yield b"".join([_sse(event) for event in batch])
+                follower.sent(batch)
         except SessionNotFound as e:
             yield f"event: error\ndata: {_error_frame(e.code, e.message)}\n\n".encode()
         except redis.RedisError as e:
@@ -266,4 +275,5 @@ def follow_sse(session_id: str) -> Response:
     )
     # WSGI closes the response however it ends, even if the body never started.
     response.call_on_close(place.leave)
+    response.call_on_close(follower.leave)
     return response

@@ -7,6 +7,18 @@ a threaded worker would hold one thread per connection (gunicorn#908).
 """
 
 import os
+import shutil
+import tempfile
+
+# prometheus_client's multiprocess mode (api/metrics.py): every web process of this
+# master writes its metrics to files in one directory, and a scrape of any of them sums
+# the files. The workers inherit the variable from the master; it must be set before
+# they import prometheus_client. A directory of our own unless one is given; emptied at
+# start either way, since files left by an earlier run would be counted again.
+_made_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _made_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rstreams-metrics-")
+_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 worker_class = "gevent"
@@ -21,6 +33,41 @@ accesslog = os.environ.get("WEB_ACCESS_LOG") or None
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+    # gunicorn's error and access logs and the app's loggers (root), one JSON object a line
+    # (shared/logs.py); LOG_FORMAT=text keeps gunicorn's own format.
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "shared.logs.JsonFormatter"}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            },
+            "stdout": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stdout",
+            },
+        },
+        "root": {"level": loglevel.upper(), "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": {
+                "level": loglevel.upper(),
+                "handlers": ["stderr"],
+                "propagate": False,
+                "qualname": "gunicorn.error",
+            },
+            "gunicorn.access": {
+                "level": "INFO",
+                "handlers": ["stdout"],
+                "propagate": False,
+                "qualname": "gunicorn.access",
+            },
+        },
+    }
 # Behind Heroku's router or another proxy, trust its X-Forwarded-Proto for wss:// URLs.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 
@@ -46,3 +93,24 @@ def post_worker_init(worker: object) -> None:
             previous(signum, frame)  # type: ignore[arg-type]
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+def on_starting(server: object) -> None:
+    """Start the metrics directory empty."""
+    os.makedirs(_metrics_dir, exist_ok=True)
+    for name in os.listdir(_metrics_dir):
+        if name.endswith(".db"):
+            os.remove(os.path.join(_metrics_dir, name))
+
+
+def child_exit(server: object, worker: object) -> None:
+    """Drop a dead web process's followers from the gauge (its counters stay summed)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
+
+
+def on_exit(server: object) -> None:
+    """Remove the metrics directory if we made it."""
+    if _made_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

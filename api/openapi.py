@@ -524,6 +524,16 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Metrics in Prometheus text format (docs/OPERATIONS.md); with API "
+                "keys configured, any valid key",
+                "responses": {
+                    "200": _ok("The metrics", {"type": "string"}, "text/plain"),
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",

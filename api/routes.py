@@ -15,7 +15,7 @@ from api import auth, limits, tokens
 from api.backend import backend
 from api.errors import error_response
 from api.validation import parse_generate
-from shared import keys, listing, streams
+from shared import keys, listing, logs, streams
 from shared.errors import InvalidRequest, SessionNotFound, TooManyRequests
 from shared.jobs import enqueue
 
@@ -96,6 +96,7 @@ def create() -> Response:
     body = _json_body()
     generation = parse_generate(body, b.settings)
     session_id = nanoid()
+    logs.bind(session_id)
     idem_key = request.headers.get("Idempotency-Key")
     if idem_key is not None:
         if not (0 < len(idem_key) <= MAX_IDEMPOTENCY_KEY_LEN and _is_printable_ascii(idem_key)):

@@ -46,6 +46,12 @@ def active() -> str:
     return f"{PREFIX}:active"
 
 
+def metrics() -> str:
+    """A Hash of the workers' counters and histogram buckets, summed over every worker
+    process, for the API's `/metrics` (one key: one slot in a cluster)."""
+    return f"{PREFIX}:metrics"
+
+
 def reaper_lock() -> str:
     """Held by the one worker process that runs the reaper's pass."""
     return f"{PREFIX}:reaper"

@@ -152,6 +152,13 @@ def _check_cluster(env: Mapping[str, str], redis_url: str) -> None:
         )
 
 
+def _log_format(env: Mapping[str, str]) -> str:
+    value = _str(env, "LOG_FORMAT", "text").lower()
+    if value not in ("text", "json"):
+        raise ConfigError(f"LOG_FORMAT must be text or json, not {value[:20]!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the API and the workers can be configured with; see `.env.example`."""
@@ -216,6 +223,8 @@ class Settings:
     stream_token_ttl_s: int = 3600
     # Browser origins, besides the API's own, that may use it (CORS, WebSocket, SSE); ("*",): any.
     allowed_origins: tuple[str, ...] = ()
+    # `text` or `json` (one JSON object per line, with the session id: shared/logs.py).
+    log_format: str = "text"
 
     @property
     def has_api_keys(self) -> bool:
@@ -340,6 +349,7 @@ class Settings:
             stream_token_secret=_token_secret(env, bool(api_keys)),
             stream_token_ttl_s=_int(env, "STREAM_TOKEN_TTL_S", cls.stream_token_ttl_s, minimum=1),
             allowed_origins=_origins(env),
+            log_format=_log_format(env),
         )
         if not settings.is_model_allowed(settings.default_model):
             raise ConfigError(

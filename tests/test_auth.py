@@ -346,8 +346,14 @@ def test_keys_and_tokens_never_reach_the_logs(keyed: Api, worker: Worker) -> Non
     client.sse_follow(keyed.url, created["sessionId"], token=token)
     client.ws_follow(keyed.ws_url, created["sessionId"], token=token + "x")
     requests.get(f"{keyed.url}/api/streams", headers={"Authorization": "Bearer rsk_wrong-one"})
+    assert requests.get(f"{keyed.url}/metrics", timeout=10).status_code == 401
+    metrics = requests.get(f"{keyed.url}/metrics", headers=bearer("alice"), timeout=10)
+    assert metrics.status_code == 200
+    assert "rstreams_chunks_appended_total" in metrics.text
     time.sleep(0.2)
     logs = keyed.log() + worker.log()
     assert f"/api/streams/{created['sessionId']}" in keyed.log()  # the access log is on
+    # Neither the logs nor what a Prometheus scrape stores carry a secret
     for secret in [*KEYS.values(), token, "rsk_wrong-one", SECRET]:
         assert secret not in logs
+        assert secret not in metrics.text

@@ -21,6 +21,7 @@ from tests import client
 from tests.localcluster import LocalCluster, cluster_stack
 from tests.procs import Api
 from tests.test_follow import assert_well_formed
+from tests.test_metrics import Samples, eventually, scrape, value
 from worker.providers.demo import demo_text
 
 pytestmark = pytest.mark.slow
@@ -72,6 +73,7 @@ def test_sessions_on_every_master_stream_live_to_websocket_followers(
     # Ids are random: create sessions until every master holds some (12 at least; 12 miss
     # a master about 2% of the time, 60 about once in ten billion).
     masters = {n.name for n in stack.rc.get_primaries()}
+    before = scrape(stack.api.url)
     prompts: list[str] = []
     ids: list[str] = []
     while len(ids) < 12 or {node_of(stack.rc, sid) for sid in ids} != masters:
@@ -86,6 +88,21 @@ def test_sessions_on_every_master_stream_live_to_websocket_followers(
         assert_well_formed(result.events, 30)
         assert client.chunks_text(result.events) == demo_text(prompt, 30)
         assert client.text(stack.api.url, session_id)["text"] == demo_text(prompt, 30)
+
+    # And /metrics counts them: the workers' hash is one key on one node
+    def grew(s: Samples, name: str, **labels: str) -> float:
+        return value(s, name, **labels) - value(before, name, **labels)
+
+    appended, delivered = "rstreams_chunks_appended_total", "rstreams_chunks_delivered_total"
+    after = eventually(
+        lambda: scrape(stack.api.url),
+        lambda s: (
+            grew(s, appended) >= 30 * len(ids)
+            and grew(s, delivered, transport="ws") >= 30 * len(ids)
+        ),
+    )
+    assert grew(after, appended) == 30 * len(ids)
+    assert grew(after, delivered, transport="ws") == 30 * len(ids)
 
 
 def test_live_chunks_arrive_as_they_are_written(stack: ClusterStack) -> None:

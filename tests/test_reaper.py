@@ -103,11 +103,13 @@ def test_a_pass_over_2000_sessions_decides_each_by_the_rules(rr: redis.Redis) ->
 
     # Reads cost round trips per page of the index, not per session: one ZSCAN and one
     # pipeline. Writes: 2 per hand-out, the append script and a ZREM per ending (and
-    # loading the script once), a ZREM per drop.
+    # loading the script once), a ZREM per drop, and a page's count of takeovers.
     pages = int(rr.info("commandstats")["cmdstat_zscan"]["calls"])
     assert pages <= 5
     writes = 2 * counts["requeued"] + 2 * (counts["expired"] + counts["gave_up"]) + 2
-    assert requests_sent <= 2 * pages + writes + counts["dropped"]
+    assert requests_sent <= 3 * pages + writes + counts["dropped"]
+    # The dead workers' sessions are the takeovers /metrics reports.
+    assert rr.hget(keys.metrics(), "reaper_takeovers") == str(len(dead_worker))
 
 
 def test_a_pass_that_loses_its_lock_stops_and_says_so(

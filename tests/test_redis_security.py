@@ -11,6 +11,7 @@ import pytest
 import redis
 import requests
 import trustme
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.localredis import LocalRedis
 from shared.redisconn import redacted
@@ -61,9 +62,13 @@ def test_the_product_runs_on_a_guarded_redis_and_logs_no_password(
     assert client.chunks_text(ws.events) == demo_text("guarded", 20)
     assert client.chunks_text(sse.events) == demo_text("guarded", 20)
     assert client.text(api.url, session_id)["text"] == demo_text("guarded", 20)
-    # And the password is in no log of the processes that used it
+    # And the password is in no log of the processes that used it, nor in their metrics
     for proc in (worker, api):
         assert PASSWORD not in proc.log(), f"the Redis password is in {proc.log_path}"
+    metrics = requests.get(f"{api.url}/metrics", timeout=10)
+    families = {f.name: f for f in text_string_to_metric_families(metrics.text)}
+    assert families["rstreams_redis_up"].samples[0].value == 1
+    assert PASSWORD not in metrics.text
 
 
 @pytest.mark.parametrize(

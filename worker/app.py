@@ -14,8 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from celery.signals import worker_ready, worker_shutting_down
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_ready,
+    worker_shutting_down,
+)
 
+from shared import logs
 from shared.jobs import enqueue, make_celery
 from shared.redisconn import connect
 from shared.settings import Settings
@@ -44,6 +50,15 @@ app.conf.update(
     # Our tasks store no result (the disabled backend): one shared instance will do.
     result_backend_thread_safe=True,
 )
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _format_logs(logger: logging.Logger, **_: Any) -> None:
+    # Celery gives the root and task loggers its own handlers and formatters; LOG_FORMAT=json
+    # swaps the formatters (shared/logs.py), so Celery's lines are JSON too.
+    if settings.log_format == "json":
+        logs.use_json(logger)
 
 
 @dataclass

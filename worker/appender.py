@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from shared import streams
+from shared import metrics, streams
 
 if TYPE_CHECKING:
     from worker.generate import Sink
@@ -42,8 +42,10 @@ Batch = list[tuple["Sink", list[tuple[int, str]]]]
 class Appender:
     """The process's one writer of chunks."""
 
-    def __init__(self, r: redis.Redis) -> None:
+    def __init__(self, r: redis.Redis, tally: metrics.Tally | None = None) -> None:
         self.r = r
+        # The process's metrics: what is pending rides on each pipeline of chunks.
+        self.tally = tally or metrics.Tally()
         self._queued: queue.SimpleQueue[tuple[Sink, int, str]] = queue.SimpleQueue()
         # Chunks not yet written, per sink; only the appender's thread touches it.
         self._unsent: dict[Sink, deque[tuple[int, str]]] = {}
@@ -117,6 +119,8 @@ class Appender:
                     maxlen=sink.settings.stream_maxlen,
                     ttl_s=sink.settings.stream_ttl_s,
                 )
+        sent = sum(len(items) for _sink, items in batch)
+        tallied = self.tally.queue_into(pipe)
         answers: list[object]
         try:
             if not self._script_loaded:
@@ -124,9 +128,12 @@ class Appender:
                 self._script_loaded = True
             answers = pipe.execute(raise_on_error=False)
         except redis.RedisError as e:
-            answers = [e] * sum(len(items) for _sink, items in batch)
+            answers = [e] * (sent + len(tallied))
         finally:
             pipe.reset()
+        if any(isinstance(a, Exception) for a in answers[sent:]):
+            self.tally.restore(tallied)
+        answers = answers[:sent]
         # A restarted Redis has forgotten the script: load it before the next batch.
         if any(isinstance(a, redis.exceptions.NoScriptError) for a in answers):
             self._script_loaded = False

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import redis
 
-from shared import streams
+from shared import logs, metrics, streams
 from shared.errors import AppendRefused, ProviderError
 from shared.jobs import GenerationRequest
 from shared.settings import Settings
@@ -110,6 +110,8 @@ class Sink:
             self._recovered()
         if written:
             self.written += written
+            # Before the generation hears of it: its final flush of the metrics counts them.
+            self.appender.tally.add(metrics.CHUNKS_APPENDED, written)
             with self._changed:
                 self._changed.notify_all()
         return written
@@ -156,7 +158,10 @@ class Sink:
         if self._down_since is None:
             self._down_since = now
             log.warning(
-                "session %s: Redis unreachable (%s); holding chunks", self.session_id, error
+                "session %s: Redis unreachable (%s); holding chunks",
+                self.session_id,
+                error,
+                extra=logs.about(self.session_id),
             )
         elif now - self._down_since > self.settings.redis_outage_max_s:
             raise StoreUnavailable(
@@ -171,6 +176,7 @@ class Sink:
                 "session %s: Redis back after %.1f s",
                 self.session_id,
                 time.monotonic() - self._down_since,
+                extra=logs.about(self.session_id),
             )
         self._down_since = None
         self._backoff_s = _BACKOFF_START_S
@@ -222,6 +228,8 @@ def run(
         log.info("session %s not generated here: %s", session_id, state)
         return state
     stopping = stopping or threading.Event()
+    started = time.monotonic()
+    outcome = "raised"
     try:
         outcome = _generate(
             r,
@@ -235,6 +243,10 @@ def run(
         )
     finally:
         keeper.release(held)
+        if outcome in ("completed", "failed"):
+            appender.tally.generation(time.monotonic() - started)
+        # One small write per attempt: this session's last chunk counts, its time, its error.
+        appender.tally.flush(r)
     if outcome == "handed_over" and hand_over is not None:
         hand_over(session_id)  # after the release, or the next worker finds the lease held
     return outcome
@@ -324,6 +336,7 @@ def _generate(
         return e.code
     except ProviderError as e:
         log.warning("session %s failed at the provider: %s (%s)", session_id, e.code, e.message)
+        appender.tally.provider_error(e.code)
         _end_with_error(sink, e.code, e.message)
         return "failed"
     except StoreUnavailable:

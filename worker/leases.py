@@ -16,7 +16,7 @@ import time
 
 import redis
 
-from shared import streams
+from shared import logs, streams
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,11 @@ class LeaseKeeper:
         try:
             streams.release_lease(self.r, held.session_id, held.token)
         except redis.RedisError:
-            log.warning("could not release lease of %s; it expires by itself", held.session_id)
+            log.warning(
+                "could not release lease of %s; it expires by itself",
+                held.session_id,
+                extra=logs.about(held.session_id),
+            )
 
     def renew_all(self) -> None:
         """Renew every held lease once; mark the ones that could not be renewed lost."""
@@ -90,9 +94,18 @@ class LeaseKeeper:
             pipe.reset()
         for h, answer in zip(held, answers, strict=True):
             if isinstance(answer, redis.RedisError):
-                log.warning("could not renew lease of %s: %s", h.session_id, answer)
+                log.warning(
+                    "could not renew lease of %s: %s",
+                    h.session_id,
+                    answer,
+                    extra=logs.about(h.session_id),
+                )
             elif not answer:
-                log.warning("lease of %s lost (taken over or session ended)", h.session_id)
+                log.warning(
+                    "lease of %s lost (taken over or session ended)",
+                    h.session_id,
+                    extra=logs.about(h.session_id),
+                )
                 h.lost.set()
 
     def _run(self) -> None:

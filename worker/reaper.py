@@ -15,7 +15,7 @@ import redis
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-from shared import keys, streams
+from shared import keys, logs, metrics, streams
 from shared.errors import AppendRefused
 from shared.settings import Settings
 
@@ -61,12 +61,17 @@ def reap_once(
             if not keep_going():
                 return counts
             now = streams.now_ms()
+            takeovers = 0
             for session_id, (meta, is_leased) in zip(session_ids, states, strict=True):
                 action = _decide(settings, meta, is_leased, now)
                 if action:
                     _act(r, settings, enqueue, session_id, meta, action)
                     counts[action] += 1
+                    # A running session handed out again: its worker died.
+                    takeovers += action == "requeued" and meta.status == streams.Status.RUNNING
             counts["seen"] += len(session_ids)
+            if takeovers:
+                metrics.count(r, metrics.REAPER_TAKEOVERS, takeovers)
         if cursor == 0:
             return counts
 
@@ -142,15 +147,22 @@ def _requeue(r: redis.Redis, session_id: str, queue: str, enqueue: Enqueue) -> N
     r.hset(keys.meta(session_id), "enqueued_ms", streams.now_ms())
     r.hincrby(keys.meta(session_id), "requeues", 1)
     enqueue(session_id, queue)
-    log.warning("session %s has no live worker: handed out again", session_id)
+    log.warning(
+        "session %s has no live worker: handed out again", session_id, extra=logs.about(session_id)
+    )
 
 
 def _end(r: redis.Redis, settings: Settings, session_id: str, code: str, message: str) -> None:
     try:
         streams.append_error(r, session_id, code, message, token="", ttl_s=settings.stream_ttl_s)
-        log.warning("session %s ended: %s", session_id, code)
+        log.warning("session %s ended: %s", session_id, code, extra=logs.about(session_id))
     except AppendRefused as e:
-        log.info("session %s not ended by the reaper: %s", session_id, e.code)
+        log.info(
+            "session %s not ended by the reaper: %s",
+            session_id,
+            e.code,
+            extra=logs.about(session_id),
+        )
 
 
 def reap_locked(r: redis.Redis, settings: Settings, enqueue: Enqueue, lock: Lock) -> dict[str, int]:

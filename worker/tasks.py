@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared import keys
+from shared import keys, logs
 from shared.jobs import GENERATE
 from worker import generate
 from worker.app import app, hand_over, runtime
@@ -15,13 +15,14 @@ def generate_session(session_id: str) -> str:
     if not isinstance(session_id, str) or not keys.is_session_id(session_id):
         return "bad_session_id"
     rt = runtime()
-    return generate.run(
-        rt.redis,
-        rt.settings,
-        session_id,
-        keeper=rt.keeper,
-        appender=rt.appender,
-        provider_for=provider_for,
-        stopping=rt.stopping,
-        hand_over=hand_over,
-    )
+    with logs.session(session_id):
+        return generate.run(
+            rt.redis,
+            rt.settings,
+            session_id,
+            keeper=rt.keeper,
+            appender=rt.appender,
+            provider_for=provider_for,
+            stopping=rt.stopping,
+            hand_over=hand_over,
+        )

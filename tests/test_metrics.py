@@ -1,0 +1,179 @@
+"""GET /metrics: the workers' counts through Redis, the API's followers and deliveries."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+import websocket
+from prometheus_client.parser import text_string_to_metric_families
+
+from api.apikeys import hash_key
+from tests import client
+from tests.procs import Api, Worker
+from tests.test_worker_faults import holder, wait_for_chunks
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(base_url: str, headers: dict[str, str] | None = None) -> Samples:
+    """Every sample of `/metrics`, by name and labels."""
+    response = requests.get(f"{base_url}/metrics", headers=headers or {}, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"].startswith("text/plain")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """A sample's value; 0 when it is not there (yet)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def eventually(read: Callable[[], Samples], holds: Callable[[Samples], bool]) -> Samples:
+    """Scrape until `holds` (the workers write their counts as a session ends)."""
+    deadline = time.monotonic() + 20
+    while True:
+        samples = read()
+        if holds(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.1)
+
+
+def test_a_session_followed_live_counts_its_chunks_both_ways(api: Api, worker: Worker) -> None:
+    # Given the metrics before
+    before = scrape(api.url)
+    # When a 30-chunk answer is followed live over WebSocket, then replayed over SSE
+    session_id = client.create(api.url, prompt="count me", max_tokens=30)["sessionId"]
+    ws = client.ws_follow(api.ws_url, session_id)
+    assert ws.events[-1]["type"] == "done"
+    sse = client.sse_follow(api.url, session_id)
+    assert client.chunks_text(sse.events) == client.chunks_text(ws.events)
+
+    def grew(name: str, s: Samples, **labels: str) -> float:
+        return value(s, name, **labels) - value(before, name, **labels)
+
+    after = eventually(
+        lambda: scrape(api.url),
+        lambda s: (
+            grew("rstreams_chunks_appended_total", s) >= 30
+            and grew("rstreams_generation_seconds_count", s) >= 1
+            # A follower hands its counts over when it leaves, just after its close.
+            and grew("rstreams_chunks_delivered_total", s, transport="ws") >= 30
+            and grew("rstreams_chunks_delivered_total", s, transport="sse") >= 30
+        ),
+    )
+    # Then the workers appended 30 chunks in one generation, and the API delivered 30
+    # to each follower
+    assert grew("rstreams_chunks_appended_total", after) == 30
+    assert grew("rstreams_generation_seconds_count", after) == 1
+    assert grew("rstreams_generation_seconds_sum", after) > 0
+    assert grew("rstreams_generation_seconds_bucket", after, le="+Inf") == 1
+    assert grew("rstreams_chunks_delivered_total", after, transport="ws") == 30
+    assert grew("rstreams_chunks_delivered_total", after, transport="sse") == 30
+    # And the live follower's batches were timed, the replay's were not
+    live_batches = grew("rstreams_delivery_latency_seconds_count", after)
+    assert 0 < live_batches <= 32  # the status, 30 chunks and done: at most one batch each
+    assert grew("rstreams_delivery_latency_seconds_bucket", after, le="+Inf") == live_batches
+    assert value(after, "rstreams_redis_up") == 1
+    assert value(after, "rstreams_active_sessions") >= 0
+
+
+def test_provider_errors_are_counted_by_code(api: Api, worker: Worker) -> None:
+    before = scrape(api.url)
+    for model in ("fake-401", "fake-error-mid", "fake-error-mid"):
+        session_id = client.create(api.url, prompt="fail", model=model)["sessionId"]
+        assert client.ws_follow(api.ws_url, session_id).events[-1]["type"] == "error"
+
+    def grew(s: Samples, code: str) -> float:
+        name = "rstreams_provider_errors_total"
+        return value(s, name, code=code) - value(before, name, code=code)
+
+    after = eventually(
+        lambda: scrape(api.url),
+        lambda s: grew(s, "provider_auth") >= 1 and grew(s, "provider_error") >= 2,
+    )
+    assert grew(after, "provider_auth") == 1
+    assert grew(after, "provider_error") == 2
+
+
+def test_followers_are_counted_while_connected_over_all_web_processes(
+    make_stack: Any, logs_dir: Path
+) -> None:
+    # Given an API with two web processes (a scrape reaches either one)
+    stack = make_stack()
+    stack.worker()
+    api = Api(stack.env, logs_dir, name=f"{stack.name}-api2")
+    api.env["WEB_CONCURRENCY"] = "2"
+    stack.apis.append(api.start())
+    session_id = client.create(api.url, prompt="long one", max_tokens=2000)["sessionId"]
+    wait_for_chunks(api.url, session_id, 1)
+
+    def followers(s: Samples) -> tuple[float, float]:
+        return (
+            value(s, "rstreams_followers", transport="ws"),
+            value(s, "rstreams_followers", transport="sse"),
+        )
+
+    assert followers(scrape(api.url)) == (0, 0)
+    # When three WebSocket followers and one SSE follower are connected
+    sockets = [
+        websocket.create_connection(f"{api.ws_url}/api/streams/{session_id}/ws", timeout=10)
+        for _ in range(3)
+    ]
+    for ws in sockets:
+        ws.recv()  # the first event: the follower is in
+    sse = requests.get(f"{api.url}/api/streams/{session_id}", stream=True, timeout=10)
+    assert sse.status_code == 200, sse.text
+    lines = client.sse_lines(sse)  # held: dropping the generator would close the response
+    assert next(lines) == ": connected"
+    # Then every scrape, whichever process answers it, counts all four
+    for _ in range(6):
+        assert followers(scrape(api.url)) == (3, 1)
+    # And when they leave, the gauge goes back down
+    for ws in sockets:
+        ws.close(timeout=1)
+        ws.shutdown()
+    sse.close()
+    after = eventually(lambda: scrape(api.url), lambda s: followers(s) == (0, 0))
+    assert followers(after) == (0, 0)
+    requests.delete(f"{api.url}/api/streams/{session_id}", timeout=10)
+
+
+def test_a_reaper_takeover_is_counted(make_stack: Any, r: redis.Redis) -> None:
+    # Given two workers, one generating a session
+    stack = make_stack()
+    workers = [stack.worker(), stack.worker()]
+    api = stack.api()
+    before = scrape(api.url)
+    session_id = client.create(api.url, prompt="survive a crash", max_tokens=100)["sessionId"]
+    wait_for_chunks(api.url, session_id, 10)
+    # When it is killed and the reaper hands the session to the other
+    holder(r, session_id, workers).kill()
+    events = client.ws_follow(api.ws_url, session_id).events
+    assert events[-1]["type"] == "done"
+    # Then /metrics counts one takeover
+    name = "rstreams_reaper_takeovers_total"
+    after = eventually(lambda: scrape(api.url), lambda s: value(s, name) > value(before, name))
+    assert value(after, name) - value(before, name) == 1
+
+
+def test_with_api_keys_metrics_need_a_key(make_stack: Any) -> None:
+    key = "rsk_metrics-test-key-0123456789abcdefghijkl"
+    stack = make_stack(
+        API_KEYS=f"prometheus:{hash_key(key)}",
+        STREAM_TOKEN_SECRET="metrics-test-token-secret-0123456789abcdef",
+    )
+    api = stack.api()
+    refused = requests.get(f"{api.url}/metrics", timeout=10)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "unauthorized"
+    samples = scrape(api.url, headers={"Authorization": f"Bearer {key}"})
+    assert value(samples, "rstreams_redis_up") == 1
