@@ -13,6 +13,7 @@ import websocket
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.apikeys import hash_key
+from shared.localredis import LocalRedis
 from tests import client
 from tests.procs import Api, Worker
 from tests.test_worker_faults import holder, wait_for_chunks
@@ -47,8 +48,14 @@ def eventually(read: Callable[[], Samples], holds: Callable[[Samples], bool]) ->
         time.sleep(0.1)
 
 
-def test_a_session_followed_live_counts_its_chunks_both_ways(api: Api, worker: Worker) -> None:
-    # Given the metrics before
+def test_a_session_followed_live_counts_its_chunks_both_ways(
+    make_stack: Any, own_redis: LocalRedis
+) -> None:
+    # Given a stack on a Redis of its own (the workers' counts are global: another test's
+    # session still generating in a shared Redis would add to them), and the metrics before
+    stack = make_stack(REDIS_URL=own_redis.url, CELERY_BROKER_URL=own_redis.url)
+    stack.worker()
+    api = stack.api()
     before = scrape(api.url)
     # When a 30-chunk answer is followed live over WebSocket, then replayed over SSE
     session_id = client.create(api.url, prompt="count me", max_tokens=30)["sessionId"]
@@ -147,9 +154,11 @@ def test_followers_are_counted_while_connected_over_all_web_processes(
     requests.delete(f"{api.url}/api/streams/{session_id}", timeout=10)
 
 
-def test_a_reaper_takeover_is_counted(make_stack: Any, r: redis.Redis) -> None:
-    # Given two workers, one generating a session
-    stack = make_stack()
+def test_a_reaper_takeover_is_counted(make_stack: Any, own_redis: LocalRedis) -> None:
+    # Given two workers on a Redis of their own (the counts of other tests' reapers in the
+    # shared one would blur the exact count), one generating a session
+    stack = make_stack(REDIS_URL=own_redis.url, CELERY_BROKER_URL=own_redis.url)
+    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
     workers = [stack.worker(), stack.worker()]
     api = stack.api()
     before = scrape(api.url)
@@ -163,6 +172,7 @@ def test_a_reaper_takeover_is_counted(make_stack: Any, r: redis.Redis) -> None:
     name = "rstreams_reaper_takeovers_total"
     after = eventually(lambda: scrape(api.url), lambda s: value(s, name) > value(before, name))
     assert value(after, name) - value(before, name) == 1
+    r.close()
 
 
 def test_with_api_keys_metrics_need_a_key(make_stack: Any) -> None:
