@@ -27,7 +27,8 @@ worker_connections = int(os.environ.get("WEB_WORKER_CONNECTIONS", "2000"))
 # Heroku sends SIGKILL 30 s after SIGTERM.
 graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT_S", "20"))
 timeout = 30
-keepalive = 5
+# An idle keep-alive connection holds a worker's graceful exit for up to this long.
+keepalive = int(os.environ.get("WEB_KEEPALIVE_S", "5"))
 accesslog = os.environ.get("WEB_ACCESS_LOG") or None
 # The path without its query string: browsers pass stream tokens as `?token=`.
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'

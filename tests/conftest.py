@@ -107,6 +107,9 @@ def stack_env(redis_server: RedisUnderTest, fake_provider: FakeProvider) -> dict
         XREAD_BLOCK_MS="1000",
         SSE_PING_S="1",
         LEASE_TTL_S="5",
+        # A stopping API waits for idle keep-alive connections (browsers, requests
+        # sessions) up to this long: every stack a test stops would wait 5 s.
+        WEB_KEEPALIVE_S="1",
         # Every test talks from 127.0.0.1, one caller in open mode: test_limits.py sets these.
         RATE_CREATES_PER_MIN="0",
         MAX_RUNNING_PER_CALLER="0",
@@ -152,8 +155,11 @@ class Stack:
         return proc
 
     def stop(self) -> None:
-        """Stop everything this stack started."""
-        for proc in [*self.apis, *self.workers]:
+        """Stop everything this stack started, all at once."""
+        procs = [*self.apis, *self.workers]
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
             proc.stop(timeout_s=10)
 
 

@@ -26,6 +26,7 @@ class Proc:
         self.env = env
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.terminated = False
 
     def start(self) -> Proc:
         """Start the process, appending to its log."""
@@ -34,6 +35,7 @@ class Proc:
             self.args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
+        self.terminated = False
         return self
 
     def log(self) -> str:
@@ -46,10 +48,16 @@ class Proc:
             self.proc.kill()
             self.proc.wait()
 
+    def terminate(self) -> None:
+        """SIGTERM, without waiting (`stop` then waits)."""
+        if self.proc and self.proc.poll() is None and not self.terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self.terminated = True
+
     def stop(self, timeout_s: float = 15) -> None:
         """SIGTERM, then SIGKILL if it does not exit in time."""
         if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
