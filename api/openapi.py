@@ -252,6 +252,24 @@ def _errors(*codes: str) -> dict[str, Schema]:
     return {code: {"$ref": f"#/components/responses/E{code}"} for code in codes}
 
 
+def _public_file(operation_id: str, summary: str) -> Schema:
+    """A file served to anyone under a path prefix (`{filename}`)."""
+    return {
+        "get": {
+            "operationId": operation_id,
+            "summary": summary,
+            "security": [],
+            "parameters": [
+                {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {"description": "The file", "content": {"*/*": {}}},
+                **_errors("404"),
+            },
+        }
+    }
+
+
 def _session_param() -> Schema:
     return {"$ref": "#/components/parameters/sessionId"}
 
@@ -475,25 +493,9 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 "responses": {"200": _ok("The page", {"type": "string"}, "text/html")},
             }
         },
-        "/static/{filename}": {
-            "get": {
-                "operationId": "staticFile",
-                "summary": "The demo page's files and the browser client, rstreams.js",
-                "security": [],
-                "parameters": [
-                    {
-                        "name": "filename",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    }
-                ],
-                "responses": {
-                    "200": {"description": "The file", "content": {"*/*": {}}},
-                    **_errors("404"),
-                },
-            }
-        },
+        "/static/{filename}": _public_file(
+            "staticFile", "The demo page's files and the browser client, rstreams.js"
+        ),
         "/examples/react/": {
             "get": {
                 "operationId": "reactExample",
@@ -505,25 +507,9 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 },
             }
         },
-        "/examples/react/{filename}": {
-            "get": {
-                "operationId": "reactExampleFile",
-                "summary": "The React example page's files",
-                "security": [],
-                "parameters": [
-                    {
-                        "name": "filename",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    }
-                ],
-                "responses": {
-                    "200": {"description": "The file", "content": {"*/*": {}}},
-                    **_errors("404"),
-                },
-            }
-        },
+        "/examples/react/{filename}": _public_file(
+            "reactExampleFile", "The React example page's files"
+        ),
         "/metrics": {
             "get": {
                 "operationId": "metrics",
