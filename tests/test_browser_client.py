@@ -417,6 +417,61 @@ def test_keyed_mode_with_an_api_key_and_with_a_stream_token(browser: Any, keyed:
     assert "reconnecting" not in result["noTokenEvents"]
 
 
+def test_an_expired_stream_token_gives_way_to_the_api_key(browser: Any, make_stack: Any) -> None:
+    # Given stream tokens that last 1 s, and a first WebSocket cut after 1.5 s of chunks
+    stack = make_stack(
+        API_KEYS=f"web:{hash_key(KEY)}", STREAM_TOKEN_SECRET=SECRET, STREAM_TOKEN_TTL_S="1"
+    )
+    stack.worker()
+    api = stack.api()
+    connections: list[int] = []
+
+    def cut_the_first_after_75_frames(ws: Any) -> None:
+        server = ws.connect_to_server()
+        connections.append(0)
+        number = len(connections)
+
+        def relay(message: str | bytes) -> None:
+            ws.send(message)
+            connections[number - 1] += 1
+            if number == 1 and connections[0] == 75:
+                ws.close(code=1013, reason="try again later")
+
+        server.on_message(relay)
+
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.route_web_socket(re.compile(r"/ws"), cut_the_first_after_75_frames)
+        page.goto(api.url + "/healthz")
+        page.evaluate(HARNESS)
+        # When a client with an API key follows its start with the token, past its expiry
+        log = page.evaluate(
+            """async (key) => {
+              const client = new rs.ResumableStreams({ apiKey: key, backoff: { initialMs: 50 } });
+              const stream = await client.start("outlive my token", { max_tokens: 120 });
+              return settle(stream, track(stream));
+            }""",
+            KEY,
+        )
+    finally:
+        context.close()
+    # Then the reconnect, refused for the token, goes on with the key over SSE to the end
+    final = log["final"]
+    # The second WebSocket opened (the server refuses after the upgrade: 4401), then SSE
+    assert len(connections) == 2
+    assert [e["transport"] for e in log["events"] if e["type"] == "open"] == ["ws", "ws", "sse"]
+    assert "error" not in types(log)
+    assert final["status"] == "completed" and final["transport"] == "sse"
+    assert chunk_indexes(log) == list(range(120))
+    text = requests.get(
+        f"{api.url}/api/streams/{final['sessionId']}/text",
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=10,
+    ).json()["text"]
+    assert final["text"] == text
+
+
 def test_back_online_reconnects_without_waiting_out_the_backoff(browser: Any, api: Api) -> None:
     context = browser.new_context()
     connections: list[int] = []

@@ -96,7 +96,8 @@ export interface ClientOptions {
   /** The API's origin, e.g. "https://api.example.com"; "" (default) is this page's origin. */
   baseUrl?: string;
   /** An API key, sent as `Authorization: Bearer` on HTTP requests. Never put a secret key
-   * in a public page: a backend should create sessions and hand the page a stream token. */
+   * in a public page: a backend should create sessions and hand the page a stream token.
+   * A stream whose token has expired follows on with this key (over SSE). */
   apiKey?: string;
   /** `auto` (default): WebSocket, falling back to SSE when WebSockets fail to connect. */
   transport?: Transport;

@@ -481,6 +481,15 @@ export class Stream {
   /** @private The server will not let this stream be followed: terminal. @param {StreamError} error */
   _refused(error) {
     if (this._closed || this._state.ended) return;
+    // A stream token lasts STREAM_TOKEN_TTL_S: a client that also holds an API key follows
+    // on with the key instead, over SSE, the transport that can carry it.
+    const client = this._client;
+    if (error.code === "unauthorized" && this._token && client._apiKey && client._transport !== "ws") {
+      this._token = null;
+      this._useSse = true;
+      this._connect();
+      return;
+    }
     this._set({ status: "failed", error, ended: true, reconnecting: false });
     this._emit("error", error);
     this._end();
