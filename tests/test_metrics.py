@@ -14,8 +14,11 @@ import requests
 import websocket
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import metrics as api_metrics
 from api.apikeys import hash_key
+from shared import keys, metrics
 from shared.localredis import LocalRedis
+from shared.redisconn import connect
 from tests import client
 from tests.procs import Api, Worker
 from tests.test_worker_faults import holder, wait_for_chunks
@@ -284,3 +287,22 @@ def test_two_web_dynos_each_report_the_followers_and_deliveries_of_both(
         ws.close(timeout=1)
         ws.shutdown()
     requests.delete(f"{a.url}/api/streams/{long_id}", timeout=10)
+
+
+def test_deliveries_a_failed_flush_could_not_write_are_written_once_by_the_next(
+    own_redis: LocalRedis,
+) -> None:
+    # Given a web process's counts, and a Redis it cannot reach
+    process = api_metrics._Process()
+    process._field = "host:1"
+    process.tally.add_many({metrics.DELIVERED + "ws": 30, metrics.DELIVERY_LATENCY + "sum": 0.5})
+    process._r = connect("redis://127.0.0.1:1/0", socket_timeout_s=0.5)
+    # When a flush fails, and the next reaches Redis
+    process.flush()
+    process._r = connect(own_redis.url)
+    process.flush()
+    process.flush()
+    # Then the counts are in Redis once
+    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    assert r.hgetall(keys.metrics()) == {"delivered:ws": "30", "delivery_latency_s:sum": "0.5"}
+    r.close()
