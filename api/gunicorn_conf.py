@@ -7,18 +7,6 @@ a threaded worker would hold one thread per connection (gunicorn#908).
 """
 
 import os
-import shutil
-import tempfile
-
-# prometheus_client's multiprocess mode (api/metrics.py): every web process of this
-# master writes its metrics to files in one directory, and a scrape of any of them sums
-# the files. The workers inherit the variable from the master; it must be set before
-# they import prometheus_client. A directory of our own unless one is given; emptied at
-# start either way, since files left by an earlier run would be counted again.
-_made_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-if _made_metrics_dir:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rstreams-metrics-")
-_metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 worker_class = "gevent"
@@ -96,22 +84,9 @@ def post_worker_init(worker: object) -> None:
     signal.signal(signal.SIGTERM, on_term)
 
 
-def on_starting(server: object) -> None:
-    """Start the metrics directory empty."""
-    os.makedirs(_metrics_dir, exist_ok=True)
-    for name in os.listdir(_metrics_dir):
-        if name.endswith(".db"):
-            os.remove(os.path.join(_metrics_dir, name))
+def worker_exit(server: object, worker: object) -> None:
+    """Add this process's last deliveries to the metrics, and take its followers out of
+    the gauge at once (`api/metrics.py`)."""
+    from api import metrics
 
-
-def child_exit(server: object, worker: object) -> None:
-    """Drop a dead web process's followers from the gauge (its counters stay summed)."""
-    from prometheus_client import multiprocess
-
-    multiprocess.mark_process_dead(worker.pid)  # type: ignore[attr-defined]
-
-
-def on_exit(server: object) -> None:
-    """Remove the metrics directory if we made it."""
-    if _made_metrics_dir:
-        shutil.rmtree(_metrics_dir, ignore_errors=True)
+    metrics.close()

@@ -52,6 +52,13 @@ def metrics() -> str:
     return f"{PREFIX}:metrics"
 
 
+def metrics_followers() -> str:
+    """A Hash of each API process's followers now, for the API's `/metrics`: field
+    `<hostname>:<pid>`, value `<ws> <sse> <unix ms of the write>` (a field not rewritten
+    for a while is a dead process's and is dropped)."""
+    return f"{PREFIX}:metrics:followers"
+
+
 def reaper_lock() -> str:
     """Held by the one worker process that runs the reaper's pass."""
     return f"{PREFIX}:reaper"

@@ -225,6 +225,9 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     # `text` or `json` (one JSON object per line, with the session id: shared/logs.py).
     log_format: str = "text"
+    # How often an API process adds its deliveries to Redis and rewrites its follower count
+    # there (`/metrics`); a count not rewritten for 3 intervals + 2 s is a dead process's.
+    metrics_flush_s: float = 2.0
 
     @property
     def has_api_keys(self) -> bool:
@@ -350,6 +353,7 @@ class Settings:
             stream_token_ttl_s=_int(env, "STREAM_TOKEN_TTL_S", cls.stream_token_ttl_s, minimum=1),
             allowed_origins=_origins(env),
             log_format=_log_format(env),
+            metrics_flush_s=_float(env, "METRICS_FLUSH_S", cls.metrics_flush_s, minimum=0.1),
         )
         if not settings.is_model_allowed(settings.default_model):
             raise ConfigError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +14,11 @@ import requests
 import websocket
 from prometheus_client.parser import text_string_to_metric_families
 
+from api import metrics as api_metrics
 from api.apikeys import hash_key
+from shared import keys, metrics
 from shared.localredis import LocalRedis
+from shared.redisconn import connect
 from tests import client
 from tests.procs import Api, Worker
 from tests.test_worker_faults import holder, wait_for_chunks
@@ -112,10 +117,11 @@ def test_provider_errors_are_counted_by_code(api: Api, worker: Worker) -> None:
 
 
 def test_followers_are_counted_while_connected_over_all_web_processes(
-    make_stack: Any, logs_dir: Path
+    make_stack: Any, logs_dir: Path, own_redis: LocalRedis
 ) -> None:
-    # Given an API with two web processes (a scrape reaches either one)
-    stack = make_stack()
+    # Given an API with two web processes (a scrape reaches either one), on a Redis of its
+    # own (the follower counts are global: another test's API would add to them)
+    stack = make_stack(REDIS_URL=own_redis.url, CELERY_BROKER_URL=own_redis.url)
     stack.worker()
     api = Api(stack.env, logs_dir, name=f"{stack.name}-api2")
     api.env["WEB_CONCURRENCY"] = "2"
@@ -141,7 +147,9 @@ def test_followers_are_counted_while_connected_over_all_web_processes(
     assert sse.status_code == 200, sse.text
     lines = client.sse_lines(sse)  # held: dropping the generator would close the response
     assert next(lines) == ": connected"
-    # Then every scrape, whichever process answers it, counts all four
+    # Then every scrape, whichever process answers it, counts all four (once the processes
+    # wrote their counts to Redis, which they do as a follower comes)
+    eventually(lambda: scrape(api.url), lambda s: followers(s) == (3, 1))
     for _ in range(6):
         assert followers(scrape(api.url)) == (3, 1)
     # And when they leave, the gauge goes back down
@@ -187,3 +195,114 @@ def test_with_api_keys_metrics_need_a_key(make_stack: Any) -> None:
     assert refused.json()["error"]["code"] == "unauthorized"
     samples = scrape(api.url, headers={"Authorization": f"Bearer {key}"})
     assert value(samples, "rstreams_redis_up") == 1
+
+
+def _kill_with_children(api: Api) -> None:
+    """SIGKILL gunicorn's master and its web processes, as a crashed dyno."""
+    assert api.proc is not None
+    master = api.proc.pid
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master:  # the parent's pid
+            children.append(int(stat.parent.name))
+    api.kill()
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_two_web_dynos_each_report_the_followers_and_deliveries_of_both(
+    make_stack: Any, own_redis: LocalRedis
+) -> None:
+    # Given two APIs on one Redis, as two web dynos behind a router (a short flush interval
+    # makes a dead one's followers drop out sooner)
+    stack = make_stack(
+        REDIS_URL=own_redis.url, CELERY_BROKER_URL=own_redis.url, METRICS_FLUSH_S="0.5"
+    )
+    stack.worker()
+    a, b = stack.api(), stack.api()
+
+    def both() -> tuple[Samples, Samples]:
+        return scrape(a.url), scrape(b.url)
+
+    def delivered(s: Samples) -> tuple[float, float]:
+        return (
+            value(s, "rstreams_chunks_delivered_total", transport="ws"),
+            value(s, "rstreams_chunks_delivered_total", transport="sse"),
+        )
+
+    def followers(s: Samples) -> tuple[float, float]:
+        return (
+            value(s, "rstreams_followers", transport="ws"),
+            value(s, "rstreams_followers", transport="sse"),
+        )
+
+    assert [delivered(s) for s in both()] == [(0, 0), (0, 0)]
+    # When a 30-chunk answer is followed over WebSocket through A, and over WebSocket and
+    # SSE through B
+    session_id = client.create(a.url, prompt="two dynos", max_tokens=30)["sessionId"]
+    assert client.ws_follow(a.ws_url, session_id).events[-1]["type"] == "done"
+    assert client.ws_follow(b.ws_url, session_id).events[-1]["type"] == "done"
+    assert client.sse_follow(b.url, session_id).events[-1]["type"] == "done"
+    # Then a scrape of either counts the deliveries of both
+    for api in (a, b):
+        after = eventually(lambda api=api: scrape(api.url), lambda s: delivered(s) == (60, 30))
+        assert delivered(after) == (60, 30)
+        assert value(after, "rstreams_delivery_latency_seconds_count") > 0
+
+    # When two WebSocket followers are connected to A, and one WebSocket and one SSE to B
+    long_id = client.create(a.url, prompt="long one", max_tokens=2000)["sessionId"]
+    wait_for_chunks(a.url, long_id, 1)
+    sockets = [
+        websocket.create_connection(f"{api.ws_url}/api/streams/{long_id}/ws", timeout=10)
+        for api in (a, a, b)
+    ]
+    for ws in sockets:
+        ws.recv()
+    sse = requests.get(f"{b.url}/api/streams/{long_id}", stream=True, timeout=10)
+    lines = client.sse_lines(sse)
+    assert next(lines) == ": connected"
+    # Then a scrape of either counts all four
+    for api in (a, b):
+        now = eventually(lambda api=api: scrape(api.url), lambda s: followers(s) == (3, 1))
+        assert followers(now) == (3, 1)
+    before_kill = delivered(scrape(a.url))
+
+    # When B dies without a word (its processes killed)
+    _kill_with_children(b)
+    sse.close()
+    # Then A's scrape drops B's followers once B's count is stale, and keeps the
+    # deliveries B had written
+    after = eventually(lambda: scrape(a.url), lambda s: followers(s) == (2, 0))
+    assert followers(after) == (2, 0)
+    assert delivered(after)[0] >= before_kill[0]
+    assert delivered(after)[1] >= before_kill[1] >= 30
+    for ws in sockets:
+        ws.close(timeout=1)
+        ws.shutdown()
+    requests.delete(f"{a.url}/api/streams/{long_id}", timeout=10)
+
+
+def test_deliveries_a_failed_flush_could_not_write_are_written_once_by_the_next(
+    own_redis: LocalRedis,
+) -> None:
+    # Given a web process's counts, and a Redis it cannot reach
+    process = api_metrics._Process()
+    process._field = "host:1"
+    process.tally.add_many({metrics.DELIVERED + "ws": 30, metrics.DELIVERY_LATENCY + "sum": 0.5})
+    process._r = connect("redis://127.0.0.1:1/0", socket_timeout_s=0.5)
+    # When a flush fails, and the next reaches Redis
+    process.flush()
+    process._r = connect(own_redis.url)
+    process.flush()
+    process.flush()
+    # Then the counts are in Redis once
+    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    assert r.hgetall(keys.metrics()) == {"delivered:ws": "30", "delivery_latency_s:sum": "0.5"}
+    r.close()
