@@ -200,13 +200,11 @@ def test_auto_falls_back_to_sse_where_websockets_are_refused(browser: Any, api: 
     assert [e["transport"] for e in log["events"] if e["type"] == "open"] == ["sse"]
 
 
-def test_a_dropped_websocket_reconnects_from_its_cursor_without_duplicates(
-    browser: Any, api: Api
-) -> None:
-    context = browser.new_context()
-    connections: list[int] = []
+def cut_the_first_after(frames: int, connections: list[int]) -> Any:
+    """A `route_web_socket` handler that relays, counting frames per connection in
+    `connections`, and closes the first connection with 1013 after `frames` frames."""
 
-    def cut_the_first_after_ten_frames(ws: Any) -> None:
+    def handler(ws: Any) -> None:
         server = ws.connect_to_server()
         connections.append(0)
         number = len(connections)
@@ -214,14 +212,22 @@ def test_a_dropped_websocket_reconnects_from_its_cursor_without_duplicates(
         def relay(message: str | bytes) -> None:
             ws.send(message)
             connections[number - 1] += 1
-            if number == 1 and connections[0] == 10:
+            if number == 1 and connections[0] == frames:
                 ws.close(code=1013, reason="try again later")
 
         server.on_message(relay)
 
+    return handler
+
+
+def test_a_dropped_websocket_reconnects_from_its_cursor_without_duplicates(
+    browser: Any, api: Api
+) -> None:
+    context = browser.new_context()
+    connections: list[int] = []
     try:
         page = context.new_page()
-        page.route_web_socket(re.compile(r"/ws"), cut_the_first_after_ten_frames)
+        page.route_web_socket(re.compile(r"/ws"), cut_the_first_after(10, connections))
         page.goto(api.url + "/healthz")
         page.evaluate(HARNESS)
         log = page.evaluate(
@@ -425,24 +431,10 @@ def test_an_expired_stream_token_gives_way_to_the_api_key(browser: Any, make_sta
     stack.worker()
     api = stack.api()
     connections: list[int] = []
-
-    def cut_the_first_after_75_frames(ws: Any) -> None:
-        server = ws.connect_to_server()
-        connections.append(0)
-        number = len(connections)
-
-        def relay(message: str | bytes) -> None:
-            ws.send(message)
-            connections[number - 1] += 1
-            if number == 1 and connections[0] == 75:
-                ws.close(code=1013, reason="try again later")
-
-        server.on_message(relay)
-
     context = browser.new_context()
     try:
         page = context.new_page()
-        page.route_web_socket(re.compile(r"/ws"), cut_the_first_after_75_frames)
+        page.route_web_socket(re.compile(r"/ws"), cut_the_first_after(75, connections))
         page.goto(api.url + "/healthz")
         page.evaluate(HARNESS)
         # When a client with an API key follows its start with the token, past its expiry
