@@ -36,11 +36,13 @@ HARNESS = """async () => {
 }"""
 
 
-def open_page(browser: Any, api: Api) -> Any:
-    """A fresh page of the API's origin with rstreams.js imported."""
-    context = browser.new_context()
-    page = context.new_page()
-    page.goto(api.url + "/healthz")
+def open_page(browser: Any, origin: str, ws_route: Any = None) -> Any:
+    """A fresh page of `origin` with rstreams.js imported; its WebSockets go through
+    `ws_route` (a Playwright `route_web_socket` handler) when one is given."""
+    page = browser.new_context().new_page()
+    if ws_route is not None:
+        page.route_web_socket(re.compile(r"/ws"), ws_route)
+    page.goto(origin + "/healthz")
     page.evaluate(HARNESS)
     return page
 
@@ -48,7 +50,7 @@ def open_page(browser: Any, api: Api) -> Any:
 @pytest.fixture
 def page(browser: Any, api: Api) -> Iterator[Any]:
     """A page of the shared API with the harness loaded."""
-    page = open_page(browser, api)
+    page = open_page(browser, api.url)
     yield page
     page.context.close()
 
@@ -178,11 +180,8 @@ class NoWebSocketProxy:
 
 def test_auto_falls_back_to_sse_where_websockets_are_refused(browser: Any, api: Api) -> None:
     proxy = NoWebSocketProxy(api.port)
-    context = browser.new_context()
+    page = open_page(browser, proxy.url)
     try:
-        page = context.new_page()
-        page.goto(proxy.url + "/healthz")
-        page.evaluate(HARNESS)
         log = page.evaluate(
             """async () => {
               const stream = await new rs.ResumableStreams().start("no WS", { max_tokens: 30 });
@@ -190,7 +189,7 @@ def test_auto_falls_back_to_sse_where_websockets_are_refused(browser: Any, api: 
             }"""
         )
     finally:
-        context.close()
+        page.context.close()
         proxy.close()
     final = log["final"]
     assert final["status"] == "completed" and final["transport"] == "sse"
@@ -223,13 +222,9 @@ def cut_the_first_after(frames: int, connections: list[int]) -> Any:
 def test_a_dropped_websocket_reconnects_from_its_cursor_without_duplicates(
     browser: Any, api: Api
 ) -> None:
-    context = browser.new_context()
     connections: list[int] = []
+    page = open_page(browser, api.url, ws_route=cut_the_first_after(10, connections))
     try:
-        page = context.new_page()
-        page.route_web_socket(re.compile(r"/ws"), cut_the_first_after(10, connections))
-        page.goto(api.url + "/healthz")
-        page.evaluate(HARNESS)
         log = page.evaluate(
             """async () => {
               const client = new rs.ResumableStreams({ backoff: { initialMs: 50 } });
@@ -238,7 +233,7 @@ def test_a_dropped_websocket_reconnects_from_its_cursor_without_duplicates(
             }"""
         )
     finally:
-        context.close()
+        page.context.close()
     final = log["final"]
     assert len(connections) == 2
     assert types(log).count("reconnecting") == 1
@@ -367,7 +362,7 @@ def keyed(make_stack: Any) -> Api:
 def test_keyed_mode_with_an_api_key_and_with_a_stream_token(browser: Any, keyed: Api) -> None:
     for name in ("rstreams.js", "rstreams.d.ts", "demo.js", "demo.css"):
         assert requests.get(f"{keyed.url}/static/{name}", timeout=10).status_code == 200
-    page = open_page(browser, keyed)
+    page = open_page(browser, keyed.url)
     try:
         result = page.evaluate(
             """async (key) => {
@@ -431,12 +426,8 @@ def test_an_expired_stream_token_gives_way_to_the_api_key(browser: Any, make_sta
     stack.worker()
     api = stack.api()
     connections: list[int] = []
-    context = browser.new_context()
+    page = open_page(browser, api.url, ws_route=cut_the_first_after(75, connections))
     try:
-        page = context.new_page()
-        page.route_web_socket(re.compile(r"/ws"), cut_the_first_after(75, connections))
-        page.goto(api.url + "/healthz")
-        page.evaluate(HARNESS)
         # When a client with an API key follows its start with the token, past its expiry
         log = page.evaluate(
             """async (key) => {
@@ -447,7 +438,7 @@ def test_an_expired_stream_token_gives_way_to_the_api_key(browser: Any, make_sta
             KEY,
         )
     finally:
-        context.close()
+        page.context.close()
     # Then the reconnect, refused for the token, goes on with the key over SSE to the end
     final = log["final"]
     # The second WebSocket opened (the server refuses after the upgrade: 4401), then SSE
@@ -465,7 +456,6 @@ def test_an_expired_stream_token_gives_way_to_the_api_key(browser: Any, make_sta
 
 
 def test_back_online_reconnects_without_waiting_out_the_backoff(browser: Any, api: Api) -> None:
-    context = browser.new_context()
     connections: list[int] = []
 
     def cut_the_first_at_once(ws: Any) -> None:
@@ -476,11 +466,8 @@ def test_back_online_reconnects_without_waiting_out_the_backoff(browser: Any, ap
         else:
             server.on_message(ws.send)
 
+    page = open_page(browser, api.url, ws_route=cut_the_first_at_once)
     try:
-        page = context.new_page()
-        page.route_web_socket(re.compile(r"/ws"), cut_the_first_at_once)
-        page.goto(api.url + "/healthz")
-        page.evaluate(HARNESS)
         result = page.evaluate(
             """async () => {
               // A first retry 30 to 60 s away: only the `online` event can bring it sooner.
@@ -496,14 +483,13 @@ def test_back_online_reconnects_without_waiting_out_the_backoff(browser: Any, ap
             }"""
         )
     finally:
-        context.close()
+        page.context.close()
     assert result["outcome"] == "completed"
     assert len(connections) == 2
     assert result["events"].count("reconnecting") == 1
 
 
 def test_a_chunk_delivered_twice_is_shown_once(browser: Any, api: Api) -> None:
-    context = browser.new_context()
 
     def deliver_everything_twice(ws: Any) -> None:
         server = ws.connect_to_server()
@@ -514,11 +500,8 @@ def test_a_chunk_delivered_twice_is_shown_once(browser: Any, api: Api) -> None:
 
         server.on_message(twice)
 
+    page = open_page(browser, api.url, ws_route=deliver_everything_twice)
     try:
-        page = context.new_page()
-        page.route_web_socket(re.compile(r"/ws"), deliver_everything_twice)
-        page.goto(api.url + "/healthz")
-        page.evaluate(HARNESS)
         log = page.evaluate(
             """async () => {
               const stream = await new rs.ResumableStreams().start("twice", { max_tokens: 20 });
@@ -526,7 +509,7 @@ def test_a_chunk_delivered_twice_is_shown_once(browser: Any, api: Api) -> None:
             }"""
         )
     finally:
-        context.close()
+        page.context.close()
     assert chunk_indexes(log) == list(range(20))
     assert log["final"]["text"] == client.text(api.url, log["final"]["sessionId"])["text"]
     assert types(log).count("done") == 1
