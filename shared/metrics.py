@@ -71,13 +71,9 @@ class Tally:
     def generation(self, seconds: float) -> None:
         """Observe one generation attempt's duration."""
         upper = next(b for b in GENERATION_BUCKETS_S if seconds <= b)
-        with self._lock:
-            for field, n in (
-                (bucket_field(upper), 1),
-                (GENERATION + "count", 1),
-                (GENERATION + "sum", seconds),
-            ):
-                self._pending[field] = self._pending.get(field, 0) + n
+        self.add_many(
+            {bucket_field(upper): 1, GENERATION + "count": 1, GENERATION + "sum": seconds}
+        )
 
     def queue_into(self, pipe: Any) -> dict[str, float]:
         """Take everything pending and queue its increments on `pipe`; returns what was
@@ -94,9 +90,7 @@ class Tally:
 
     def restore(self, taken: Mapping[str, float]) -> None:
         """Put back counts whose increments did not reach Redis."""
-        with self._lock:
-            for field, n in taken.items():
-                self._pending[field] = self._pending.get(field, 0) + n
+        self.add_many(taken)
 
     def flush(self, r: redis.Redis) -> None:
         """Add everything pending to Redis now; kept for the next try if Redis fails."""
