@@ -64,9 +64,9 @@ class ClusterHub(Hub):
         with self._channel_lock:
             with self._lock:
                 is_new = key not in self._subs
-                self._subs.setdefault(key, set()).add(sub)
+                # A position moved back is read from at the stream's next notification.
+                self._add(key, sub, cursor)
                 if is_new:
-                    self._cursors[key] = cursor
                     self._key_of[channel] = key
                 self._start_keeper()
             if is_new:
@@ -196,7 +196,8 @@ class ClusterHub(Hub):
             pipe.xrange(key, f"({cursor}", "+", count=READ_COUNT)
         results = pipe.execute()
         for key, entries in zip(wanted, results, strict=True):
-            if len(entries) < READ_COUNT:
+            delivered = not entries or self._deliver(
+                key, wanted[key], [(str(i), dict(f)) for i, f in entries]
+            )
+            if delivered and len(entries) < READ_COUNT:
                 dirty.discard(key)  # read to the end; a full page means more to read
-            if entries:
-                self._deliver(key, [(str(i), dict(f)) for i, f in entries])

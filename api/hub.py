@@ -93,6 +93,8 @@ class Hub:
         self.wake_key = f"{keys.PREFIX}:hub:{uuid.uuid4().hex}"
         self._wake_cursor = "0-0"
         self._cursors: dict[str, str] = {}
+        # Streams whose position an entry the hub read has confirmed.
+        self._confirmed: set[str] = set()
         self._subs: dict[str, set[Subscription]] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -107,14 +109,31 @@ class Hub:
         key = keys.events(session_id)
         sub = Subscription(key, self.max_queue)
         with self._lock:
-            is_new = key not in self._subs
-            self._subs.setdefault(key, set()).add(sub)
-            if is_new:
-                self._cursors[key] = cursor
+            must_read = self._add(key, sub, cursor)
             self._start()
-        if is_new:
+        if must_read:
             self._wake()
         return sub
+
+    def _add(self, key: str, sub: Subscription, cursor: str) -> bool:
+        """Add `sub` and place the stream's read position (called with `_lock` held);
+        True when the reader must start a new read for it.
+
+        A new stream is read from `cursor`. Until an entry confirms that position, a
+        follower's cursor is only its client's word, which may lie in the future: a later
+        follower with a lower cursor moves the position back, so one client's cursor
+        delays no one else.
+        """
+        subs = self._subs.setdefault(key, set())
+        subs.add(sub)
+        if len(subs) == 1:
+            self._cursors[key] = cursor
+            self._confirmed.discard(key)
+            return True
+        if key not in self._confirmed and id_key(cursor) < id_key(self._cursors[key]):
+            self._cursors[key] = cursor
+            return True
+        return False
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop delivering to `sub`."""
@@ -125,6 +144,7 @@ class Hub:
                 if not subs:
                     del self._subs[sub.key]
                     self._cursors.pop(sub.key, None)
+                    self._confirmed.discard(sub.key)
 
     def followers(self) -> int:
         """How many followers the hub serves now."""
@@ -169,18 +189,26 @@ class Hub:
                 if key == self.wake_key:
                     self._wake_cursor = entries[-1][0]
                     continue
-                self._deliver(key, entries)
+                self._deliver(key, wanted[key], entries)
 
-    def _deliver(self, key: str, entries: list[tuple[str, dict[str, str]]]) -> None:
-        """Move the stream's cursor past `entries`, decode them once, queue them for all."""
+    def _deliver(self, key: str, read_from: str, entries: list[tuple[str, dict[str, str]]]) -> bool:
+        """Move the stream's cursor past `entries`, decode them once, queue them for all.
+
+        Entries read from a position that has moved back since (`_add`) are dropped (and
+        False returned): the next read, from the new position, brings them again in order.
+        """
         with self._lock:
             if key not in self._subs:
-                return
-            self._cursors[key] = max(self._cursors.get(key, "0-0"), entries[-1][0], key=id_key)
+                return True
+            if self._cursors.get(key) != read_from:
+                return False
+            self._cursors[key] = entries[-1][0]
+            self._confirmed.add(key)
             subs = list(self._subs[key])
         events = [streams.decode_event(entry_id, fields) for entry_id, fields in entries]
         for sub in subs:
             sub.push(events)
+        return True
 
 
 def _by_key(response: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:

@@ -21,6 +21,7 @@ from tests import client
 from tests.localcluster import LocalCluster, cluster_stack
 from tests.procs import Api
 from tests.test_follow import assert_well_formed
+from tests.test_hostile_followers import assert_a_future_cursor_delays_no_one_else
 from tests.test_metrics import Samples, eventually, scrape, value
 from worker.providers.demo import demo_text
 
@@ -139,6 +140,10 @@ def test_resume_from_a_cursor_gives_exactly_the_rest(stack: ClusterStack, cut: i
     assert sse.events == rest.events
     assert sse.ids == [e["id"] for e in rest.events]
     assert client.chunks_text(first + rest.events) == client.text(stack.api.url, session_id)["text"]
+
+
+def test_a_cursor_in_the_future_delays_no_one_else(stack: ClusterStack) -> None:
+    assert_a_future_cursor_delays_no_one_else(stack.api, "ws")
 
 
 def test_sse_follows_a_live_session(stack: ClusterStack) -> None:
