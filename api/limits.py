@@ -45,13 +45,18 @@ def forget_creation(session_id: str) -> None:
 
 
 def join_followers(session_id: str) -> limits.FollowerPlace:
-    """A place among the session's and the caller's followers, or `TooManyRequests`."""
-    b = backend()
-    return limits.join_followers(
-        b.redis,
-        session_id,
-        caller_bucket(),
-        per_session=b.settings.max_followers_per_session,
-        per_caller=b.settings.max_followers_per_caller,
-        lease_s=b.settings.follower_lease_s,
-    )
+    """A place among the session's and the caller's followers (the session's stream-token
+    followers, for a token), or `TooManyRequests`."""
+    settings = backend().settings
+    if auth.caller().token_session is not None:
+        budgets = limits.budgets_of_token(
+            session_id, per_session=settings.max_token_followers_per_session
+        )
+    else:
+        budgets = limits.budgets_of_key(
+            session_id,
+            caller_bucket(),
+            per_session=settings.max_followers_per_session,
+            per_caller=settings.max_followers_per_caller,
+        )
+    return limits.join_followers(backend().redis, budgets, lease_s=settings.follower_lease_s)

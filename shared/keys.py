@@ -110,6 +110,12 @@ def followers(session_id: str) -> str:
     return f"{PREFIX}:{{{session_id}}}:followers"
 
 
+def token_followers(session_id: str) -> str:
+    """A sorted set of the session's followers that came with a stream token (score: when
+    its lease ends, ms): they have a budget of their own, apart from the key's."""
+    return f"{PREFIX}:{{{session_id}}}:followers:token"
+
+
 def is_session_id(value: str) -> bool:
     """Whether `value` has the shape of a session id (never touch Redis with other keys)."""
     return bool(SESSION_ID_RE.match(value))

@@ -156,33 +156,60 @@ class FollowerPlace:
         self.keys = []
 
 
-def join_followers(
-    r: redis.Redis,
-    session_id: str,
-    caller: str,
-    *,
-    per_session: int,
-    per_caller: int,
-    lease_s: int,
-) -> FollowerPlace:
-    """Take a follower's place in the session's and the caller's sets, or raise
-    `TooManyRequests` (code `too_many_followers`) when either is full."""
+@dataclass(frozen=True)
+class FollowerBudget:
+    """A set of followers with a limit (0: none), named by the setting and its holder."""
+
+    key: str
+    limit: int
+    setting: str
+    whose: str
+
+
+def budgets_of_key(
+    session_id: str, caller: str, *, per_session: int, per_caller: int
+) -> list[FollowerBudget]:
+    """What a follower with an API key (or any follower in open mode) counts against."""
+    return [
+        FollowerBudget(
+            keys.followers(session_id), per_session, "MAX_FOLLOWERS_PER_SESSION", "this session"
+        ),
+        FollowerBudget(
+            keys.caller_followers(caller), per_caller, "MAX_FOLLOWERS_PER_CALLER", "this caller"
+        ),
+    ]
+
+
+def budgets_of_token(session_id: str, *, per_session: int) -> list[FollowerBudget]:
+    """What a follower with a stream token counts against: its session's token budget
+    alone, so whoever holds a token cannot lock the key's own followers out."""
+    return [
+        FollowerBudget(
+            keys.token_followers(session_id),
+            per_session,
+            "MAX_TOKEN_FOLLOWERS_PER_SESSION",
+            "this session's stream tokens",
+        )
+    ]
+
+
+def join_followers(r: redis.Redis, budgets: list[FollowerBudget], *, lease_s: int) -> FollowerPlace:
+    """Take a follower's place in every budget's set, or raise `TooManyRequests` (code
+    `too_many_followers`) when one is full."""
     lease_ms = lease_s * 1000
     place = FollowerPlace(r, [], uuid.uuid4().hex, lease_ms, time.monotonic() + lease_s / 3)
-    for key, limit, setting in (
-        (keys.followers(session_id), per_session, "MAX_FOLLOWERS_PER_SESSION"),
-        (keys.caller_followers(caller), per_caller, "MAX_FOLLOWERS_PER_CALLER"),
-    ):
-        if limit <= 0:
+    for budget in budgets:
+        if budget.limit <= 0:
             continue
         now = now_ms()
-        if not run_script(r, _JOIN, [key], [now, now + lease_ms, place.member, limit, lease_ms]):
+        argv = [now, now + lease_ms, place.member, budget.limit, lease_ms]
+        if not run_script(r, _JOIN, [budget.key], argv):
             place.leave()
-            whose = "this session" if setting.endswith("SESSION") else "this caller"
             raise TooManyRequests(
-                f"{limit} followers of {whose} are connected already ({setting})",
+                f"{budget.limit} followers of {budget.whose} are connected already "
+                f"({budget.setting})",
                 retry_after_s=FOLLOWERS_RETRY_AFTER_S,
                 code="too_many_followers",
             )
-        place.keys.append(key)
+        place.keys.append(budget.key)
     return place

@@ -182,6 +182,8 @@ class Settings:
     max_running_per_caller: int = 100
     max_followers_per_session: int = 500
     max_followers_per_caller: int = 1000
+    # Followers with a stream token count here only, never against their key's limits.
+    max_token_followers_per_session: int = 100
     follower_lease_s: int = 60
     # Messages a WebSocket client may send per minute (they are ignored); past it, close 1008.
     ws_client_messages_per_min: int = 120
@@ -297,6 +299,9 @@ class Settings:
             ),
             max_followers_per_caller=_int(
                 env, "MAX_FOLLOWERS_PER_CALLER", cls.max_followers_per_caller
+            ),
+            max_token_followers_per_session=_int(
+                env, "MAX_TOKEN_FOLLOWERS_PER_SESSION", cls.max_token_followers_per_session
             ),
             follower_lease_s=_int(env, "FOLLOWER_LEASE_S", cls.follower_lease_s, minimum=3),
             ws_client_messages_per_min=_int(

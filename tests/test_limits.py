@@ -186,17 +186,27 @@ def test_rate_and_running_settings() -> None:
 class Follower:
     """A WebSocket or SSE follower held open until `close`."""
 
-    def __init__(self, api: Api, session_id: str, headers: dict[str, str], kind: str) -> None:
+    def __init__(
+        self,
+        api: Api,
+        session_id: str,
+        headers: dict[str, str],
+        kind: str,
+        token: str | None = None,
+    ) -> None:
         self.kind = kind
         path = f"/api/streams/{session_id}"
+        query = f"?token={token}" if token else ""
         if kind == "ws":
             self.ws = websocket.create_connection(
-                f"{api.ws_url}{path}/ws", timeout=10, header=headers
+                f"{api.ws_url}{path}/ws{query}", timeout=10, header=headers
             )
             self.first = json.loads(self.ws.recv())
             self.is_admitted = self.first["type"] != "error"
         else:
-            self.sse = requests.get(f"{api.url}{path}", headers=headers, stream=True, timeout=10)
+            self.sse = requests.get(
+                f"{api.url}{path}{query}", headers=headers, stream=True, timeout=10
+            )
             self.is_admitted = self.sse.status_code == 200
 
     def refusal(self) -> tuple[str, int | str]:
@@ -287,6 +297,43 @@ def test_followers_per_session_and_per_caller_across_processes(make_stack: Any) 
         f.close()
 
 
+def test_stream_tokens_have_a_follower_budget_of_their_own(make_stack: Any) -> None:
+    env, auth = keyed(
+        "alice",
+        MAX_FOLLOWERS_PER_CALLER="3",
+        MAX_TOKEN_FOLLOWERS_PER_SESSION="2",
+        DEMO_TOKENS_PER_S="5",
+    )
+    stack = make_stack(**env)
+    stack.worker()
+    api = stack.api()
+    alice = auth["alice"]
+    long = {"prompt": "shared with browsers", "max_tokens": 1000}
+    first = post(api, long, alice).json()
+    s1, token = first["sessionId"], first["streamToken"]
+    held = [Follower(api, s1, {}, "ws", token), Follower(api, s1, {}, "sse", token)]
+    assert all(f.is_admitted for f in held)
+    # The browsers with this session's token have used its budget, over either transport.
+    over = Follower(api, s1, {}, "ws", token)
+    assert over.refusal() == ("too_many_followers", 4429)
+    assert "MAX_TOKEN_FOLLOWERS_PER_SESSION" in over.first["error"]["message"]
+    over.close()
+    sse = Follower(api, s1, {}, "sse", token)
+    assert sse.refusal()[0] == "too_many_followers"
+    sse.close()
+    # The key itself still has all of its own places, on that session too.
+    for kind in ("ws", "sse", "ws"):
+        held.append(Follower(api, s1, alice, kind))
+        assert held[-1].is_admitted
+    assert Follower(api, s1, alice, "sse").refusal()[0] == "too_many_followers"
+    # And the token of another session of the same key has its own budget.
+    second = post(api, long, alice).json()
+    held.append(Follower(api, second["sessionId"], {}, "ws", second["streamToken"]))
+    assert held[-1].is_admitted
+    for f in held:
+        f.close()
+
+
 def test_follower_settings() -> None:
     settings = Settings.from_env({})
     assert settings.max_followers_per_session > 0 and settings.max_followers_per_caller > 0
@@ -294,6 +341,9 @@ def test_follower_settings() -> None:
         Settings.from_env({"FOLLOWER_LEASE_S": "1"})
     with pytest.raises(ConfigError, match="MAX_FOLLOWERS_PER_SESSION"):
         Settings.from_env({"MAX_FOLLOWERS_PER_SESSION": "-2"})
+    assert settings.max_token_followers_per_session > 0
+    with pytest.raises(ConfigError, match="MAX_TOKEN_FOLLOWERS_PER_SESSION"):
+        Settings.from_env({"MAX_TOKEN_FOLLOWERS_PER_SESSION": "many"})
 
 
 def test_the_document_states_the_429s() -> None:
