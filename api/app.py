@@ -76,6 +76,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the API for `settings` (default: from the environment)."""
     settings = settings or Settings.from_env()
     logs.configure(settings.log_format)
+    logging.getLogger("gunicorn.error").addFilter(logs.SEND_TIMEOUTS)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["SOCK_SERVER_OPTIONS"] = {

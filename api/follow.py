@@ -14,7 +14,15 @@ from flask import Blueprint, Response, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Message,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
@@ -48,36 +56,66 @@ def _error_frame(code: str, message: str) -> str:
     return _dumps({"type": "error", "error": {"code": code, "message": message}})
 
 
-class _MessageBudget:
-    """Stands in for simple-websocket's input buffer, which only its reader thread fills:
-    drops each client message unread and, past `per_min` in a minute, closes with 1008.
+class _FrameBudget:
+    """Stands in for simple-websocket's wsproto connection (`ws.ws`), whose events its
+    reader thread handles, to count what the client sends: each message, ping and pong.
+    Past `per_min` in a minute it closes the connection with 1008.
 
-    Raising `LocalProtocolError` is how simple-websocket's reader stops on its own; it
-    then closes the socket, and the handler sees `connected` go false.
+    simple-websocket answers every ping with a pong and reads as fast as a client writes:
+    uncounted, a ping flood costs the API a core. Raising `LocalProtocolError` is how its
+    reader stops on its own; it then closes the socket, and the handler sees `connected`
+    go false.
     """
 
     def __init__(self, ws: Any, per_min: int) -> None:
-        self.ws = ws
+        self._ws = ws
+        self._conn = ws.ws
         self.per_min = per_min
         self.count = 0
         self.window_end = time.monotonic() + 60
 
-    def append(self, _message: Any) -> None:
+    def events(self) -> Iterator[Any]:
+        """The connection's events, each client frame counted."""
+        for event in self._conn.events():
+            if isinstance(event, Ping | Pong) or (
+                isinstance(event, Message) and event.message_finished
+            ):
+                self._count()
+            yield event
+
+    def _count(self) -> None:
         now = time.monotonic()
         if now >= self.window_end:
             self.count, self.window_end = 0, now + 60
         self.count += 1
         if self.count > self.per_min:
-            log.info("closing a WebSocket that sent more than %d messages a minute", self.per_min)
+            log.info(
+                "closing a WebSocket that sent more than %d messages, pings and pongs a minute",
+                self.per_min,
+            )
             close = CloseConnection(CLOSE_POLICY_VIOLATION, "too_many_messages")
-            self.ws.sock.send(self.ws.ws.send(close))
-            raise LocalProtocolError("too many client messages")
+            self._ws.sock.send(self._conn.send(close))
+            _discard_input(self._ws.sock)
+            raise LocalProtocolError("too many client frames")
 
-    def pop(self, _index: int = 0) -> Any:
-        raise IndexError("client messages are not kept")
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
 
-    def __len__(self) -> int:
-        return 0
+
+def _discard_input(sock: Any, max_reads: int = 16) -> None:
+    """Read and drop what a client has sent already, before the socket is closed.
+
+    Closing a socket with unread input sends a reset, which can overtake the close frame
+    just sent: the client would see a reset instead of the reason. Bounded, since a
+    flooding client may never stop.
+    """
+    sock.settimeout(0.05)
+    try:
+        for _ in range(max_reads):
+            if not sock.recv(65536):
+                return
+    except OSError:
+        return
 
 
 def _events(b: Backend, session_id: str, after: str | None) -> Iterator[streams.Batch]:
@@ -158,8 +196,9 @@ def follow_ws(ws: Any, session_id: str) -> None:
     # simple-websocket's reader keeps every message a client sends for `receive`, which
     # nothing here calls: unbounded, a client could fill our memory. Drop them as they come,
     # and close on a client that floods.
-    per_min = b.settings.ws_client_messages_per_min
-    ws.input_buffer = _MessageBudget(ws, per_min) if per_min else deque(maxlen=0)
+    ws.input_buffer = deque(maxlen=0)
+    if per_min := b.settings.ws_client_messages_per_min:
+        ws.ws = _FrameBudget(ws, per_min)
     foreign = origins.failure()
     if foreign is not None:
         ws.send(_error_frame(origins.FORBIDDEN_ORIGIN, foreign))
@@ -276,4 +315,22 @@ def follow_sse(session_id: str) -> Response:
     # WSGI closes the response however it ends, even if the body never started.
     response.call_on_close(place.leave)
     response.call_on_close(follower.leave)
+    _time_out_sends(response, b.settings.ws_send_timeout_s)
     return response
+
+
+def _time_out_sends(response: Response, timeout_s: float) -> None:
+    """Fail the server's writes of this response after `timeout_s` without progress.
+
+    gunicorn writes a streamed body with a blocking `sendall` and no timeout: a client
+    that stops reading would hold its handler, its memory and (unrenewed) its follower
+    place for ever. A timed-out write raises in gunicorn, which closes the connection and
+    the response, and so gives the place up. The socket's own timeout comes back when
+    the response is closed, for the connection's next request.
+    """
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    if sock is None:
+        return
+    before = sock.gettimeout()
+    sock.settimeout(timeout_s)
+    response.call_on_close(lambda: sock.settimeout(before))

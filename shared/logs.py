@@ -74,6 +74,27 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+class SendTimeouts(logging.Filter):
+    """Turns gunicorn's traceback for a write that timed out into one INFO line.
+
+    The API times out writes to a client that stopped reading (`WS_SEND_TIMEOUT_S`); the
+    `TimeoutError` reaches gunicorn, which logs every socket error but a reset or a broken
+    pipe as an ERROR with its traceback. A dropped slow client is routine, not an error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record of a timed-out write; pass every record on."""
+        if record.exc_info and isinstance(record.exc_info[1], TimeoutError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "dropped a client that stopped reading (send timed out)", ()
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+# One instance: `Logger.addFilter` adds it once however often an app is built.
+SEND_TIMEOUTS = SendTimeouts()
+
+
 def use_json(logger: logging.Logger) -> None:
     """Give every handler of `logger` the JSON formatter."""
     for handler in logger.handlers:

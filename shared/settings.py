@@ -364,4 +364,13 @@ class Settings:
             raise ConfigError(
                 f"DEFAULT_MODEL {settings.default_model!r} is not allowed by MODEL_ALLOWLIST"
             )
+        # A follower renews its place when a third of the lease has passed, before a read
+        # (up to XREAD_BLOCK_MS) and a send (up to WS_SEND_TIMEOUT_S): both must fit in
+        # the other two thirds, or a live follower's place could lapse under it.
+        busy_s = settings.xread_block_ms / 1000 + settings.ws_send_timeout_s
+        if busy_s >= settings.follower_lease_s * 2 / 3:
+            raise ConfigError(
+                f"FOLLOWER_LEASE_S ({settings.follower_lease_s}) must be more than 1.5 times "
+                f"XREAD_BLOCK_MS / 1000 + WS_SEND_TIMEOUT_S ({busy_s:g} s)"
+            )
         return settings

@@ -4,14 +4,21 @@ a reader that stops reading, a flood of control frames (docs/SECURITY.md)."""
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from typing import Any
 
 import pytest
+import redis
+import requests
 import websocket
+from nanoid import generate as nanoid
 
+from shared import keys, streams
+from shared.jobs import GenerationRequest, Message
 from tests import client
 from tests.procs import Api
+from tests.test_outages import raw_ws
 
 FUTURE = "9999999999999-0"
 
@@ -53,3 +60,97 @@ def assert_a_future_cursor_delays_no_one_else(api: Api, transport: str) -> None:
     # The hostile follower only waited: the answer is whole for everyone.
     whole = client.ws_follow(api.ws_url, session_id).events
     assert [e["index"] for e in whole if e["type"] == "chunk"] == list(range(500))
+
+
+def live_session_with_backlog(r: redis.Redis, chunks: int = 2000, size: int = 4096) -> str:
+    """A running session with `chunks` chunks of `size` characters (8 MiB by default):
+    far more than the socket buffers between a reader and the API hold."""
+    session_id = nanoid()
+    request = GenerationRequest(model="demo", messages=(Message("user", "backlog"),))
+    streams.create_session(r, session_id, request, queue="unused")
+    _state, token = streams.acquire_lease(r, session_id, 600_000)
+    assert token
+    text = "x" * size
+    for index in range(chunks):
+        streams.append_chunk(r, session_id, index, text, token=token, maxlen=10_000, ttl_s=600)
+    return session_id
+
+
+def stuck_reader(port: int, session_id: str, transport: str) -> socket.socket:
+    """A follower that sends its request and then never reads a byte."""
+    if transport == "ws":
+        return raw_ws(port, f"/api/streams/{session_id}/ws")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        f"GET /api/streams/{session_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
+    return sock
+
+
+def closed_by_server(sock: socket.socket, timeout_s: float = 10) -> bool:
+    """Read what is buffered; True if the server has closed the connection."""
+    sock.settimeout(timeout_s)
+    try:
+        while sock.recv(1 << 20):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_readers_that_stop_reading_are_dropped_and_give_their_places_up(
+    make_stack: Any, r: redis.Redis, transport: str
+) -> None:
+    stack = make_stack(WS_SEND_TIMEOUT_S="2", MAX_FOLLOWERS_PER_SESSION="3")
+    api = stack.api()
+    session_id = live_session_with_backlog(r)
+    places = keys.followers(session_id)
+    stuck = [stuck_reader(api.port, session_id, transport) for _ in range(3)]
+    eventually(lambda: r.zcard(places) == 3, "the stuck readers hold the session's places")
+    # Blocked in a send, each is dropped WS_SEND_TIMEOUT_S later, and its place goes with it.
+    eventually(lambda: r.zcard(places) == 0, "the stuck readers' places came free", 20)
+    assert all(closed_by_server(sock) for sock in stuck)
+    assert len(client.sse_follow(api.url, session_id, max_events=3).events) == 3
+    for sock in stuck:
+        sock.close()
+    # A dropped reader is routine: one line each, no traceback.
+    assert "Traceback" not in api.log()
+    if transport == "sse":
+        assert api.log().count("dropped a client that stopped reading") == 3
+
+
+def eventually(check: Any, what: str, timeout_s: float = 10) -> None:
+    """Wait until `check()` holds."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"not so after {timeout_s} s: {what}"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("frame", ["ping", "pong"])
+def test_a_flood_of_control_frames_is_closed(api: Api, frame: str) -> None:
+    session_id = client.create(api.url, prompt="flood", max_tokens=1000)["sessionId"]
+    ws = websocket.create_connection(f"{api.ws_url}/api/streams/{session_id}/ws", timeout=10)
+    try:
+        ws.recv()  # the handler has the connection
+        opcode = websocket.ABNF.OPCODE_PING if frame == "ping" else websocket.ABNF.OPCODE_PONG
+        one = websocket.ABNF.create_frame("", opcode).format()
+        ws.sock.sendall(one * 1000)  # in one write; the default budget is 120 a minute
+        while True:
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                break
+        assert struct.unpack("!H", data[:2])[0] == 1008
+        assert data[2:] == b"too_many_messages"
+    finally:
+        ws.close(timeout=1)
+        ws.shutdown()
+    # The flood ended one follower, not the session.
+    assert client.info(api.url, session_id)["status"] in ("queued", "running")
+    requests.delete(f"{api.url}/api/streams/{session_id}", timeout=10)

@@ -246,7 +246,8 @@ def test_followers_per_session_and_per_caller_across_processes(make_stack: Any) 
         "bob",
         MAX_FOLLOWERS_PER_SESSION="2",
         MAX_FOLLOWERS_PER_CALLER="3",
-        FOLLOWER_LEASE_S="3",
+        FOLLOWER_LEASE_S="4",
+        WS_SEND_TIMEOUT_S="1",
         DEMO_TOKENS_PER_S="5",
     )
     stack = make_stack(**env)
@@ -339,6 +340,10 @@ def test_follower_settings() -> None:
     assert settings.max_followers_per_session > 0 and settings.max_followers_per_caller > 0
     with pytest.raises(ConfigError, match="FOLLOWER_LEASE_S"):
         Settings.from_env({"FOLLOWER_LEASE_S": "1"})
+    # A follower's place must outlive the longest wait between two of its renewals.
+    with pytest.raises(ConfigError, match=r"FOLLOWER_LEASE_S .*WS_SEND_TIMEOUT_S"):
+        Settings.from_env({"FOLLOWER_LEASE_S": "30", "WS_SEND_TIMEOUT_S": "30"})
+    assert Settings.from_env({"FOLLOWER_LEASE_S": "30", "WS_SEND_TIMEOUT_S": "10"})
     with pytest.raises(ConfigError, match="MAX_FOLLOWERS_PER_SESSION"):
         Settings.from_env({"MAX_FOLLOWERS_PER_SESSION": "-2"})
     assert settings.max_token_followers_per_session > 0
