@@ -72,7 +72,7 @@ def live_session_with_backlog(r: redis.Redis, chunks: int = 2000, size: int = 40
     assert token
     text = "x" * size
     for index in range(chunks):
-        streams.append_chunk(r, session_id, index, text, token=token, maxlen=10_000, ttl_s=600)
+        streams.append_chunk(r, session_id, index, text, token=token, maxlen=chunks + 10, ttl_s=600)
     return session_id
 
 
