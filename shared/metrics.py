@@ -110,11 +110,6 @@ def count(r: redis.Redis, field: str, n: int = 1) -> None:
     r.hincrby(keys.metrics(), field, n)
 
 
-def read(r: redis.Redis) -> dict[str, float]:
-    """The totals: field -> value."""
-    return parse(r.hgetall(keys.metrics()))
-
-
 def parse(raw: Mapping[Any, Any]) -> dict[str, float]:
     """The totals from the Hash as HGETALL answered it."""
     out: dict[str, float] = {}
@@ -122,8 +117,3 @@ def parse(raw: Mapping[Any, Any]) -> dict[str, float]:
         name = field.decode() if isinstance(field, bytes) else str(field)
         out[name] = float(value)
     return out
-
-
-def active_sessions(r: redis.Redis) -> int:
-    """Sessions not yet terminal, from the reaper's index (it prunes ended ones)."""
-    return int(r.zcard(keys.active()))

@@ -513,15 +513,9 @@ def acquire_lease(
     return (str(result[0]), str(result[1]) if len(result) > 1 else None)
 
 
-def renew_lease(r: redis.Redis, session_id: str, token: str, ttl_ms: int) -> bool:
-    """Extend the lease if `token` still holds it; False: lost, or the session ended."""
-    return bool(
-        run_script(r, _RENEW, [keys.meta(session_id), keys.lease(session_id)], [token, ttl_ms])
-    )
-
-
 def queue_renew(pipe: Any, session_id: str, token: str, ttl_ms: int) -> None:
-    """Queue `renew_lease` into a non-transactional `pipe`; its answer is 1 if renewed.
+    """Queue a lease renewal into a non-transactional `pipe`: 1 if `token` still held the
+    lease and it was extended, 0 if it was lost or the session ended.
 
     Run `load_scripts` first.
     """

@@ -7,8 +7,6 @@ first use, not at import.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,8 +100,7 @@ def hand_over(session_id: str) -> None:
 @worker_ready.connect
 def _start_reaper(**_: Any) -> None:
     rt = runtime()
-    name = f"{socket.gethostname()}:{os.getpid()}"
-    Reaper(rt.redis, settings, lambda sid, queue: enqueue(app, sid, queue), name).start()
+    Reaper(rt.redis, settings, lambda sid, queue: enqueue(app, sid, queue)).start()
 
 
 @worker_shutting_down.connect

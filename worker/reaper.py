@@ -216,11 +216,10 @@ def _release(lock: Lock) -> bool:
 class Reaper:
     """Runs `reap_locked` every `REAPER_INTERVAL_S` in one of the worker processes."""
 
-    def __init__(self, r: redis.Redis, settings: Settings, enqueue: Enqueue, name: str) -> None:
+    def __init__(self, r: redis.Redis, settings: Settings, enqueue: Enqueue) -> None:
         self.r = r
         self.settings = settings
         self.enqueue = enqueue
-        self.name = name
         self._thread = threading.Thread(target=self._run, name="reaper", daemon=True)
 
     def start(self) -> None:
