@@ -1,6 +1,8 @@
 """Writes the chunks of every generation in this worker process, a batch at a time.
 
-Generations queue their chunks here (through their `Sink`). One thread per process takes
+Generations queue their chunks here through their `Sink` (below: a session's handle on
+the appender, which `worker.generate` uses and this module alone defines, so the two do
+not import each other). One thread per process takes
 whatever is queued, sends it as one non-transactional pipeline of the atomic append
 script (one call per chunk, each on its own session's keys, so redis-py's cluster
 pipeline can split it by node), and hands every answer back to its sink. The next batch
@@ -21,16 +23,19 @@ import queue
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import redis
 
-from shared import metrics, streams
-
-if TYPE_CHECKING:
-    from worker.generate import Sink
+from shared import logs, metrics, streams
+from shared.errors import AppendRefused
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# A sink's backoff while Redis is unreachable (`Sink._failed`), and `worker.generate`'s.
+BACKOFF_START_S = 0.05
+BACKOFF_MAX_S = 2.0
 
 # Chunks in one pipeline: bounds the memory and the time of one round trip after an
 # outage, when every session has a buffer to write.
@@ -146,3 +151,156 @@ class Appender:
                 chunks.popleft()
             if chunks:
                 self._unsent[sink] = chunks  # at the end: the others go first next time
+
+
+class StoreUnavailable(Exception):
+    """Redis stayed unreachable longer than `REDIS_OUTAGE_MAX_S`."""
+
+
+class Sink:
+    """Queues a session's chunks for the process's appender, which writes them in order,
+    and bounds how many may wait unwritten while Redis is unreachable, so the worker keeps
+    reading from the provider through a Redis restart.
+
+    The appender reports back through `answered` and `fail`, from its own thread; a refusal
+    or a failure it reports is raised in the generation at its next `chunk` or `flush`.
+    """
+
+    def __init__(
+        self,
+        r: redis.Redis,
+        appender: Appender,
+        session_id: str,
+        token: str,
+        first_index: int,
+        settings: Settings,
+    ) -> None:
+        self.r = r
+        self.appender = appender
+        self.session_id = session_id
+        self.token = token
+        self.index = first_index  # the next chunk's index
+        self.written = first_index  # every chunk before this one is in Redis
+        self.settings = settings
+        self.retry_at = 0.0
+        self._backoff_s = BACKOFF_START_S
+        self._down_since: float | None = None
+        self._failure: Exception | None = None  # AppendRefused, StoreUnavailable, ...
+        self._closed = False
+        self._changed = threading.Condition()
+
+    def chunk(self, text: str) -> None:
+        """Queue the next chunk; raises what stopped an earlier one (a refusal, an outage)."""
+        self._check()
+        if self.index - self.written >= self.settings.worker_buffer_chunks:
+            # The buffer is full: wait for Redis rather than grow.
+            self._wait(lambda: self.index - self.written < self.settings.worker_buffer_chunks)
+        self.appender.put(self, self.index, text)
+        self.index += 1
+
+    def flush(self) -> None:
+        """Wait until every queued chunk is written, up to `REDIS_OUTAGE_MAX_S` of outage."""
+        self._wait(lambda: self.written >= self.index)
+
+    def close(self) -> None:
+        """The generation has ended: the appender drops what it still holds of it."""
+        self._closed = True
+
+    def is_writable(self) -> bool:
+        """Whether the appender should still write this sink's chunks."""
+        return self._failure is None and not self._closed
+
+    def answered(self, answers: list[object]) -> int:
+        """Take Redis's answers to the first unwritten chunks; returns how many were written.
+
+        Called by the appender. A connection error leaves this chunk and the later ones
+        to be sent again after a backoff.
+        """
+        written = 0
+        for answer in answers:
+            if isinstance(answer, redis.RedisError):
+                try:
+                    self._failed(answer)
+                except StoreUnavailable as e:
+                    self.fail(e)
+                break
+            try:
+                streams.chunk_result(self.r, self.session_id, answer)
+            except AppendRefused as e:
+                self.fail(e)
+                break
+            written += 1
+            self._recovered()
+        if written:
+            self.written += written
+            # Before the generation hears of it: its final flush of the metrics counts them.
+            self.appender.tally.add(metrics.CHUNKS_APPENDED, written)
+            with self._changed:
+                self._changed.notify_all()
+        return written
+
+    def fail(self, error: Exception) -> None:
+        """Stop writing; the generation raises `error` at its next step (called by the appender)."""
+        self._failure = error
+        with self._changed:
+            self._changed.notify_all()
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _wait(self, is_done: Callable[[], bool]) -> None:
+        with self._changed:
+            while True:
+                self._check()
+                if is_done():
+                    return
+                self._changed.wait()
+
+    def terminal(self, write: Callable[[], object]) -> None:
+        """Flush, then write the terminal event, retrying through a Redis outage."""
+        self.flush()
+        first = True
+        while True:
+            try:
+                write()
+                self._recovered()
+                return
+            except AppendRefused as e:
+                # A retry after a lost reply finds the session already ended by our write.
+                if first or e.code != "terminal":
+                    raise
+                return
+            except redis.RedisError as e:
+                first = False
+                self._failed(e)
+                time.sleep(max(0.0, self.retry_at - time.monotonic()))
+
+    def _failed(self, error: redis.RedisError) -> None:
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                "session %s: Redis unreachable (%s); holding chunks",
+                self.session_id,
+                error,
+                extra=logs.about(self.session_id),
+            )
+        elif now - self._down_since > self.settings.redis_outage_max_s:
+            raise StoreUnavailable(
+                f"Redis unreachable for over {self.settings.redis_outage_max_s} s"
+            ) from error
+        self.retry_at = now + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+
+    def _recovered(self) -> None:
+        if self._down_since is not None:
+            log.warning(
+                "session %s: Redis back after %.1f s",
+                self.session_id,
+                time.monotonic() - self._down_since,
+                extra=logs.about(self.session_id),
+            )
+        self._down_since = None
+        self._backoff_s = BACKOFF_START_S
+        self.retry_at = 0.0

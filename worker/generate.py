@@ -8,15 +8,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import TypeVar
 
 import redis
 
-from shared import logs, metrics, streams
+from shared import streams
 from shared.errors import AppendRefused, ProviderError
 from shared.jobs import GenerationRequest
 from shared.settings import Settings
-from worker.appender import Appender
+from worker.appender import BACKOFF_MAX_S, BACKOFF_START_S, Appender, Sink, StoreUnavailable
 from worker.leases import Held, LeaseKeeper
 from worker.providers import is_demo_model
 from worker.providers.base import Finished, Provider, Resume, TextDelta
@@ -26,167 +27,27 @@ log = logging.getLogger(__name__)
 ProviderFor = Callable[[str, Settings], Provider]
 T = TypeVar("T")
 
-_BACKOFF_START_S = 0.05
-_BACKOFF_MAX_S = 2.0
 
+class Outcome(StrEnum):
+    """What one run of a session came to (the task's result)."""
 
-class StoreUnavailable(Exception):
-    """Redis stayed unreachable longer than `REDIS_OUTAGE_MAX_S`."""
-
-
-class Sink:
-    """Queues a session's chunks for the process's appender, which writes them in order,
-    and bounds how many may wait unwritten while Redis is unreachable, so the worker keeps
-    reading from the provider through a Redis restart.
-
-    The appender reports back through `answered` and `fail`, from its own thread; a refusal
-    or a failure it reports is raised in the generation at its next `chunk` or `flush`.
-    """
-
-    def __init__(
-        self,
-        r: redis.Redis,
-        appender: Appender,
-        session_id: str,
-        token: str,
-        first_index: int,
-        settings: Settings,
-    ) -> None:
-        self.r = r
-        self.appender = appender
-        self.session_id = session_id
-        self.token = token
-        self.index = first_index  # the next chunk's index
-        self.written = first_index  # every chunk before this one is in Redis
-        self.settings = settings
-        self.retry_at = 0.0
-        self._backoff_s = _BACKOFF_START_S
-        self._down_since: float | None = None
-        self._failure: Exception | None = None  # AppendRefused, StoreUnavailable, ...
-        self._closed = False
-        self._changed = threading.Condition()
-
-    def chunk(self, text: str) -> None:
-        """Queue the next chunk; raises what stopped an earlier one (a refusal, an outage)."""
-        self._check()
-        if self.index - self.written >= self.settings.worker_buffer_chunks:
-            # The buffer is full: wait for Redis rather than grow.
-            self._wait(lambda: self.index - self.written < self.settings.worker_buffer_chunks)
-        self.appender.put(self, self.index, text)
-        self.index += 1
-
-    def flush(self) -> None:
-        """Wait until every queued chunk is written, up to `REDIS_OUTAGE_MAX_S` of outage."""
-        self._wait(lambda: self.written >= self.index)
-
-    def close(self) -> None:
-        """The generation has ended: the appender drops what it still holds of it."""
-        self._closed = True
-
-    def is_writable(self) -> bool:
-        """Whether the appender should still write this sink's chunks."""
-        return self._failure is None and not self._closed
-
-    def answered(self, answers: list[object]) -> int:
-        """Take Redis's answers to the first unwritten chunks; returns how many were written.
-
-        Called by the appender. A connection error leaves this chunk and the later ones
-        to be sent again after a backoff.
-        """
-        written = 0
-        for answer in answers:
-            if isinstance(answer, redis.RedisError):
-                try:
-                    self._failed(answer)
-                except StoreUnavailable as e:
-                    self.fail(e)
-                break
-            try:
-                streams.chunk_result(self.r, self.session_id, answer)
-            except AppendRefused as e:
-                self.fail(e)
-                break
-            written += 1
-            self._recovered()
-        if written:
-            self.written += written
-            # Before the generation hears of it: its final flush of the metrics counts them.
-            self.appender.tally.add(metrics.CHUNKS_APPENDED, written)
-            with self._changed:
-                self._changed.notify_all()
-        return written
-
-    def fail(self, error: Exception) -> None:
-        """Stop writing; the generation raises `error` at its next step (called by the appender)."""
-        self._failure = error
-        with self._changed:
-            self._changed.notify_all()
-
-    def _check(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-
-    def _wait(self, is_done: Callable[[], bool]) -> None:
-        with self._changed:
-            while True:
-                self._check()
-                if is_done():
-                    return
-                self._changed.wait()
-
-    def terminal(self, write: Callable[[], object]) -> None:
-        """Flush, then write the terminal event, retrying through a Redis outage."""
-        self.flush()
-        first = True
-        while True:
-            try:
-                write()
-                self._recovered()
-                return
-            except AppendRefused as e:
-                # A retry after a lost reply finds the session already ended by our write.
-                if first or e.code != "terminal":
-                    raise
-                return
-            except redis.RedisError as e:
-                first = False
-                self._failed(e)
-                time.sleep(max(0.0, self.retry_at - time.monotonic()))
-
-    def _failed(self, error: redis.RedisError) -> None:
-        now = time.monotonic()
-        if self._down_since is None:
-            self._down_since = now
-            log.warning(
-                "session %s: Redis unreachable (%s); holding chunks",
-                self.session_id,
-                error,
-                extra=logs.about(self.session_id),
-            )
-        elif now - self._down_since > self.settings.redis_outage_max_s:
-            raise StoreUnavailable(
-                f"Redis unreachable for over {self.settings.redis_outage_max_s} s"
-            ) from error
-        self.retry_at = now + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2, _BACKOFF_MAX_S)
-
-    def _recovered(self) -> None:
-        if self._down_since is not None:
-            log.warning(
-                "session %s: Redis back after %.1f s",
-                self.session_id,
-                time.monotonic() - self._down_since,
-                extra=logs.about(self.session_id),
-            )
-        self._down_since = None
-        self._backoff_s = _BACKOFF_START_S
-        self.retry_at = 0.0
+    COMPLETED = "completed"
+    FAILED = "failed"  # an error event ended the session
+    HANDED_OVER = "handed_over"  # the worker is stopping; another one continues it
+    STOPPED = "stopped"  # the lease was lost mid-generation
+    # Not generated here (the lease could not be taken), or an append was refused:
+    HELD = "held"
+    TERMINAL = "terminal"
+    NOT_FOUND = "not_found"
+    LEASE_LOST = "lease_lost"
+    GAP = "gap"
+    STREAM_TOO_LONG = "stream_too_long"
 
 
 def patiently(fn: Callable[[], T], session_id: str, settings: Settings) -> T:
     """Call `fn`, retrying with capped backoff while Redis is unreachable (a restart)."""
     started = time.monotonic()
-    backoff_s = _BACKOFF_START_S
+    backoff_s = BACKOFF_START_S
     while True:
         try:
             return fn()
@@ -195,7 +56,7 @@ def patiently(fn: Callable[[], T], session_id: str, settings: Settings) -> T:
                 raise StoreUnavailable(f"Redis unreachable: {e}") from e
             log.warning("session %s: Redis unreachable (%s); retrying", session_id, e)
             time.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, _BACKOFF_MAX_S)
+            backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
 
 
 def may_resume(model: str, settings: Settings) -> bool:
@@ -213,8 +74,8 @@ def run(
     provider_for: ProviderFor,
     stopping: threading.Event | None = None,
     hand_over: Callable[[str], None] | None = None,
-) -> str:
-    """Generate `session_id` to its end; returns what happened (completed, failed, held, ...).
+) -> Outcome:
+    """Generate `session_id` to its end; returns what happened.
 
     Stands down without writing when another worker holds the lease or the session is
     already terminal or gone. Stops at the next chunk once the session is cancelled or the
@@ -226,10 +87,10 @@ def run(
     state, held = patiently(lambda: keeper.acquire(session_id), session_id, settings)
     if held is None:
         log.info("session %s not generated here: %s", session_id, state)
-        return state
+        return Outcome(state)
     stopping = stopping or threading.Event()
     started = time.monotonic()
-    outcome = "raised"
+    outcome: Outcome | None = None  # None: raised
     try:
         outcome = _generate(
             r,
@@ -243,11 +104,11 @@ def run(
         )
     finally:
         keeper.release(held)
-        if outcome in ("completed", "failed"):
+        if outcome in (Outcome.COMPLETED, Outcome.FAILED):
             appender.tally.generation(time.monotonic() - started)
         # One small write per attempt: this session's last chunk counts, its time, its error.
         appender.tally.flush(r)
-    if outcome == "handed_over" and hand_over is not None:
+    if outcome is Outcome.HANDED_OVER and hand_over is not None:
         hand_over(session_id)  # after the release, or the next worker finds the lease held
     return outcome
 
@@ -262,7 +123,7 @@ def _generate(
     stopping: threading.Event,
     *,
     can_hand_over: bool,
-) -> str:
+) -> Outcome:
     ttl_s = settings.stream_ttl_s
     token = held.token
     attempt = int(token)
@@ -284,7 +145,7 @@ def _generate(
                         token=token,
                         ttl_s=ttl_s,
                     )
-                    return "failed"
+                    return Outcome.FAILED
                 text = patiently(lambda: streams.read_text(r, session_id)[1], session_id, settings)
                 resume = Resume(sink.index, text)
             status = "resumed"
@@ -324,21 +185,21 @@ def _generate(
                         )
                     )
                     log.info("session %s completed: %d chunks", session_id, sink.index)
-                    return "completed"
+                    return Outcome.COMPLETED
         sink.flush()
         if stopping.is_set() and not held.is_lost() and can_hand_over:
             log.info("session %s handed over at chunk %d (shutdown)", session_id, sink.index)
-            return "handed_over"
+            return Outcome.HANDED_OVER
         log.info("session %s stopped: lease lost", session_id)
-        return "stopped"
+        return Outcome.STOPPED
     except AppendRefused as e:
         log.info("session %s stopped: %s", session_id, e.code)
-        return e.code
+        return Outcome(e.code)
     except ProviderError as e:
         log.warning("session %s failed at the provider: %s (%s)", session_id, e.code, e.message)
         appender.tally.provider_error(e.code)
         _end_with_error(sink, e.code, e.message)
-        return "failed"
+        return Outcome.FAILED
     except StoreUnavailable:
         log.error("session %s: giving up, Redis unreachable; the reaper retries it", session_id)
         raise
