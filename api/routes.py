@@ -14,7 +14,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from api import auth, limits, tokens
 from api.backend import backend
 from api.errors import error_response
-from api.validation import parse_generate
+from api.validation import parse_generate, parse_whole_number
 from shared import keys, listing, logs, streams
 from shared.errors import InvalidRequest, SessionNotFound, TooManyRequests
 from shared.jobs import enqueue
@@ -31,7 +31,7 @@ LIST_LIMIT_MAX = 100
 def session_id_or_404(session_id: str) -> str:
     """Reject ids that cannot be session ids before they reach Redis."""
     if not keys.is_session_id(session_id):
-        raise SessionNotFound(f"no session {session_id[:64]}")
+        raise SessionNotFound(f"no session {session_id[:64]!r}")
     return session_id
 
 
@@ -173,13 +173,13 @@ def list_streams() -> Response:
     status = request.args.get("status")
     if status is not None and status not in {s.value for s in streams.Status}:
         raise InvalidRequest(f"status must be one of {', '.join(s.value for s in streams.Status)}")
-    raw_limit = request.args.get("limit", str(LIST_LIMIT_DEFAULT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
-        raise InvalidRequest(f"limit must be a whole number from 1 to {LIST_LIMIT_MAX}")
+    limit = parse_whole_number(
+        request.args.get("limit", str(LIST_LIMIT_DEFAULT)), "limit", 1, LIST_LIMIT_MAX
+    )
     page = listing.list_sessions(
         backend().redis,
         auth.caller().owner,
-        limit=int(raw_limit),
+        limit=limit,
         status=status,
         cursor=request.args.get("cursor") or None,
     )

@@ -16,6 +16,15 @@ MAX_MODEL_LEN = 200
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def parse_whole_number(raw: str, name: str, lowest: int, highest: int) -> int:
+    """A query parameter's whole number from `lowest` to `highest`; raises `InvalidRequest`."""
+    # ASCII digits only: str.isdigit() also takes "²" and "¹⁰", which int() refuses; and
+    # few of them: int() refuses more than 4300 digits.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18 and lowest <= int(raw) <= highest):
+        raise InvalidRequest(f"{name} must be a whole number from {lowest} to {highest}")
+    return int(raw)
+
+
 def _is_int(value: Any) -> bool:
     # JSON has one number type: 8.0 is the integer 8 (JSON Schema says so too).
     if isinstance(value, float):

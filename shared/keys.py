@@ -11,7 +11,7 @@ import re
 PREFIX = "rs"
 
 # nanoid's default alphabet, 21 characters.
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{21}$")
+SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{21}")
 
 
 def events(session_id: str) -> str:
@@ -112,4 +112,5 @@ def followers(session_id: str) -> str:
 
 def is_session_id(value: str) -> bool:
     """Whether `value` has the shape of a session id (never touch Redis with other keys)."""
-    return bool(SESSION_ID_RE.match(value))
+    # fullmatch: `$` would also accept the id followed by a newline.
+    return bool(SESSION_ID_RE.fullmatch(value))

@@ -14,8 +14,8 @@ from shared.errors import ConfigError
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEMO_MODEL = "demo"
-KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+KEY_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
 MIN_TOKEN_SECRET_LEN = 32
 
 
@@ -100,7 +100,7 @@ def _key_entries(lines: list[str], where: str, *, numbered: bool) -> list[tuple[
             continue
         key_id, _, digest = entry.partition(":")
         digest = digest.strip().lower()
-        if not KEY_ID_RE.match(key_id) or not _SHA256_HEX_RE.match(digest):
+        if not KEY_ID_RE.fullmatch(key_id) or not _SHA256_HEX_RE.fullmatch(digest):
             # Never echo the entry: it may be a raw key pasted by mistake.
             place = f"{where} line {n}" if numbered else f"{where} entry {n}"
             raise ConfigError(

@@ -60,7 +60,8 @@ _MAX_U64 = 2**64 - 1
 # The listing shows at most this many of an owner's newest sessions; older ids are trimmed
 # from the index as new ones come in, so an owner who never lists cannot grow it forever.
 OWNER_INDEX_MAX = 10_000
-_CURSOR_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+# ASCII digits only: `\d` also matches other scripts' digits, `$` a trailing newline.
+_CURSOR_RE = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
 
 class Event(dict[str, Any]):
@@ -224,7 +225,7 @@ def parse_cursor(raw: str | None) -> str | None:
     """Validate a client's cursor (`<ms>-<seq>`); `None` or empty means the beginning."""
     if raw is None or raw == "":
         return None
-    match = _CURSOR_RE.match(raw)
+    match = _CURSOR_RE.fullmatch(raw)
     if not match or int(match[1]) > _MAX_U64 or int(match[2]) > _MAX_U64:
         raise BadCursor(f"cursor {raw[:64]!r} is not a stream entry id like 1700000000000-0")
     return f"{int(match[1])}-{int(match[2])}"
