@@ -14,6 +14,7 @@ from shared.errors import (
     BadCursor,
     IdempotencyConflict,
     InvalidRequest,
+    RequestInProgress,
     SessionNotFound,
     StreamsError,
     TooManyRequests,
@@ -38,6 +39,7 @@ STATUS_OF: list[tuple[type[StreamsError], int]] = [
     (SessionNotFound, 404),
     (BadCursor, 400),
     (IdempotencyConflict, 409),
+    (RequestInProgress, 409),
     (InvalidRequest, 400),
 ]
 
@@ -59,7 +61,7 @@ def register(app: Flask) -> None:
                 response = error_response(status, e.code, e.message)
                 if status == 401:
                     response.headers["WWW-Authenticate"] = "Bearer"
-                if isinstance(e, TooManyRequests):
+                if isinstance(e, TooManyRequests | RequestInProgress):
                     response.headers["Retry-After"] = str(e.retry_after_s)
                 return response
         log.error("unmapped error %s: %s", type(e).__name__, e.message)

@@ -283,17 +283,28 @@ def check_owner(r: redis.Redis, session_id: str, owner: str) -> None:
 
 
 def claim_idempotency_key(
-    r: redis.Redis, key: str, session_id: str, fingerprint: str, ttl_s: int, owner: str = ""
+    r: redis.Redis,
+    key: str,
+    session_id: str,
+    fingerprint: str,
+    ttl_s: int,
+    owner: str = "",
+    client: str = "",
 ) -> str | None:
     """Bind `key` to `session_id`; returns the session an earlier request bound it to, if any.
 
-    Keys are per owner: two API keys sending the same Idempotency-Key get two sessions.
+    Keys are per owner (or per client in open mode, `keys.idempotency`): two API keys
+    sending the same Idempotency-Key get two sessions. The earlier session may not be
+    stored yet: its request may still be running.
     """
+    name = keys.idempotency(key, owner, client)
     value = f"{session_id}:{fingerprint}"
-    if r.set(keys.idempotency(key, owner), value, nx=True, ex=ttl_s):
-        return None
-    existing = str(r.get(keys.idempotency(key, owner)) or value)
-    earlier_id, _, earlier_fingerprint = existing.partition(":")
+    existing = None
+    while existing is None:
+        if r.set(name, value, nx=True, ex=ttl_s):
+            return None
+        existing = r.get(name)  # None: released (its request failed) since our SET
+    earlier_id, _, earlier_fingerprint = str(existing).partition(":")
     if earlier_fingerprint != fingerprint:
         raise IdempotencyConflict(
             "this Idempotency-Key was already used with a different request body"
@@ -301,9 +312,9 @@ def claim_idempotency_key(
     return earlier_id
 
 
-def release_idempotency_key(r: redis.Redis, key: str, owner: str = "") -> None:
+def release_idempotency_key(r: redis.Redis, key: str, owner: str = "", client: str = "") -> None:
     """Forget a key whose session could not be created, so a retry can try again."""
-    r.delete(keys.idempotency(key, owner))
+    r.delete(keys.idempotency(key, owner, client))
 
 
 def _append(
