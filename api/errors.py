@@ -7,6 +7,7 @@ import logging
 import redis
 from celery.exceptions import CeleryError
 from flask import Flask, Response, jsonify
+from gunicorn.http.errors import NoMoreData, ParseException
 from kombu.exceptions import KombuError
 from werkzeug.exceptions import HTTPException
 
@@ -81,6 +82,13 @@ def register(app: Flask) -> None:
             if name.lower() == "allow":
                 response.headers["Allow"] = value
         return response
+
+    # gunicorn parses a chunked body while the app reads it: a malformed one raises here.
+    @app.errorhandler(ParseException)
+    @app.errorhandler(NoMoreData)
+    def _unreadable_body(e: Exception) -> Response:
+        log.info("unreadable request body: %s", type(e).__name__)
+        return error_response(400, "bad_request", "The request body is not valid HTTP/1.1.")
 
     @app.errorhandler(redis.RedisError)
     def _redis_down(e: redis.RedisError) -> Response:
