@@ -12,7 +12,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from nanoid import generate as nanoid
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api import auth, limits, tokens
+from api import auth, hosts, limits, tokens
 from api.backend import backend
 from api.errors import error_response
 from api.validation import parse_generate, parse_whole_number
@@ -41,8 +41,9 @@ def session_id_or_404(session_id: str) -> str:
 
 
 def urls(session_id: str) -> dict[str, str]:
-    """Absolute SSE and WebSocket URLs of a session, as this request reached us."""
-    root = request.host_url.rstrip("/")
+    """Absolute SSE and WebSocket URLs of a session: at PUBLIC_URL, or at the allowed host
+    this request named."""
+    root = hosts.request_root()
     ws_root = (
         "wss" + root[len("https") :] if root.startswith("https") else "ws" + root[len("http") :]
     )
