@@ -19,6 +19,7 @@ from flask import Flask, Response, g, request
 from api.backend import backend
 from api.errors import error_response
 from shared import origins
+from shared.logs import printable
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,12 @@ def _check() -> Response | None:
         g.origin_failure = message  # the handler sends it after the upgrade
         return None
     if _is_preflight() or request.method not in SAFE_METHODS or request.endpoint == FOLLOWER_SSE:
-        log.info("refused %s %s from origin %r", request.method, request.path, origin[:100])
+        log.info(
+            "refused %s %s from origin %r",
+            request.method,
+            printable(request.path[:200]),
+            origin[:100],
+        )
         return error_response(403, FORBIDDEN_ORIGIN, message)
     return None
 

@@ -96,9 +96,10 @@ def parse_generate(body: Any, settings: Settings) -> GenerationRequest:
         messages = _messages(body["messages"], settings)
 
     model = body.get("model", settings.default_model)
-    if not _is_text(model) or len(model) > MAX_MODEL_LEN:
+    # Printable: a model id is logged and sent upstream, where a line break could forge a line.
+    if not _is_text(model) or len(model) > MAX_MODEL_LEN or not model.isprintable():
         raise InvalidRequest(
-            f"model must be a non-empty string of at most {MAX_MODEL_LEN} characters"
+            f"model must be a non-empty string of at most {MAX_MODEL_LEN} printable characters"
         )
     if not settings.is_model_allowed(model):
         raise UnknownModel(f"model {model!r} is not available here")
