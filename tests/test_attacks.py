@@ -212,7 +212,7 @@ class _FromAddress(HTTPAdapter):
 
 def test_in_open_mode_an_idempotency_key_is_the_client_s_own(open_api: Api) -> None:
     key = {"Idempotency-Key": "order-1"}  # easy to guess
-    body = {"prompt": "my secret question", "max_tokens": 2}
+    body: dict[str, Any] = {"prompt": "my secret question", "max_tokens": 2}
     first = client.create(open_api.url, headers=key, **body)
     with requests.Session() as other:
         other.mount("http://", _FromAddress("127.0.0.2"))
@@ -277,6 +277,15 @@ def test_a_cursor_is_ascii_digits_only(open_api: Api) -> None:
         )
         assert response.status_code == 400, (after, response.text)
         assert response.json()["error"]["code"] == "bad_cursor"
+        ws = client.ws_follow(open_api.ws_url, session_id, after)
+        assert ws.close_code == 4400 and ws.events[0]["error"]["code"] == "bad_cursor", after
+        if "\n" not in after:  # a header cannot hold a line break
+            last_event_id = requests.get(
+                f"{open_api.url}/api/streams/{session_id}",
+                headers={"Last-Event-ID": after.encode()},
+                timeout=10,
+            )
+            assert last_event_id.status_code == 400, (after, last_event_id.text)
     with pytest.raises(BadCursor):
         streams.parse_cursor("1-0\n")
 
