@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, errors, examples, follow, metrics, openapi, origins, routes
+from api import auth, errors, examples, follow, hosts, metrics, openapi, origins, routes
 from api.backend import EXTENSION, Backend
 from shared import logs
 from shared.settings import Settings
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = Backend.build(settings)
     errors.register(app)
+    hosts.register(app)  # first: a request for a foreign host gets nothing else
     app.before_request(_bind_session)
     app.teardown_request(_unbind_session)
     origins.register(app)  # before credentials: a CORS preflight carries none

@@ -7,6 +7,7 @@ import logging
 import redis
 from celery.exceptions import CeleryError
 from flask import Flask, Response, jsonify
+from gunicorn.http.errors import NoMoreData, ParseException
 from kombu.exceptions import KombuError
 from werkzeug.exceptions import HTTPException
 
@@ -14,6 +15,7 @@ from shared.errors import (
     BadCursor,
     IdempotencyConflict,
     InvalidRequest,
+    RequestInProgress,
     SessionNotFound,
     StreamsError,
     TooManyRequests,
@@ -38,6 +40,7 @@ STATUS_OF: list[tuple[type[StreamsError], int]] = [
     (SessionNotFound, 404),
     (BadCursor, 400),
     (IdempotencyConflict, 409),
+    (RequestInProgress, 409),
     (InvalidRequest, 400),
 ]
 
@@ -59,7 +62,7 @@ def register(app: Flask) -> None:
                 response = error_response(status, e.code, e.message)
                 if status == 401:
                     response.headers["WWW-Authenticate"] = "Bearer"
-                if isinstance(e, TooManyRequests):
+                if isinstance(e, TooManyRequests | RequestInProgress):
                     response.headers["Retry-After"] = str(e.retry_after_s)
                 return response
         log.error("unmapped error %s: %s", type(e).__name__, e.message)
@@ -79,6 +82,13 @@ def register(app: Flask) -> None:
             if name.lower() == "allow":
                 response.headers["Allow"] = value
         return response
+
+    # gunicorn parses a chunked body while the app reads it: a malformed one raises here.
+    @app.errorhandler(ParseException)
+    @app.errorhandler(NoMoreData)
+    def _unreadable_body(e: Exception) -> Response:
+        log.info("unreadable request body: %s", type(e).__name__)
+        return error_response(400, "bad_request", "The request body is not valid HTTP/1.1.")
 
     @app.errorhandler(redis.RedisError)
     def _redis_down(e: redis.RedisError) -> Response:

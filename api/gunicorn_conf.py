@@ -9,7 +9,11 @@ a threaded worker would hold one thread per connection (gunicorn#908).
 import os
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
-worker_class = "gevent"
+# gunicorn's gevent worker, whose parser errors are JSON and logged without the request
+# line; `logger_class` keeps credentials and client-written line breaks out of the access
+# log (api/gunicorn_worker.py, api/gunicorn_logging.py).
+worker_class = "api.gunicorn_worker.GeventWorker"
+logger_class = "api.gunicorn_logging.Logger"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_connections = int(os.environ.get("WEB_WORKER_CONNECTIONS", "2000"))
 # Heroku sends SIGKILL 30 s after SIGTERM.
@@ -69,11 +73,11 @@ def post_worker_init(worker: object) -> None:
     from api import shutdown
 
     previous = signal.getsignal(signal.SIGTERM)
-    if "gevent" in type(worker).__module__:
+    if any("gevent" in kind.__module__ for kind in type(worker).__mro__):
         import gevent
 
         spawn = gevent.spawn
-    else:  # gthread (GUNICORN_CMD_ARGS="--worker-class gthread ...")
+    else:  # GUNICORN_CMD_ARGS="--worker-class api.gunicorn_worker.ThreadWorker ..."
         spawn = lambda fn: threading.Thread(target=fn, daemon=True).start()  # noqa: E731
 
     def on_term(signum: int, frame: object) -> None:

@@ -221,7 +221,11 @@ def _ok(description: str, schema: Schema, media: str = JSON) -> Schema:
 
 
 ERRORS = {
-    "400": _error("Malformed request: bad JSON, schema, unknown model or cursor"),
+    "400": _error(
+        "Malformed request: bad JSON, schema, unknown model or cursor; invalid_host for a "
+        "`Host` that is not one of the service's own; bad_request for a request the HTTP "
+        "parser refuses"
+    ),
     "404": _error("No such session (or endpoint)"),
     "405": _error("The endpoint does not take this method; `Allow` names those it takes"),
     "401": _error("Missing or wrong credentials (only with API keys configured)"),
@@ -229,7 +233,19 @@ ERRORS = {
         "forbidden_origin: the request's `Origin` is neither the API's own nor in "
         "ALLOWED_ORIGINS (browsers only: a request without `Origin` is never refused for it)"
     ),
-    "409": _error("The Idempotency-Key was used with a different body"),
+    "409": {
+        **_error(
+            "idempotency_conflict: the Idempotency-Key was used with a different body; "
+            "request_in_progress: its first request has not stored the session yet (with "
+            "Retry-After)"
+        ),
+        "headers": {
+            "Retry-After": {
+                "description": "With request_in_progress: seconds to wait before retrying",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
+        },
+    },
     "413": _error("The body is larger than the limit"),
     "429": {
         **_error(
@@ -245,6 +261,9 @@ ERRORS = {
         },
     },
     "503": _error("Redis or the job queue is unavailable"),
+    # Answered by the web server's HTTP parser, on any path, before the app sees it.
+    "414": _error("uri_too_long: the request line is longer than the server reads"),
+    "431": _error("headers_too_large: too many headers, or one too large"),
 }
 
 
@@ -544,7 +563,10 @@ def build(settings: Settings) -> dict[str, Any]:
             "method it does not take. Browsers: CORS (preflights included) for the API's own "
             "origin and those of ALLOWED_ORIGINS; pages of any other origin get no CORS "
             "headers, and their POST, DELETE, SSE and WebSocket requests are refused "
-            "(docs/API.md).",
+            "(docs/API.md). Every endpoint but /healthz and /readyz answers 400 invalid_host "
+            "to a `Host` that is not one of the service's own (PUBLIC_URL, ALLOWED_HOSTS, "
+            "the loopback names); a request the HTTP parser refuses gets 400 bad_request, "
+            "414 uri_too_long or 431 headers_too_large, JSON too.",
         },
         "paths": paths(settings),
         "components": {

@@ -1,7 +1,8 @@
 """Which browser origins may use the API: CORS answers, and a refusal for everyone else.
 
 Allowed are the API's own origin (as the request reached us, through ProxyFix when
-TRUST_PROXY_HEADERS is on) and those of ALLOWED_ORIGINS (`*`: any). From any other origin
+TRUST_PROXY_HEADERS is on, at a host `api/hosts.py` allowed; and PUBLIC_URL) and those of
+ALLOWED_ORIGINS (`*`: any). From any other origin
 a browser gets no CORS headers (so it cannot read an answer), a state-changing request
 (POST, DELETE) or an SSE request is refused with 403 `forbidden_origin` before the view
 runs, and a WebSocket gets an error frame and close 4403 (`failure()`). A request without
@@ -18,6 +19,7 @@ from flask import Flask, Response, g, request
 from api.backend import backend
 from api.errors import error_response
 from shared import origins
+from shared.logs import printable
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,8 @@ def is_allowed(origin: str) -> bool:
     if origins.ANY in allowed:
         return True
     normal = origins.normalize(origin)
-    return normal is not None and (normal in allowed or normal == own_origin())
+    own = (own_origin(), backend().settings.public_url or None)
+    return normal is not None and (normal in allowed or normal in own)
 
 
 def failure() -> str | None:
@@ -74,7 +77,12 @@ def _check() -> Response | None:
         g.origin_failure = message  # the handler sends it after the upgrade
         return None
     if _is_preflight() or request.method not in SAFE_METHODS or request.endpoint == FOLLOWER_SSE:
-        log.info("refused %s %s from origin %r", request.method, request.path, origin[:100])
+        log.info(
+            "refused %s %s from origin %r",
+            request.method,
+            printable(request.path[:200]),
+            origin[:100],
+        )
         return error_response(403, FORBIDDEN_ORIGIN, message)
     return None
 

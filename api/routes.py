@@ -5,18 +5,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from nanoid import generate as nanoid
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api import auth, limits, tokens
+from api import auth, hosts, limits, tokens
 from api.backend import backend
 from api.errors import error_response
-from api.validation import parse_generate
+from api.validation import parse_generate, parse_whole_number
 from shared import keys, listing, logs, streams
-from shared.errors import InvalidRequest, SessionNotFound, TooManyRequests
+from shared.errors import InvalidRequest, RequestInProgress, SessionNotFound, TooManyRequests
 from shared.jobs import enqueue
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,10 @@ log = logging.getLogger(__name__)
 bp = Blueprint("streams", __name__)
 
 MAX_IDEMPOTENCY_KEY_LEN = 255
+# How long a retry waits for a concurrent first request with its Idempotency-Key to store
+# the session (that takes a few ms), before it answers 409 with Retry-After.
+IDEMPOTENCY_WAIT_S = 2.0
+IDEMPOTENCY_POLL_S = 0.02
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
 
@@ -31,13 +36,14 @@ LIST_LIMIT_MAX = 100
 def session_id_or_404(session_id: str) -> str:
     """Reject ids that cannot be session ids before they reach Redis."""
     if not keys.is_session_id(session_id):
-        raise SessionNotFound(f"no session {session_id[:64]}")
+        raise SessionNotFound(f"no session {session_id[:64]!r}")
     return session_id
 
 
 def urls(session_id: str) -> dict[str, str]:
-    """Absolute SSE and WebSocket URLs of a session, as this request reached us."""
-    root = request.host_url.rstrip("/")
+    """Absolute SSE and WebSocket URLs of a session: at PUBLIC_URL, or at the allowed host
+    this request named."""
+    root = hosts.request_root()
     ws_root = (
         "wss" + root[len("https") :] if root.startswith("https") else "ws" + root[len("http") :]
     )
@@ -88,6 +94,46 @@ def _json_body() -> Any:
         raise InvalidRequest("the body is not valid JSON", code="invalid_json") from None
 
 
+def _idempotency_client(owner: str) -> str:
+    # In open mode a key is the client address's own: another client that guesses it
+    # must not get this client's session.
+    return "" if owner else limits.caller_bucket()
+
+
+def _claim_or_replay(
+    idem_key: str, session_id: str, fingerprint: str, owner: str
+) -> Response | None:
+    """None when this request now holds `idem_key`; else the answer of the request that
+    holds it, once its session is stored (409 `request_in_progress` if not in time)."""
+    b = backend()
+    deadline = time.monotonic() + IDEMPOTENCY_WAIT_S
+    while True:
+        earlier = streams.claim_idempotency_key(
+            b.redis,
+            idem_key,
+            session_id,
+            fingerprint,
+            b.settings.stream_ttl_s,
+            owner,
+            _idempotency_client(owner),
+        )
+        if earlier is None:
+            return None
+        try:
+            info = streams.info(b.redis, earlier)
+        except SessionNotFound:
+            # A concurrent retry: the first request claimed the key and is storing the
+            # session now (or failed, released the key, and our next claim takes it).
+            if time.monotonic() >= deadline:
+                raise RequestInProgress(
+                    "a request with this Idempotency-Key is still being handled; retry",
+                    retry_after_s=1,
+                ) from None
+            time.sleep(IDEMPOTENCY_POLL_S)
+            continue
+        return _created(earlier, info["status"], info["model"], info["createdAt"])
+
+
 @bp.post("/api/streams/generate")
 def create() -> Response:
     """Validate, store the request, enqueue generation."""
@@ -103,20 +149,17 @@ def create() -> Response:
             raise InvalidRequest(
                 f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
             )
-        fingerprint = hashlib.sha256(
-            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-        ).hexdigest()[:32]
-        earlier = streams.claim_idempotency_key(
-            b.redis, idem_key, session_id, fingerprint, b.settings.stream_ttl_s, owner
-        )
-        if earlier is not None:
-            info = streams.info(b.redis, earlier)
-            return _created(earlier, info["status"], info["model"], info["createdAt"])
+        # The validated request: `1` and `1.0` tokens, or a prompt and its one user message,
+        # are the same request.
+        fingerprint = hashlib.sha256(generation.to_json().encode()).hexdigest()[:32]
+        replay = _claim_or_replay(idem_key, session_id, fingerprint, owner)
+        if replay is not None:
+            return replay
     try:
         limits.admit_creation(session_id)  # after the replay: a retry is never refused
     except TooManyRequests:
         if idem_key:
-            streams.release_idempotency_key(b.redis, idem_key, owner)
+            streams.release_idempotency_key(b.redis, idem_key, owner, _idempotency_client(owner))
         raise
     try:
         streams.create_session(
@@ -125,7 +168,7 @@ def create() -> Response:
     except Exception:
         limits.forget_creation(session_id)
         if idem_key:
-            streams.release_idempotency_key(b.redis, idem_key, owner)
+            streams.release_idempotency_key(b.redis, idem_key, owner, _idempotency_client(owner))
         raise
     try:
         enqueue(b.celery, session_id, b.settings.celery_queue)
@@ -140,7 +183,7 @@ def create() -> Response:
             ttl_s=b.settings.stream_ttl_s,
         )
         if idem_key:
-            streams.release_idempotency_key(b.redis, idem_key, owner)
+            streams.release_idempotency_key(b.redis, idem_key, owner, _idempotency_client(owner))
         return error_response(503, "unavailable", "The job queue is unavailable; retry shortly.")
     meta = streams.read_meta(b.redis, session_id)
     log.info("session %s queued (model %s)", session_id, generation.model)
@@ -173,13 +216,13 @@ def list_streams() -> Response:
     status = request.args.get("status")
     if status is not None and status not in {s.value for s in streams.Status}:
         raise InvalidRequest(f"status must be one of {', '.join(s.value for s in streams.Status)}")
-    raw_limit = request.args.get("limit", str(LIST_LIMIT_DEFAULT))
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIST_LIMIT_MAX:
-        raise InvalidRequest(f"limit must be a whole number from 1 to {LIST_LIMIT_MAX}")
+    limit = parse_whole_number(
+        request.args.get("limit", str(LIST_LIMIT_DEFAULT)), "limit", 1, LIST_LIMIT_MAX
+    )
     page = listing.list_sessions(
         backend().redis,
         auth.caller().owner,
-        limit=int(raw_limit),
+        limit=limit,
         status=status,
         cursor=request.args.get("cursor") or None,
     )

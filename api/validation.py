@@ -16,6 +16,15 @@ MAX_MODEL_LEN = 200
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def parse_whole_number(raw: str, name: str, lowest: int, highest: int) -> int:
+    """A query parameter's whole number from `lowest` to `highest`; raises `InvalidRequest`."""
+    # ASCII digits only: str.isdigit() also takes "²" and "¹⁰", which int() refuses; and
+    # few of them: int() refuses more than 4300 digits.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 18 and lowest <= int(raw) <= highest):
+        raise InvalidRequest(f"{name} must be a whole number from {lowest} to {highest}")
+    return int(raw)
+
+
 def _is_int(value: Any) -> bool:
     # JSON has one number type: 8.0 is the integer 8 (JSON Schema says so too).
     if isinstance(value, float):
@@ -87,9 +96,10 @@ def parse_generate(body: Any, settings: Settings) -> GenerationRequest:
         messages = _messages(body["messages"], settings)
 
     model = body.get("model", settings.default_model)
-    if not _is_text(model) or len(model) > MAX_MODEL_LEN:
+    # Printable: a model id is logged and sent upstream, where a line break could forge a line.
+    if not _is_text(model) or len(model) > MAX_MODEL_LEN or not model.isprintable():
         raise InvalidRequest(
-            f"model must be a non-empty string of at most {MAX_MODEL_LEN} characters"
+            f"model must be a non-empty string of at most {MAX_MODEL_LEN} printable characters"
         )
     if not settings.is_model_allowed(model):
         raise UnknownModel(f"model {model!r} is not available here")

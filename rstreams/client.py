@@ -187,8 +187,10 @@ def _error_of(response: requests.Response) -> RstreamsError:
     except (ValueError, KeyError, TypeError):
         pass
     retry_after: float | None = None
-    if response.headers.get("Retry-After", "").strip().isdigit():
-        retry_after = float(response.headers["Retry-After"])
+    raw_retry_after = response.headers.get("Retry-After", "").strip()
+    # isdigit() alone also takes "²", which float() refuses.
+    if raw_retry_after.isascii() and raw_retry_after.isdigit():
+        retry_after = float(raw_retry_after)
     return RstreamsError(response.status_code, code, message, retry_after)
 
 

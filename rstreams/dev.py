@@ -71,6 +71,11 @@ def run(args: argparse.Namespace) -> None:
         print(f"Redis:  {redacted(env['REDIS_URL'])}", flush=True)
     port = args.port or free_port()
     env.update(PORT=str(port), HOST=args.host, WEB_CONCURRENCY=env.get("WEB_CONCURRENCY", "1"))
+    if args.host not in ("0.0.0.0", "::", "127.0.0.1", "localhost", "::1") and not env.get(
+        "ALLOWED_HOSTS"
+    ):
+        # The address printed below: the API answers loopback names and ALLOWED_HOSTS only.
+        env["ALLOWED_HOSTS"] = f"[{args.host}]" if ":" in args.host else args.host
     bin_dir = os.path.dirname(sys.executable)
     procs = [
         subprocess.Popen(

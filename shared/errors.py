@@ -57,6 +57,17 @@ class IdempotencyConflict(StreamsError):
     code = "idempotency_conflict"
 
 
+class RequestInProgress(StreamsError):
+    """An earlier request with the same Idempotency-Key has not stored its session yet;
+    `retry_after_s` says when to try again."""
+
+    code = "request_in_progress"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class TooManyRequests(StreamsError):
     """A per-caller limit refused the request; `retry_after_s` says when to try again."""
 

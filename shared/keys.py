@@ -11,7 +11,7 @@ import re
 PREFIX = "rs"
 
 # nanoid's default alphabet, 21 characters.
-SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{21}$")
+SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{21}")
 
 
 def events(session_id: str) -> str:
@@ -64,15 +64,18 @@ def reaper_lock() -> str:
     return f"{PREFIX}:reaper"
 
 
-def idempotency(key: str, owner: str = "") -> str:
-    """Maps a client's Idempotency-Key to the session it created, per owner (API key id).
+def idempotency(key: str, owner: str = "", client: str = "") -> str:
+    """Maps a client's Idempotency-Key to the session it created, per owner (API key id),
+    or in open mode per client (`caller_creates`'s caller, `addr:<client address>`).
 
-    Open mode (no owner) keeps the original spelling; an owner's keys live under
-    `owner_sessions`'s prefix, so the two can never name the same key.
+    An owner's keys live under `owner_sessions`'s prefix, a client's under
+    `caller_creates`'s, so the two can never name the same key.
     """
-    if not owner:
-        return f"{PREFIX}:idem:{key}"
-    return f"{PREFIX}:owner:{{{owner}}}:idem:{key}"
+    if owner:
+        return f"{PREFIX}:owner:{{{owner}}}:idem:{key}"
+    if client:
+        return f"{PREFIX}:caller:{{{client}}}:idem:{key}"
+    return f"{PREFIX}:idem:{key}"
 
 
 def owner_sessions(owner: str) -> str:
@@ -118,4 +121,5 @@ def token_followers(session_id: str) -> str:
 
 def is_session_id(value: str) -> bool:
     """Whether `value` has the shape of a session id (never touch Redis with other keys)."""
-    return bool(SESSION_ID_RE.match(value))
+    # fullmatch: `$` would also accept the id followed by a newline.
+    return bool(SESSION_ID_RE.fullmatch(value))

@@ -41,7 +41,8 @@ def decode_cursor(raw: str) -> tuple[int, str]:
     try:
         text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
         score, _, session_id = text.partition(":")
-        if score.isdigit() and keys.is_session_id(session_id):
+        # isdigit() alone also takes "²", which int() refuses.
+        if score.isascii() and score.isdigit() and keys.is_session_id(session_id):
             return int(score), session_id
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass

@@ -28,6 +28,18 @@ _session: ContextVar[str | None] = ContextVar("session_id", default=None)
 _ACCESS_PATH_RE = re.compile(r"/api/streams/([A-Za-z0-9_-]{21})(?![A-Za-z0-9_-])")
 
 
+_UNPRINTABLE = re.compile(r'[^\x20-\x7e]|["\\]')
+
+
+def printable(value: str) -> str:
+    """`value` with every control character, non-ASCII character, quote and backslash
+    percent-encoded (UTF-8): what a client sent, safe inside one quoted field of a log line."""
+    return _UNPRINTABLE.sub(
+        lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "surrogatepass")),
+        value,
+    )
+
+
 def bind(session_id: str | None) -> None:
     """Mark what this context logs from now on as about `session_id` (None: no session)."""
     _session.set(session_id)

@@ -1,13 +1,35 @@
-"""Web origins (RFC 6454): the one normal form that settings and requests are compared in."""
+"""Web origins (RFC 6454) and host names: the one normal form that settings and requests
+are compared in."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 ANY = "*"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # A WebSocket handshake is an HTTP request: its page's origin is http(s).
 _SCHEME_OF = {"http": "http", "https": "https", "ws": "http", "wss": "https"}
+# Names that reach this machine only: a page of another site can never be addressed by
+# one of them, whatever its DNS says, so the API always answers them.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+# A DNS name or IPv4 address (ASCII letters, digits, hyphens, underscores, dots), or an
+# IPv6 literal in brackets; then an optional port.
+_HOST_RE = re.compile(
+    r"(?P<host>[a-z0-9_](?:[a-z0-9_.-]{0,251}[a-z0-9_])?|\[[0-9a-f:.]{2,45}\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """A `Host` header's (lowercased name, port or None); None if it is not `host[:port]`."""
+    found = _HOST_RE.fullmatch(value.lower())
+    if found is None or ".." in found["host"]:
+        return None
+    port = int(found["port"]) if found["port"] else None
+    if port is not None and not 0 < port < 65536:
+        return None
+    return found["host"], port
 
 
 def normalize(value: str) -> str | None:

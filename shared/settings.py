@@ -14,8 +14,8 @@ from shared.errors import ConfigError
 OPENROUTER_BASE_URL = "https://openrouter.ai/api/v1"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEMO_MODEL = "demo"
-KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_SHA256_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+KEY_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
 MIN_TOKEN_SECRET_LEN = 32
 
 
@@ -91,6 +91,46 @@ def _origins(env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _hosts(env: Mapping[str, str]) -> tuple[str, ...]:
+    """ALLOWED_HOSTS: host names (`api.example.com`), domains with their subdomains
+    (`.example.com`), or `*` alone (any); the loopback names are always allowed."""
+    entries = _patterns(env, "ALLOWED_HOSTS", "")
+    if origins.ANY in entries:
+        if len(entries) > 1:
+            raise ConfigError("ALLOWED_HOSTS must be * alone or a list of host names, not both")
+        return (origins.ANY,)
+    out = []
+    for n, entry in enumerate(entries, 1):
+        is_domain = entry.startswith(".")
+        parsed = origins.split_host(entry[1:] if is_domain else entry)
+        if parsed is None or parsed[1] is not None:
+            raise ConfigError(
+                f"ALLOWED_HOSTS entry {n} ({entry!r}) is not a host name like api.example.com "
+                "or .example.com (no scheme, no port, no path)"
+            )
+        out.append(("." if is_domain else "") + parsed[0])
+    return tuple(dict.fromkeys(out))
+
+
+def _public_url(env: Mapping[str, str]) -> str:
+    """PUBLIC_URL as an origin (`https://api.example.com`); on Heroku, with its dyno
+    metadata on, the app's own domain by default; else empty."""
+    name, raw = "PUBLIC_URL", env.get("PUBLIC_URL", "").strip()
+    heroku = env.get("HEROKU_APP_DEFAULT_DOMAIN_NAME", "").strip()
+    if not raw and heroku:
+        name, raw = "HEROKU_APP_DEFAULT_DOMAIN_NAME", f"https://{heroku}"
+    if not raw:
+        return ""
+    origin = origins.normalize(raw.rstrip("/"))
+    if origin is None or not raw.lower().startswith(("http://", "https://")):
+        raise ConfigError(
+            f"{name} must be the address clients reach the API at, like "
+            f"https://api.example.com (http or https, a host, an optional port, no path), "
+            f"got {raw[:100]!r}"
+        )
+    return origin
+
+
 def _key_entries(lines: list[str], where: str, *, numbered: bool) -> list[tuple[str, str]]:
     """`<key id>:<sha256 hex>` entries; `where` names the variable in errors."""
     out = []
@@ -100,7 +140,7 @@ def _key_entries(lines: list[str], where: str, *, numbered: bool) -> list[tuple[
             continue
         key_id, _, digest = entry.partition(":")
         digest = digest.strip().lower()
-        if not KEY_ID_RE.match(key_id) or not _SHA256_HEX_RE.match(digest):
+        if not KEY_ID_RE.fullmatch(key_id) or not _SHA256_HEX_RE.fullmatch(digest):
             # Never echo the entry: it may be a raw key pasted by mistake.
             place = f"{where} line {n}" if numbered else f"{where} entry {n}"
             raise ConfigError(
@@ -225,6 +265,11 @@ class Settings:
     stream_token_ttl_s: int = 3600
     # Browser origins, besides the API's own, that may use it (CORS, WebSocket, SSE); ("*",): any.
     allowed_origins: tuple[str, ...] = ()
+    # Host names the API answers (besides the loopback names and PUBLIC_URL's); ("*",): any.
+    allowed_hosts: tuple[str, ...] = ()
+    # Where clients reach the API (`https://api.example.com`): the streamUrl and wsUrl of
+    # every answer; empty: the host the request named (one of the allowed ones).
+    public_url: str = ""
     # `text` or `json` (one JSON object per line, with the session id: shared/logs.py).
     log_format: str = "text"
     # How often an API process adds its deliveries to Redis and rewrites its follower count
@@ -240,6 +285,18 @@ class Settings:
     def has_provider_key(self) -> bool:
         """Whether a real provider is configured."""
         return bool(self.provider_api_key)
+
+    def is_host_allowed(self, host: str) -> bool:
+        """Whether the API answers requests for `host` (`split_host`'s lowercased name)."""
+        if host in origins.LOOPBACK_HOSTS or origins.ANY in self.allowed_hosts:
+            return True
+        public = origins.split_host(self.public_url.partition("://")[2])
+        if public is not None and host == public[0]:
+            return True
+        return any(
+            host == entry or (entry.startswith(".") and (host.endswith(entry) or host == entry[1:]))
+            for entry in self.allowed_hosts
+        )
 
     def may_prefill(self, model: str) -> bool:
         """Whether `model` continues an answer given as a trailing assistant message."""
@@ -357,6 +414,8 @@ class Settings:
             stream_token_secret=_token_secret(env, bool(api_keys)),
             stream_token_ttl_s=_int(env, "STREAM_TOKEN_TTL_S", cls.stream_token_ttl_s, minimum=1),
             allowed_origins=_origins(env),
+            allowed_hosts=_hosts(env),
+            public_url=_public_url(env),
             log_format=_log_format(env),
             metrics_flush_s=_float(env, "METRICS_FLUSH_S", cls.metrics_flush_s, minimum=0.1),
         )

@@ -60,7 +60,8 @@ _MAX_U64 = 2**64 - 1
 # The listing shows at most this many of an owner's newest sessions; older ids are trimmed
 # from the index as new ones come in, so an owner who never lists cannot grow it forever.
 OWNER_INDEX_MAX = 10_000
-_CURSOR_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+# ASCII digits only: `\d` also matches other scripts' digits, `$` a trailing newline.
+_CURSOR_RE = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 
 
 class Event(dict[str, Any]):
@@ -224,7 +225,7 @@ def parse_cursor(raw: str | None) -> str | None:
     """Validate a client's cursor (`<ms>-<seq>`); `None` or empty means the beginning."""
     if raw is None or raw == "":
         return None
-    match = _CURSOR_RE.match(raw)
+    match = _CURSOR_RE.fullmatch(raw)
     if not match or int(match[1]) > _MAX_U64 or int(match[2]) > _MAX_U64:
         raise BadCursor(f"cursor {raw[:64]!r} is not a stream entry id like 1700000000000-0")
     return f"{int(match[1])}-{int(match[2])}"
@@ -282,17 +283,28 @@ def check_owner(r: redis.Redis, session_id: str, owner: str) -> None:
 
 
 def claim_idempotency_key(
-    r: redis.Redis, key: str, session_id: str, fingerprint: str, ttl_s: int, owner: str = ""
+    r: redis.Redis,
+    key: str,
+    session_id: str,
+    fingerprint: str,
+    ttl_s: int,
+    owner: str = "",
+    client: str = "",
 ) -> str | None:
     """Bind `key` to `session_id`; returns the session an earlier request bound it to, if any.
 
-    Keys are per owner: two API keys sending the same Idempotency-Key get two sessions.
+    Keys are per owner (or per client in open mode, `keys.idempotency`): two API keys
+    sending the same Idempotency-Key get two sessions. The earlier session may not be
+    stored yet: its request may still be running.
     """
+    name = keys.idempotency(key, owner, client)
     value = f"{session_id}:{fingerprint}"
-    if r.set(keys.idempotency(key, owner), value, nx=True, ex=ttl_s):
-        return None
-    existing = str(r.get(keys.idempotency(key, owner)) or value)
-    earlier_id, _, earlier_fingerprint = existing.partition(":")
+    existing = None
+    while existing is None:
+        if r.set(name, value, nx=True, ex=ttl_s):
+            return None
+        existing = r.get(name)  # None: released (its request failed) since our SET
+    earlier_id, _, earlier_fingerprint = str(existing).partition(":")
     if earlier_fingerprint != fingerprint:
         raise IdempotencyConflict(
             "this Idempotency-Key was already used with a different request body"
@@ -300,9 +312,9 @@ def claim_idempotency_key(
     return earlier_id
 
 
-def release_idempotency_key(r: redis.Redis, key: str, owner: str = "") -> None:
+def release_idempotency_key(r: redis.Redis, key: str, owner: str = "", client: str = "") -> None:
     """Forget a key whose session could not be created, so a retry can try again."""
-    r.delete(keys.idempotency(key, owner))
+    r.delete(keys.idempotency(key, owner, client))
 
 
 def _append(

@@ -211,7 +211,8 @@ def raw_request(api: Api, head: bytes) -> tuple[int, dict[str, object]]:
 
 
 WS_HEAD = (
-    "GET /api/streams/{id}/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "GET /api/streams/{id}/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+    "Connection: Upgrade\r\n"
 )
 WS_KEY = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
 

@@ -33,6 +33,7 @@ def listed(stack_env: dict[str, str], logs_dir: Path, worker: Worker) -> Iterato
         **stack_env,
         "ALLOWED_ORIGINS": f"{APP}, http://localhost:3000",
         "TRUST_PROXY_HEADERS": "true",
+        "ALLOWED_HOSTS": "api.example",  # the proxy's X-Forwarded-Host
     }
     proc = Api(env, logs_dir, name="api-origins-listed").start()
     yield proc
