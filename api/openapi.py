@@ -15,7 +15,7 @@ from flask import Blueprint, Response, jsonify
 from api import auth
 from api.backend import backend
 from api.routes import LIST_LIMIT_MAX, MAX_IDEMPOTENCY_KEY_LEN
-from api.validation import MAX_MODEL_LEN
+from api.validation import MAX_MODEL_LEN, MODEL_ID_PATTERN
 from shared.jobs import ROLES
 from shared.settings import Settings
 from shared.streams import EventType, Status
@@ -115,7 +115,11 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                     "type": "string",
                     "minLength": 1,
                     "maxLength": MAX_MODEL_LEN,
-                    "allOf": [{"pattern": r"\S"}, {"pattern": allowed}],
+                    "allOf": [
+                        {"pattern": r"\S"},
+                        {"pattern": allowed},
+                        {"pattern": MODEL_ID_PATTERN},
+                    ],
                     "default": settings.default_model,
                     "description": "Matches one of the model allowlist's patterns "
                     f"({', '.join(settings.model_allowlist)}), else 400 unknown_model.",

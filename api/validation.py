@@ -11,6 +11,11 @@ from shared.settings import Settings
 
 FIELDS = ("prompt", "messages", "model", "max_tokens", "temperature")
 MAX_MODEL_LEN = 200
+# A model id has no control character or line separator: it is logged and sent upstream,
+# where a line break could forge a line. ECMA and Python regular expressions alike (the
+# lookahead stops Python's `$` from matching before a final newline).
+MODEL_ID_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]+$(?!\\n)"
+_MODEL_ID_RE = re.compile(MODEL_ID_PATTERN)
 # JSON may escape half a surrogate pair ("\ud800"); Python decodes it to a string that
 # has no UTF-8 form, which Redis (and every client) would then choke on.
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -96,10 +101,10 @@ def parse_generate(body: Any, settings: Settings) -> GenerationRequest:
         messages = _messages(body["messages"], settings)
 
     model = body.get("model", settings.default_model)
-    # Printable: a model id is logged and sent upstream, where a line break could forge a line.
-    if not _is_text(model) or len(model) > MAX_MODEL_LEN or not model.isprintable():
+    if not _is_text(model) or len(model) > MAX_MODEL_LEN or not _MODEL_ID_RE.match(model):
         raise InvalidRequest(
-            f"model must be a non-empty string of at most {MAX_MODEL_LEN} printable characters"
+            f"model must be a non-empty string of at most {MAX_MODEL_LEN} characters, "
+            "without control characters or line breaks"
         )
     if not settings.is_model_allowed(model):
         raise UnknownModel(f"model {model!r} is not available here")
