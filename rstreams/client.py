@@ -330,7 +330,11 @@ class Client:
         while True:
             is_empty = True
             try:
-                for event in self._follow_once(session_id, cursor):
+                response = self._open_follow(session_id, cursor)
+                if response.status_code == 204:  # ended, and nothing after the cursor
+                    response.close()
+                    return
+                for event in self._events_of(response):
                     has_connected, attempt, failing_since = True, 0, None
                     is_empty, empty_ends = False, 0
                     if event.id is not None:
@@ -368,21 +372,27 @@ class Client:
             time.sleep(self._backoff_s(attempt, why.retry_after_s))
             attempt += 1
 
-    def _follow_once(self, session_id: str, after: str | None) -> Iterator[Event]:
-        """One SSE connection's events; raises `RstreamsError` when it cannot open or breaks."""
+    def _open_follow(self, session_id: str, after: str | None) -> requests.Response:
+        """One SSE connection (a 204 when the session ended before `after`); raises
+        `RstreamsError` when it cannot open."""
         headers = {"Accept": "text/event-stream"}
         if after is not None:
             headers["Last-Event-ID"] = after
-        response = self._request(
+        return self._request(
             "GET",
             f"/api/streams/{session_id}",
             headers=headers,
             stream=True,
             timeout=(self.timeout, self.read_timeout_s),
         )
+
+    def _events_of(self, response: requests.Response) -> Iterator[Event]:
+        """One SSE connection's events; raises `RstreamsError` when it breaks."""
         with response:
             try:
                 for fields in iter_sse(response.iter_content(chunk_size=None)):
+                    if fields.get("event") == "stream_error":
+                        continue  # the `error` event before it again, for EventSource users
                     event = parse_event(json.loads(fields["data"]))
                     if event is not None:
                         yield event
