@@ -27,6 +27,8 @@ from typing import Any
 
 import requests
 
+from rstreams import devstack
+
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -193,7 +195,8 @@ def _error_of(response: requests.Response) -> RstreamsError:
 
 
 class Client:
-    """A client of one API: `base_url` and `api_key` default to RSTREAMS_URL and RSTREAMS_API_KEY.
+    """A client of one API: `base_url` and `api_key` default to RSTREAMS_URL and RSTREAMS_API_KEY;
+    without either, the URL is that of the `rstreams dev` stack running now, else DEFAULT_URL.
 
     `timeout` bounds every plain request (seconds); `read_timeout_s` is the longest silence
     a follower accepts before it reconnects (the API sends `: ping` every SSE_PING_S, 15 s
@@ -214,7 +217,8 @@ class Client:
         env: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if env is None else env
-        self.base_url = (base_url or env.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+        found = base_url or env.get(URL_ENV) or devstack.running_url(env) or DEFAULT_URL
+        self.base_url = found.rstrip("/")
         self.api_key = api_key if api_key is not None else (env.get(API_KEY_ENV) or None)
         self.timeout = timeout
         self.read_timeout_s = read_timeout_s
