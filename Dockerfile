@@ -5,6 +5,7 @@ COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY api ./api
 COPY worker ./worker
+COPY rstreams ./rstreams
 # With the [monitoring] extra: the compose file's optional Flower service runs this image too.
 RUN pip install '.[monitoring]' && useradd --create-home app
 USER app

@@ -261,12 +261,25 @@ def follow_ws(ws: Any, session_id: str) -> None:
     ws.close(CLOSE_NORMAL)
 
 
+# An SSE event named `error` also fires EventSource's own `error` handler, which is where
+# transport failures (no data) arrive: every `error` event is followed by the same data
+# under this name, which only the server sends.
+SSE_STREAM_ERROR = b"stream_error"
+
+
 def _sse(event: streams.Event) -> bytes:
-    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
+    block = b"id: %s\nevent: %s\ndata: %s\n\n" % (
         event["id"].encode(),
         event["type"].encode(),
         event.utf8(),
     )
+    if event["type"] == streams.EventType.ERROR:
+        block += b"id: %s\nevent: %s\ndata: %s\n\n" % (
+            event["id"].encode(),
+            SSE_STREAM_ERROR,
+            event.utf8(),
+        )
+    return block
 
 
 @bp.get("/api/streams/<session_id>")
@@ -277,7 +290,10 @@ def follow_sse(session_id: str) -> Response:
     auth.check_owner(session_id_or_404(session_id))
     # A browser's EventSource sends Last-Event-ID by itself on reconnect: it is the newest.
     after = streams.parse_cursor(request.headers.get("Last-Event-ID") or request.args.get("after"))
-    streams.read_meta(b.redis, session_id)  # 404 before any event
+    meta = streams.read_meta(b.redis, session_id)  # 404 before any event
+    if streams.has_nothing_after(b.redis, session_id, meta["status"], after):
+        # An ended follow: 204 is what tells an EventSource to stop reconnecting.
+        return Response(status=204)
     place = limits.join_followers(session_id)  # 429 before any event
     follower = metrics.Follower("sse")
     ping_s = b.settings.sse_ping_s
@@ -302,7 +318,9 @@ def follow_sse(session_id: str) -> Response:
                 yield b"".join([_sse(event) for event in batch])
                 follower.sent(batch)
         except SessionNotFound as e:
-            yield f"event: error\ndata: {_error_frame(e.code, e.message)}\n\n".encode()
+            frame = _error_frame(e.code, e.message)
+            yield f"event: error\ndata: {frame}\n\n".encode()
+            yield f"event: {SSE_STREAM_ERROR.decode()}\ndata: {frame}\n\n".encode()
         except redis.RedisError as e:
             # End the response; EventSource reconnects with Last-Event-ID by itself.
             log.warning("SSE follower of %s lost Redis: %s", session_id, e)

@@ -405,10 +405,15 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 "responses": {
                     "200": _ok(
                         "`id:`, `event:` and `data:` (the WebSocket frame's JSON) per event; "
-                        "`: ping` comments keep it alive",
+                        "`: ping` comments keep it alive; an `error` event is followed by the "
+                        "same data as a `stream_error` event",
                         _ref("SseEvent"),
                         "text/event-stream",
                     ),
+                    "204": {
+                        "description": "The session has ended and nothing comes after the "
+                        "cursor: an EventSource stops reconnecting"
+                    },
                     **_errors("400", "403", "404", "429", "503"),
                 },
             },

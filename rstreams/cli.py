@@ -342,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--url",
         default=argparse.SUPPRESS,
-        help=f"the API's address (default: ${URL_ENV}, else {DEFAULT_URL})",
+        help=f"the API's address (default: ${URL_ENV}, else the running `rstreams dev` "
+        f"stack's, else {DEFAULT_URL})",
     )
     common.add_argument(
         "--api-key",

@@ -27,6 +27,8 @@ from typing import Any
 
 import requests
 
+from rstreams import devstack
+
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -195,7 +197,8 @@ def _error_of(response: requests.Response) -> RstreamsError:
 
 
 class Client:
-    """A client of one API: `base_url` and `api_key` default to RSTREAMS_URL and RSTREAMS_API_KEY.
+    """A client of one API: `base_url` and `api_key` default to RSTREAMS_URL and RSTREAMS_API_KEY;
+    without either, the URL is that of the `rstreams dev` stack running now, else DEFAULT_URL.
 
     `timeout` bounds every plain request (seconds); `read_timeout_s` is the longest silence
     a follower accepts before it reconnects (the API sends `: ping` every SSE_PING_S, 15 s
@@ -216,7 +219,8 @@ class Client:
         env: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if env is None else env
-        self.base_url = (base_url or env.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+        found = base_url or env.get(URL_ENV) or devstack.running_url(env) or DEFAULT_URL
+        self.base_url = found.rstrip("/")
         self.api_key = api_key if api_key is not None else (env.get(API_KEY_ENV) or None)
         self.timeout = timeout
         self.read_timeout_s = read_timeout_s
@@ -332,7 +336,11 @@ class Client:
         while True:
             is_empty = True
             try:
-                for event in self._follow_once(session_id, cursor):
+                response = self._open_follow(session_id, cursor)
+                if response.status_code == 204:  # ended, and nothing after the cursor
+                    response.close()
+                    return
+                for event in self._events_of(response):
                     has_connected, attempt, failing_since = True, 0, None
                     is_empty, empty_ends = False, 0
                     if event.id is not None:
@@ -370,21 +378,27 @@ class Client:
             time.sleep(self._backoff_s(attempt, why.retry_after_s))
             attempt += 1
 
-    def _follow_once(self, session_id: str, after: str | None) -> Iterator[Event]:
-        """One SSE connection's events; raises `RstreamsError` when it cannot open or breaks."""
+    def _open_follow(self, session_id: str, after: str | None) -> requests.Response:
+        """One SSE connection (a 204 when the session ended before `after`); raises
+        `RstreamsError` when it cannot open."""
         headers = {"Accept": "text/event-stream"}
         if after is not None:
             headers["Last-Event-ID"] = after
-        response = self._request(
+        return self._request(
             "GET",
             f"/api/streams/{session_id}",
             headers=headers,
             stream=True,
             timeout=(self.timeout, self.read_timeout_s),
         )
+
+    def _events_of(self, response: requests.Response) -> Iterator[Event]:
+        """One SSE connection's events; raises `RstreamsError` when it breaks."""
         with response:
             try:
                 for fields in iter_sse(response.iter_content(chunk_size=None)):
+                    if fields.get("event") == "stream_error":
+                        continue  # the `error` event before it again, for EventSource users
                     event = parse_event(json.loads(fields["data"]))
                     if event is not None:
                         yield event

@@ -50,9 +50,11 @@ class LocalRedis:
         *,
         password: str | None = None,
         tls: tuple[str, str, str] | None = None,
+        is_detached: bool = False,
     ):
         """`password` sets `requirepass`; `tls` (cert file, key file, CA file) serves TLS
-        only, on the port."""
+        only, on the port. `is_detached` starts the server in a session of its own, out of
+        reach of a terminal's Ctrl-C: whoever started it stops it, when it is time."""
         found = binary or find_redis_server()
         if not found:
             raise FileNotFoundError(
@@ -62,6 +64,7 @@ class LocalRedis:
         self.port = port or free_port()
         self.password = password
         self.tls = tls
+        self.is_detached = is_detached
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="rstreams-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
@@ -105,7 +108,9 @@ class LocalRedis:
             "--logfile",
             os.path.join(self.data_dir, "redis.log"),
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, start_new_session=self.is_detached
+        )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5)
         deadline = time.monotonic() + timeout_s
         while True:

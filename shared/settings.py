@@ -231,6 +231,8 @@ class Settings:
     demo_max_tokens: int = 200
     provider_base_url: str = OPENROUTER_BASE_URL
     provider_api_key: str = field(default="", repr=False)
+    # A key or PROVIDER_BASE_URL is set: models other than `demo` go to the provider.
+    has_provider: bool = False
     provider_http_referer: str = ""
     provider_x_title: str = ""
     provider_connect_timeout_s: float = 10.0
@@ -283,7 +285,7 @@ class Settings:
 
     @property
     def has_provider_key(self) -> bool:
-        """Whether a real provider is configured."""
+        """Whether a provider key is configured."""
         return bool(self.provider_api_key)
 
     def is_host_allowed(self, host: str) -> bool:
@@ -331,6 +333,10 @@ class Settings:
         if key:
             default_model = "gpt-4o-mini" if only_openai else "openai/gpt-4o-mini"
             default_allowlist = "demo*,*"
+        elif env.get("PROVIDER_BASE_URL", "").strip():
+            # A local server (Ollama, llama.cpp's, LM Studio) needs no key; which models it
+            # has is not ours to guess, so `demo` stays the default.
+            default_model, default_allowlist = DEMO_MODEL, "demo*,*"
         else:
             default_model, default_allowlist = DEMO_MODEL, "demo*"
         allowlist = _patterns(env, "MODEL_ALLOWLIST", default_allowlist)
@@ -368,6 +374,7 @@ class Settings:
             demo_max_tokens=_int(env, "DEMO_MAX_TOKENS", cls.demo_max_tokens, minimum=1),
             provider_base_url=base_url,
             provider_api_key=key,
+            has_provider=bool(key or env.get("PROVIDER_BASE_URL", "").strip()),
             provider_http_referer=_str(env, "PROVIDER_HTTP_REFERER", ""),
             provider_x_title=_str(env, "PROVIDER_X_TITLE", ""),
             provider_connect_timeout_s=_float(

