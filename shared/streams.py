@@ -22,6 +22,7 @@ from typing import Any, cast
 import redis
 
 from shared import keys
+from shared.backoff import READ_RETRY_MAX_S, READ_RETRY_START_S, compute_backoff
 from shared.errors import AppendRefused, BadCursor, IdempotencyConflict, SessionNotFound
 from shared.jobs import GenerationRequest
 from shared.redisconn import is_cluster, run_script
@@ -686,13 +687,13 @@ def follow_reconnecting(
     """
     cursor = after
     down_since: float | None = None
-    backoff_s = 0.1
+    failures = 0
     while True:
         try:
             for batch in open_follow(cursor):
                 if down_since is not None:
                     log.info("follower of %s: Redis back", session_id)
-                    down_since, backoff_s = None, 0.1
+                    down_since, failures = None, 0
                 if batch:
                     cursor = batch[-1]["id"]
                 yield batch
@@ -705,5 +706,5 @@ def follow_reconnecting(
             elif now - down_since > outage_max_s:
                 raise
             yield []
-            sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 2.0)
+            sleep(compute_backoff(failures, start_s=READ_RETRY_START_S, max_s=READ_RETRY_MAX_S))
+            failures += 1
