@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import redis
 
-from shared import keys, streams
+from shared import fields, keys, streams
 from shared.backoff import READ_RETRY_MAX_S, READ_RETRY_START_S, compute_backoff, ensure_running
 from shared.errors import SessionNotFound
 
@@ -246,7 +246,7 @@ def follow(
     """
     key = keys.events(session_id)
     cursor = after or "0-0"
-    status = r.hget(keys.meta(session_id), "status")
+    status = r.hget(keys.meta(session_id), fields.STATUS)
     if status is None:
         raise SessionNotFound(f"no session {session_id}")
     while True:
@@ -264,7 +264,7 @@ def follow(
                 if taken is _BEHIND:
                     break  # catch up on our own, then join again
                 if taken is None:
-                    status = r.hget(keys.meta(session_id), "status")
+                    status = r.hget(keys.meta(session_id), fields.STATUS)
                     if status is None:
                         raise SessionNotFound(f"session {session_id} expired or was deleted")
                     if status in streams.TERMINAL_STATUSES:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import redis
 
-from shared import limits, streams
+from shared import fields, limits, streams
 from shared.errors import QueueUnavailable, RequestInProgress, SessionNotFound
 from shared.jobs import GenerationRequest
 from shared.settings import Settings
@@ -126,7 +126,7 @@ def start_session(
         session_id,
         streams.Status.QUEUED.value,
         generation.model,
-        streams.iso_ms(meta["created_ms"]),
+        streams.iso_ms(meta[fields.CREATED_MS]),
     )
 
 

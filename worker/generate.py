@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import redis
 
-from shared import streams
+from shared import fields, streams
 from shared.backoff import compute_backoff
 from shared.errors import AppendRefused, ProviderError
 from shared.jobs import GenerationRequest
@@ -129,8 +129,8 @@ def _generate(
     token = held.token
     attempt = int(token)
     meta = patiently(lambda: streams.read_meta(r, session_id), session_id, settings)
-    request = GenerationRequest.from_json(meta["request"])
-    sink = Sink(r, appender, session_id, token, int(meta.get("chunks", 0)), settings)
+    request = GenerationRequest.from_json(meta[fields.REQUEST])
+    sink = Sink(r, appender, session_id, token, int(meta.get(fields.CHUNKS, 0)), settings)
     try:
         resume = None
         if attempt > 1:
