@@ -27,6 +27,7 @@ from redis.cluster import ClusterNode, RedisCluster
 
 from api.hub import Hub, Subscription, id_key
 from shared import keys
+from shared.backoff import READ_RETRY_MAX_S, READ_RETRY_START_S, compute_backoff, ensure_running
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +104,7 @@ class ClusterHub(Hub):
 
     def _start_keeper(self) -> None:
         # Called with `_lock` held.
-        if self._keeper is None or not self._keeper.is_alive():
-            self._keeper = threading.Thread(target=self._keep, name="cluster-hub", daemon=True)
-            self._keeper.start()
+        self._keeper = ensure_running(self._keeper, self._keep, "cluster-hub")
 
     def _keep(self) -> None:
         """Retry failed subscriptions; give every node that has some a reader."""
@@ -129,19 +128,17 @@ class ClusterHub(Hub):
 
     def _start_reader(self, node: ClusterNode) -> None:
         with self._readers_lock:
-            running = self._readers.get(node.name)
-            if running is None or not running.is_alive():
-                thread = threading.Thread(
-                    target=self._read_node, args=(node,), name=f"cluster-hub-{node.name}"
-                )
-                thread.daemon = True
-                self._readers[node.name] = thread
-                thread.start()
+            self._readers[node.name] = ensure_running(
+                self._readers.get(node.name),
+                self._read_node,
+                f"cluster-hub-{node.name}",
+                args=(node,),
+            )
 
     def _read_node(self, node: ClusterNode) -> None:
         """One node's reader: wait for notifications, read the streams they name."""
         dirty: set[str] = set()  # events keys to read
-        backoff_s = 0.1
+        failures = 0
         while True:
             with self._readers_lock:
                 if not dirty and node.name not in self.pubsub.node_pubsub_mapping:
@@ -165,10 +162,12 @@ class ClusterHub(Hub):
                 # A reader that died would leave its node's followers without live entries.
                 log.exception("cluster hub: reader of node %s failed; retrying", node.name)
             else:
-                backoff_s = 0.1
+                failures = 0
                 continue
-            time.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 2.0)
+            time.sleep(
+                compute_backoff(failures, start_s=READ_RETRY_START_S, max_s=READ_RETRY_MAX_S)
+            )
+            failures += 1
 
     def _note(self, dirty: set[str], message: dict[str, Any]) -> None:
         if message.get("type") not in _NOTIFIED:

@@ -15,6 +15,7 @@ from shared.errors import (
     BadCursor,
     IdempotencyConflict,
     InvalidRequest,
+    QueueUnavailable,
     RequestInProgress,
     SessionNotFound,
     StreamsError,
@@ -42,6 +43,7 @@ STATUS_OF: list[tuple[type[StreamsError], int]] = [
     (IdempotencyConflict, 409),
     (RequestInProgress, 409),
     (InvalidRequest, 400),
+    (QueueUnavailable, 503),
 ]
 
 

@@ -21,7 +21,8 @@ from typing import Any, cast
 
 import redis
 
-from shared import keys, streams
+from shared import fields, keys, streams
+from shared.backoff import READ_RETRY_MAX_S, READ_RETRY_START_S, compute_backoff, ensure_running
 from shared.errors import SessionNotFound
 
 log = logging.getLogger(__name__)
@@ -161,12 +162,10 @@ class Hub:
             log.debug("hub wake-up not sent (%s); the next read picks the stream up", e)
 
     def _start(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._run, name="follower-hub", daemon=True)
-            self._thread.start()
+        self._thread = ensure_running(self._thread, self._run, "follower-hub")
 
     def _run(self) -> None:
-        backoff_s = 0.1
+        failures = 0
         while True:
             with self._lock:
                 if not self._subs:
@@ -176,12 +175,14 @@ class Hub:
             wanted[self.wake_key] = self._wake_cursor
             try:
                 response = self.r.xread(cast(Any, wanted), count=500, block=self.block_ms)
-                backoff_s = 0.1
+                failures = 0
             except redis.RedisError as e:
                 # Followers see the outage themselves when they check their session.
                 log.warning("follower hub: Redis read failed (%s); retrying", e)
-                time.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 2.0)
+                time.sleep(
+                    compute_backoff(failures, start_s=READ_RETRY_START_S, max_s=READ_RETRY_MAX_S)
+                )
+                failures += 1
                 continue
             for key, entries in _by_key(response):
                 if not entries:
@@ -245,7 +246,7 @@ def follow(
     """
     key = keys.events(session_id)
     cursor = after or "0-0"
-    status = r.hget(keys.meta(session_id), "status")
+    status = r.hget(keys.meta(session_id), fields.STATUS)
     if status is None:
         raise SessionNotFound(f"no session {session_id}")
     while True:
@@ -263,7 +264,7 @@ def follow(
                 if taken is _BEHIND:
                     break  # catch up on our own, then join again
                 if taken is None:
-                    status = r.hget(keys.meta(session_id), "status")
+                    status = r.hget(keys.meta(session_id), fields.STATUS)
                     if status is None:
                         raise SessionNotFound(f"session {session_id} expired or was deleted")
                     if status in streams.TERMINAL_STATUSES:

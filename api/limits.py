@@ -20,30 +20,6 @@ def caller_bucket() -> str:
     return f"key:{owner}" if owner else f"addr:{request.remote_addr or 'unknown'}"
 
 
-def admit_creation(session_id: str) -> None:
-    """Count a new session against the caller's rate and running limits, or raise
-    `TooManyRequests`."""
-    b = backend()
-    caller = caller_bucket()
-    limits.count_creation(
-        b.redis, caller, limit=b.settings.rate_creates_per_min, window_s=b.settings.rate_window_s
-    )
-    limits.admit_running(
-        b.redis,
-        caller,
-        session_id,
-        limit=b.settings.max_running_per_caller,
-        ttl_s=b.settings.stream_ttl_s,
-    )
-
-
-def forget_creation(session_id: str) -> None:
-    """Undo `admit_creation`'s running count for a session that was not created."""
-    b = backend()
-    if b.settings.max_running_per_caller > 0:
-        limits.forget_running(b.redis, caller_bucket(), session_id)
-
-
 def join_followers(session_id: str) -> limits.FollowerPlace:
     """A place among the session's and the caller's followers (the session's stream-token
     followers, for a token), or `TooManyRequests`."""

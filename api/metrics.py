@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from api.backend import backend
 from shared import keys, metrics, streams
+from shared.backoff import ensure_running
 from shared.redisconn import run_script
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,7 @@ class _Process:
             self._r = r
             self.interval_s = interval_s
             self._field = f"{socket.gethostname()}:{os.getpid()}"
-            self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
-            self._thread.start()
+            self._thread = ensure_running(self._thread, self._run, "metrics-flush")
 
     def join(self, transport: str) -> None:
         """A follower came: count it, and write the count soon."""

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import time
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 from nanoid import generate as nanoid
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api import auth, hosts, limits, tokens
+from api import auth, hosts, limits, sessions, tokens
 from api.backend import backend
 from api.errors import error_response
 from api.validation import parse_generate, parse_whole_number
 from shared import keys, listing, logs, streams
-from shared.errors import InvalidRequest, RequestInProgress, SessionNotFound, TooManyRequests
+from shared.errors import InvalidRequest, SessionNotFound
 from shared.jobs import enqueue
 
 log = logging.getLogger(__name__)
@@ -25,10 +23,6 @@ log = logging.getLogger(__name__)
 bp = Blueprint("streams", __name__)
 
 MAX_IDEMPOTENCY_KEY_LEN = 255
-# How long a retry waits for a concurrent first request with its Idempotency-Key to store
-# the session (that takes a few ms), before it answers 409 with Retry-After.
-IDEMPOTENCY_WAIT_S = 2.0
-IDEMPOTENCY_POLL_S = 0.02
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
 
@@ -94,46 +88,6 @@ def _json_body() -> Any:
         raise InvalidRequest("the body is not valid JSON", code="invalid_json") from None
 
 
-def _idempotency_client(owner: str) -> str:
-    # In open mode a key is the client address's own: another client that guesses it
-    # must not get this client's session.
-    return "" if owner else limits.caller_bucket()
-
-
-def _claim_or_replay(
-    idem_key: str, session_id: str, fingerprint: str, owner: str
-) -> Response | None:
-    """None when this request now holds `idem_key`; else the answer of the request that
-    holds it, once its session is stored (409 `request_in_progress` if not in time)."""
-    b = backend()
-    deadline = time.monotonic() + IDEMPOTENCY_WAIT_S
-    while True:
-        earlier = streams.claim_idempotency_key(
-            b.redis,
-            idem_key,
-            session_id,
-            fingerprint,
-            b.settings.stream_ttl_s,
-            owner,
-            _idempotency_client(owner),
-        )
-        if earlier is None:
-            return None
-        try:
-            info = streams.info(b.redis, earlier)
-        except SessionNotFound:
-            # A concurrent retry: the first request claimed the key and is storing the
-            # session now (or failed, released the key, and our next claim takes it).
-            if time.monotonic() >= deadline:
-                raise RequestInProgress(
-                    "a request with this Idempotency-Key is still being handled; retry",
-                    retry_after_s=1,
-                ) from None
-            time.sleep(IDEMPOTENCY_POLL_S)
-            continue
-        return _created(earlier, info["status"], info["model"], info["createdAt"])
-
-
 @bp.post("/api/streams/generate")
 def create() -> Response:
     """Validate, store the request, enqueue generation."""
@@ -144,55 +98,22 @@ def create() -> Response:
     session_id = nanoid()
     logs.bind(session_id)
     idem_key = request.headers.get("Idempotency-Key")
-    if idem_key is not None:
-        if not (0 < len(idem_key) <= MAX_IDEMPOTENCY_KEY_LEN and _is_printable_ascii(idem_key)):
-            raise InvalidRequest(
-                f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
-            )
-        # The validated request: `1` and `1.0` tokens, or a prompt and its one user message,
-        # are the same request.
-        fingerprint = hashlib.sha256(generation.to_json().encode()).hexdigest()[:32]
-        replay = _claim_or_replay(idem_key, session_id, fingerprint, owner)
-        if replay is not None:
-            return replay
-    try:
-        limits.admit_creation(session_id)  # after the replay: a retry is never refused
-    except TooManyRequests:
-        if idem_key:
-            streams.release_idempotency_key(b.redis, idem_key, owner, _idempotency_client(owner))
-        raise
-    try:
-        streams.create_session(
-            b.redis, session_id, generation, queue=b.settings.celery_queue, owner=owner
+    if idem_key is not None and not (
+        0 < len(idem_key) <= MAX_IDEMPOTENCY_KEY_LEN and _is_printable_ascii(idem_key)
+    ):
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
         )
-    except Exception:
-        limits.forget_creation(session_id)
-        if idem_key:
-            streams.release_idempotency_key(b.redis, idem_key, owner, _idempotency_client(owner))
-        raise
-    try:
-        enqueue(b.celery, session_id, b.settings.celery_queue)
-    except Exception as e:  # noqa: BLE001 - kombu raises many kinds; all mean "not queued"
-        log.warning("could not enqueue %s: %s", session_id, e)
-        streams.append_error(
-            b.redis,
-            session_id,
-            "enqueue_failed",
-            "The job queue was unavailable; nothing was generated.",
-            token="",
-            ttl_s=b.settings.stream_ttl_s,
-        )
-        if idem_key:
-            streams.release_idempotency_key(b.redis, idem_key, owner, _idempotency_client(owner))
-        return error_response(503, "unavailable", "The job queue is unavailable; retry shortly.")
-    meta = streams.read_meta(b.redis, session_id)
-    log.info("session %s queued (model %s)", session_id, generation.model)
-    return _created(
-        session_id,
-        streams.Status.QUEUED.value,
-        generation.model,
-        streams.iso_ms(meta["created_ms"]),
+    started = sessions.start_session(
+        b.redis,
+        b.settings,
+        generation,
+        session_id=session_id,
+        caller=sessions.Caller(owner, limits.caller_bucket()),
+        enqueue=lambda sid: enqueue(b.celery, sid, b.settings.celery_queue),
+        idempotency_key=idem_key,
     )
+    return _created(started.session_id, started.status, started.model, started.created_at)
 
 
 @bp.get("/api/streams/generate")

@@ -68,6 +68,12 @@ class RequestInProgress(StreamsError):
         self.retry_after_s = retry_after_s
 
 
+class QueueUnavailable(StreamsError):
+    """The generate job could not be queued (the broker is down); nothing was generated."""
+
+    code = "unavailable"
+
+
 class TooManyRequests(StreamsError):
     """A per-caller limit refused the request; `retry_after_s` says when to try again."""
 

@@ -7,8 +7,7 @@ lives in Redis (`rs:{<id>}:meta`, field `request`), so the broker carries no pro
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
 
 from celery import Celery
 
@@ -35,7 +34,6 @@ class GenerationRequest:
     messages: tuple[Message, ...]
     max_tokens: int | None = None
     temperature: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def prompt(self) -> str:
@@ -60,7 +58,6 @@ class GenerationRequest:
             messages=tuple(Message(m["role"], m["content"]) for m in data["messages"]),
             max_tokens=data.get("max_tokens"),
             temperature=data.get("temperature"),
-            extra=data.get("extra") or {},
         )
 
 

@@ -15,7 +15,7 @@ from typing import cast
 
 import redis
 
-from shared import keys
+from shared import fields, keys
 from shared.errors import TooManyRequests
 from shared.redisconn import run_script
 from shared.streams import TERMINAL_STATUSES, now_ms
@@ -108,7 +108,7 @@ def _prune(r: redis.Redis, key: str, now: int) -> int:
     # One command per session: their metas live on any node of a cluster.
     pipe = r.pipeline(transaction=False)
     for session_id, _score in members:
-        pipe.hget(keys.meta(session_id), "status")
+        pipe.hget(keys.meta(session_id), fields.STATUS)
     statuses = pipe.execute()
     ended = [
         session_id

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import redis
 
-from shared import keys
+from shared import fields, keys
 from shared.errors import BadCursor
 from shared.streams import info_of
 
@@ -88,9 +88,9 @@ def list_sessions(
         for (session_id, score), meta in zip(fresh, metas, strict=True):
             scanned += 1
             last = (score, session_id)
-            if not meta or "status" not in meta:
+            if not meta or fields.STATUS not in meta:
                 gone.append(session_id)
-            elif status is None or meta["status"] == status:
+            elif status is None or meta[fields.STATUS] == status:
                 sessions.append(info_of(session_id, {str(k): str(v) for k, v in meta.items()}))
                 if len(sessions) == limit:
                     break

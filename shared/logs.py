@@ -20,8 +20,6 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-FORMATS = ("text", "json")
-
 _session: ContextVar[str | None] = ContextVar("session_id", default=None)
 # gunicorn writes an access line after the request's context is gone: take the id from
 # its path.

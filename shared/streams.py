@@ -21,7 +21,8 @@ from typing import Any, cast
 
 import redis
 
-from shared import keys
+from shared import fields, keys
+from shared.backoff import READ_RETRY_MAX_S, READ_RETRY_START_S, compute_backoff
 from shared.errors import AppendRefused, BadCursor, IdempotencyConflict, SessionNotFound
 from shared.jobs import GenerationRequest
 from shared.redisconn import is_cluster, run_script
@@ -245,20 +246,20 @@ def create_session(
 ) -> str:
     """Store a new session (`queued`) with its request and first event; returns that event's id."""
     now = now_ms()
-    fields = {
-        "status": Status.QUEUED.value,
-        "model": request.model,
-        "request": request.to_json(),
-        "created_ms": now,
-        "updated_ms": now,
-        "chunks": 0,
-        "attempt": 0,
-        "queue": queue,
-        "enqueued_ms": now,
-        "owner": owner,
+    meta = {
+        fields.STATUS: Status.QUEUED.value,
+        fields.MODEL: request.model,
+        fields.REQUEST: request.to_json(),
+        fields.CREATED_MS: now,
+        fields.UPDATED_MS: now,
+        fields.CHUNKS: 0,
+        fields.ATTEMPT: 0,
+        fields.QUEUE: queue,
+        fields.ENQUEUED_MS: now,
+        fields.OWNER: owner,
     }
     args: list[Any] = [_dumps({"status": Status.QUEUED.value})]
-    for name, value in fields.items():
+    for name, value in meta.items():
         args += [name, value]
     event_id = run_script(r, _CREATE, [keys.meta(session_id), keys.events(session_id)], args)
     if not event_id:
@@ -278,7 +279,7 @@ def create_session(
 
 def check_owner(r: redis.Redis, session_id: str, owner: str) -> None:
     """Raise `SessionNotFound` unless `owner` created the session (another's is not found)."""
-    if r.hget(keys.meta(session_id), "owner") != owner:
+    if r.hget(keys.meta(session_id), fields.OWNER) != owner:
         raise SessionNotFound(f"no session {session_id}")
 
 
@@ -323,10 +324,10 @@ def _append(
     etype: EventType,
     *,
     new_status: Status | None = None,
-    **fields: Any,
+    **options: Any,
 ) -> str | None:
-    """Run the atomic append script; `fields` are `_append_args`'s."""
-    args = _append_args(etype, new_status=new_status, **fields)
+    """Run the atomic append script; `options` are `_append_args`'s."""
+    args = _append_args(etype, new_status=new_status, **options)
     source, keys_ = _append_script(r, session_id)
     return _append_result(r, session_id, new_status, run_script(r, source, keys_, args))
 
@@ -458,10 +459,10 @@ def append_done(
 ) -> str | None:
     """Append the terminal `done` event; the session becomes `completed` in the same step."""
     data: dict[str, Any] = {"finishReason": finish_reason, "chunks": chunks}
-    fields: dict[str, Any] = {"finish_reason": finish_reason}
+    meta: dict[str, Any] = {fields.FINISH_REASON: finish_reason}
     if usage:
         data["usage"] = usage
-        fields["usage"] = _dumps(usage)
+        meta[fields.USAGE] = _dumps(usage)
     return _append(
         r,
         session_id,
@@ -471,7 +472,7 @@ def append_done(
         ttl_s=ttl_s,
         data=data,
         new_status=Status.COMPLETED,
-        meta_fields=fields,
+        meta_fields=meta,
     )
 
 
@@ -489,7 +490,7 @@ def append_error(
         ttl_s=ttl_s,
         data={"error": error},
         new_status=Status.FAILED,
-        meta_fields={"error": _dumps(error)},
+        meta_fields={fields.ERROR: _dumps(error)},
     )
 
 
@@ -508,7 +509,7 @@ def cancel(r: redis.Redis, session_id: str, *, ttl_s: int) -> tuple[bool, str]:
     except AppendRefused as e:
         if e.code == "not_found":
             raise SessionNotFound(f"no session {session_id}") from e
-        status = r.hget(keys.meta(session_id), "status")
+        status = r.hget(keys.meta(session_id), fields.STATUS)
         if status is None:
             raise SessionNotFound(f"no session {session_id}") from e
         return False, str(status)
@@ -543,7 +544,7 @@ def release_lease(r: redis.Redis, session_id: str, token: str) -> None:
 def read_meta(r: redis.Redis, session_id: str) -> dict[str, str]:
     """The session's meta hash; raises `SessionNotFound`."""
     meta = r.hgetall(keys.meta(session_id))
-    if not meta or "status" not in meta:
+    if not meta or fields.STATUS not in meta:
         raise SessionNotFound(f"no session {session_id}")
     return {str(k): str(v) for k, v in meta.items()}
 
@@ -573,26 +574,26 @@ def info_of(session_id: str, meta: dict[str, str]) -> dict[str, Any]:
     """The stream info object of a session whose meta hash is `meta`."""
     out: dict[str, Any] = {
         "sessionId": session_id,
-        "status": meta["status"],
-        "model": meta.get("model"),
-        "chunks": int(meta.get("chunks", 0)),
-        "createdAt": iso_ms(meta.get("created_ms")),
-        "updatedAt": iso_ms(meta.get("updated_ms")),
+        "status": meta[fields.STATUS],
+        "model": meta.get(fields.MODEL),
+        "chunks": int(meta.get(fields.CHUNKS, 0)),
+        "createdAt": iso_ms(meta.get(fields.CREATED_MS)),
+        "updatedAt": iso_ms(meta.get(fields.UPDATED_MS)),
     }
-    if meta.get("finish_reason"):
-        out["finishReason"] = meta["finish_reason"]
-    if meta.get("usage"):
-        out["usage"] = json.loads(meta["usage"])
-    if meta.get("error"):
-        out["error"] = json.loads(meta["error"])
+    if meta.get(fields.FINISH_REASON):
+        out["finishReason"] = meta[fields.FINISH_REASON]
+    if meta.get(fields.USAGE):
+        out["usage"] = json.loads(meta[fields.USAGE])
+    if meta.get(fields.ERROR):
+        out["error"] = json.loads(meta[fields.ERROR])
     return out
 
 
-def decode_event(entry_id: str, fields: dict[str, str]) -> Event:
+def decode_event(entry_id: str, entry_fields: dict[str, str]) -> Event:
     """A stream entry as the contract's event frame."""
-    etype = fields.get(F_TYPE, "")
+    etype = entry_fields.get(F_TYPE, "")
     if etype == EventType.CHUNK:
-        index, text = int(fields.get(F_INDEX, 0)), fields.get(F_TEXT, "")
+        index, text = int(entry_fields.get(F_INDEX, 0)), entry_fields.get(F_TEXT, "")
         event = Event(type=etype, id=entry_id, index=index, text=text)
         # Nearly every event is a chunk: spelled out it encodes several times faster, to
         # the same text `json.dumps` gives.
@@ -601,8 +602,8 @@ def decode_event(entry_id: str, fields: dict[str, str]) -> Event:
         ).encode()
         return event
     event = Event(type=etype, id=entry_id)
-    if F_DATA in fields:
-        event.update(json.loads(fields[F_DATA]))
+    if F_DATA in entry_fields:
+        event.update(json.loads(entry_fields[F_DATA]))
     event._utf8 = _dumps(event).encode()
     return event
 
@@ -622,15 +623,15 @@ def read_text(r: redis.Redis, session_id: str, page: int = 1000) -> tuple[str, s
 
     Reads the status first: if it is terminal, the text read after it is the whole answer.
     """
-    status = read_meta(r, session_id)["status"]
+    status = read_meta(r, session_id)[fields.STATUS]
     parts: list[str] = []
     start = "-"
     key = keys.events(session_id)
     while True:
         entries: list[tuple[str, dict[str, str]]] = cast(Any, r.xrange(key, start, "+", count=page))
-        for _entry_id, fields in entries:
-            if fields.get(F_TYPE) == EventType.CHUNK:
-                parts.append(fields.get(F_TEXT, ""))
+        for _entry_id, entry_fields in entries:
+            if entry_fields.get(F_TYPE) == EventType.CHUNK:
+                parts.append(entry_fields.get(F_TEXT, ""))
         if len(entries) < page:
             break
         start = "(" + entries[-1][0]
@@ -647,7 +648,7 @@ def until_terminal(events: Batch) -> tuple[Batch, bool]:
 
 def decode_batch(entries: list[tuple[str, dict[str, str]]]) -> tuple[Batch, bool]:
     """Decode entries up to and including a terminal event: (events, whether it ended)."""
-    return until_terminal([decode_event(entry_id, fields) for entry_id, fields in entries])
+    return until_terminal([decode_event(entry_id, values) for entry_id, values in entries])
 
 
 def follow(
@@ -663,7 +664,7 @@ def follow(
     """
     key = keys.events(session_id)
     cursor = after or "0-0"
-    status = r.hget(keys.meta(session_id), "status")
+    status = r.hget(keys.meta(session_id), fields.STATUS)
     if status is None:
         raise SessionNotFound(f"no session {session_id}")
     is_terminal = status in TERMINAL_STATUSES
@@ -679,7 +680,7 @@ def follow(
             continue
         if is_terminal:
             return
-        status = r.hget(keys.meta(session_id), "status")
+        status = r.hget(keys.meta(session_id), fields.STATUS)
         if status is None:
             raise SessionNotFound(f"session {session_id} expired or was deleted")
         is_terminal = status in TERMINAL_STATUSES
@@ -702,13 +703,13 @@ def follow_reconnecting(
     """
     cursor = after
     down_since: float | None = None
-    backoff_s = 0.1
+    failures = 0
     while True:
         try:
             for batch in open_follow(cursor):
                 if down_since is not None:
                     log.info("follower of %s: Redis back", session_id)
-                    down_since, backoff_s = None, 0.1
+                    down_since, failures = None, 0
                 if batch:
                     cursor = batch[-1]["id"]
                 yield batch
@@ -721,5 +722,5 @@ def follow_reconnecting(
             elif now - down_since > outage_max_s:
                 raise
             yield []
-            sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, 2.0)
+            sleep(compute_backoff(failures, start_s=READ_RETRY_START_S, max_s=READ_RETRY_MAX_S))
+            failures += 1

@@ -28,6 +28,7 @@ from collections.abc import Callable
 import redis
 
 from shared import logs, metrics, streams
+from shared.backoff import compute_backoff, ensure_running
 from shared.errors import AppendRefused
 from shared.settings import Settings
 
@@ -62,9 +63,7 @@ class Appender:
         """Queue chunk `index` of `sink`'s session."""
         if self._thread is None:
             with self._start_lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="appender", daemon=True)
-                    self._thread.start()
+                self._thread = ensure_running(self._thread, self._run, "appender")
         self._queued.put((sink, index, text))
 
     def _run(self) -> None:
@@ -183,7 +182,7 @@ class Sink:
         self.written = first_index  # every chunk before this one is in Redis
         self.settings = settings
         self.retry_at = 0.0
-        self._backoff_s = BACKOFF_START_S
+        self._failures = 0  # consecutive failed writes
         self._down_since: float | None = None
         self._failure: Exception | None = None  # AppendRefused, StoreUnavailable, ...
         self._closed = False
@@ -290,8 +289,10 @@ class Sink:
             raise StoreUnavailable(
                 f"Redis unreachable for over {self.settings.redis_outage_max_s} s"
             ) from error
-        self.retry_at = now + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2, BACKOFF_MAX_S)
+        self.retry_at = now + compute_backoff(
+            self._failures, start_s=BACKOFF_START_S, max_s=BACKOFF_MAX_S
+        )
+        self._failures += 1
 
     def _recovered(self) -> None:
         if self._down_since is not None:
@@ -302,5 +303,5 @@ class Sink:
                 extra=logs.about(self.session_id),
             )
         self._down_since = None
-        self._backoff_s = BACKOFF_START_S
+        self._failures = 0
         self.retry_at = 0.0

@@ -13,7 +13,8 @@ from typing import TypeVar
 
 import redis
 
-from shared import streams
+from shared import fields, streams
+from shared.backoff import compute_backoff
 from shared.errors import AppendRefused, ProviderError
 from shared.jobs import GenerationRequest
 from shared.settings import Settings
@@ -47,7 +48,7 @@ class Outcome(StrEnum):
 def patiently(fn: Callable[[], T], session_id: str, settings: Settings) -> T:
     """Call `fn`, retrying with capped backoff while Redis is unreachable (a restart)."""
     started = time.monotonic()
-    backoff_s = BACKOFF_START_S
+    failures = 0
     while True:
         try:
             return fn()
@@ -55,8 +56,8 @@ def patiently(fn: Callable[[], T], session_id: str, settings: Settings) -> T:
             if time.monotonic() - started > settings.redis_outage_max_s:
                 raise StoreUnavailable(f"Redis unreachable: {e}") from e
             log.warning("session %s: Redis unreachable (%s); retrying", session_id, e)
-            time.sleep(backoff_s)
-            backoff_s = min(backoff_s * 2, BACKOFF_MAX_S)
+            time.sleep(compute_backoff(failures, start_s=BACKOFF_START_S, max_s=BACKOFF_MAX_S))
+            failures += 1
 
 
 def may_resume(model: str, settings: Settings) -> bool:
@@ -128,8 +129,8 @@ def _generate(
     token = held.token
     attempt = int(token)
     meta = patiently(lambda: streams.read_meta(r, session_id), session_id, settings)
-    request = GenerationRequest.from_json(meta["request"])
-    sink = Sink(r, appender, session_id, token, int(meta.get("chunks", 0)), settings)
+    request = GenerationRequest.from_json(meta[fields.REQUEST])
+    sink = Sink(r, appender, session_id, token, int(meta.get(fields.CHUNKS, 0)), settings)
     try:
         resume = None
         if attempt > 1:

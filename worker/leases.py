@@ -17,6 +17,7 @@ import time
 import redis
 
 from shared import logs, streams
+from shared.backoff import ensure_running
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +55,7 @@ class LeaseKeeper:
         held = Held(session_id, token)
         with self._lock:
             self._held[session_id] = held
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
-                self._thread.start()
+            self._thread = ensure_running(self._thread, self._run, "lease-keeper")
         return state, held
 
     def release(self, held: Held) -> None:

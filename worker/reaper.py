@@ -15,7 +15,7 @@ import redis
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-from shared import keys, logs, metrics, streams
+from shared import fields, keys, logs, metrics, streams
 from shared.errors import AppendRefused
 from shared.settings import Settings
 
@@ -38,6 +38,18 @@ class _Meta(NamedTuple):
     requeues: str | None
     queue: str | None
     updated_ms: str | None
+
+
+# In `_Meta`'s order.
+_META_FIELDS = (
+    fields.STATUS,
+    fields.ATTEMPT,
+    fields.ENQUEUED_MS,
+    fields.CREATED_MS,
+    fields.REQUEUES,
+    fields.QUEUE,
+    fields.UPDATED_MS,
+)
 
 
 def reap_once(
@@ -81,7 +93,7 @@ def _read_page(r: redis.Redis, session_ids: list[str]) -> list[tuple[_Meta, bool
     # sends each node its own part.
     pipe = r.pipeline(transaction=False)
     for session_id in session_ids:
-        pipe.hmget(keys.meta(session_id), _Meta._fields)
+        pipe.hmget(keys.meta(session_id), _META_FIELDS)
         pipe.exists(keys.lease(session_id))
     answers = pipe.execute()
     return [(_Meta(*answers[i]), bool(answers[i + 1])) for i in range(0, len(answers), 2)]
@@ -144,8 +156,8 @@ def _act(
 
 
 def _requeue(r: redis.Redis, session_id: str, queue: str, enqueue: Enqueue) -> None:
-    r.hset(keys.meta(session_id), "enqueued_ms", streams.now_ms())
-    r.hincrby(keys.meta(session_id), "requeues", 1)
+    r.hset(keys.meta(session_id), fields.ENQUEUED_MS, streams.now_ms())
+    r.hincrby(keys.meta(session_id), fields.REQUEUES, 1)
     enqueue(session_id, queue)
     log.warning(
         "session %s has no live worker: handed out again", session_id, extra=logs.about(session_id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import codecs
 import json
 import logging
-import random
 import time
 from collections.abc import Generator, Iterator
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import requests
 import urllib3
 
+from shared.backoff import compute_backoff
 from shared.errors import ProviderError, ProviderRateLimited
 from shared.jobs import GenerationRequest
 from shared.settings import Settings
@@ -188,8 +188,8 @@ class ChatCompletionsProvider:
 
     def _backoff_s(self, attempt: int, error: ProviderError) -> float:
         s = self.settings
-        delay = random.uniform(
-            0, min(s.provider_backoff_max_s, s.provider_backoff_base_s * 2**attempt)
+        delay = compute_backoff(
+            attempt, start_s=s.provider_backoff_base_s, max_s=s.provider_backoff_max_s, jitter=True
         )
         if isinstance(error, ProviderRateLimited) and error.retry_after_s is not None:
             delay = max(delay, error.retry_after_s)

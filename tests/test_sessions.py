@@ -1,0 +1,107 @@
+"""`start_session` on a real Redis, without Flask or Celery: each step's undo."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from nanoid import generate as nanoid
+
+from api.sessions import Caller, start_session
+from shared import keys, streams
+from shared.errors import QueueUnavailable, TooManyRequests
+from shared.jobs import GenerationRequest, Message
+from shared.settings import Settings
+
+SETTINGS = Settings.from_env({"MAX_RUNNING_PER_CALLER": "1"})
+REQUEST = GenerationRequest(model="demo", messages=(Message("user", "hello"),))
+
+
+def _refuse(session_id: str) -> None:
+    raise ConnectionError("broker down")
+
+
+def test_a_started_session_is_queued_and_enqueued_once(r: redis.Redis) -> None:
+    caller = Caller("", f"addr:{nanoid()}")
+    sent: list[str] = []
+    started = start_session(
+        r, SETTINGS, REQUEST, session_id=nanoid(), caller=caller, enqueue=sent.append
+    )
+    assert sent == [started.session_id]
+    assert (started.status, started.model, started.is_replay) == ("queued", "demo", False)
+    assert streams.info(r, started.session_id)["createdAt"] == started.created_at
+
+
+def test_when_enqueue_fails_the_session_ends_with_an_error_and_the_key_is_free(
+    r: redis.Redis,
+) -> None:
+    caller = Caller("", f"addr:{nanoid()}")
+    key, session_id = nanoid(), nanoid()
+    with pytest.raises(QueueUnavailable):
+        start_session(
+            r,
+            SETTINGS,
+            REQUEST,
+            session_id=session_id,
+            caller=caller,
+            enqueue=_refuse,
+            idempotency_key=key,
+        )
+    info = streams.info(r, session_id)
+    assert info["status"] == "failed"
+    assert info["error"]["code"] == "enqueue_failed"
+    assert not r.exists(keys.idempotency(key, "", caller.idempotency_client))
+
+    # A retry with the same key starts a new session instead of replaying the failed one.
+    sent: list[str] = []
+    retry = start_session(
+        r,
+        SETTINGS,
+        REQUEST,
+        session_id=nanoid(),
+        caller=caller,
+        enqueue=sent.append,
+        idempotency_key=key,
+    )
+    assert not retry.is_replay and sent == [retry.session_id] != [session_id]
+
+
+def test_a_retry_replays_the_first_session_even_past_the_limits(r: redis.Redis) -> None:
+    caller = Caller("", f"addr:{nanoid()}")
+    key = nanoid()
+    sent: list[str] = []
+    first = start_session(
+        r,
+        SETTINGS,
+        REQUEST,
+        session_id=nanoid(),
+        caller=caller,
+        enqueue=sent.append,
+        idempotency_key=key,
+    )
+    retry = start_session(
+        r,
+        SETTINGS,
+        REQUEST,
+        session_id=nanoid(),
+        caller=caller,
+        enqueue=sent.append,
+        idempotency_key=key,
+    )
+    assert retry.is_replay and retry.session_id == first.session_id
+    assert sent == [first.session_id]
+
+    # A new request is refused by MAX_RUNNING_PER_CALLER=1, and gives its key back.
+    other_key, refused_id = nanoid(), nanoid()
+    with pytest.raises(TooManyRequests):
+        start_session(
+            r,
+            SETTINGS,
+            REQUEST,
+            session_id=refused_id,
+            caller=caller,
+            enqueue=sent.append,
+            idempotency_key=other_key,
+        )
+    assert not r.exists(keys.idempotency(other_key, "", caller.idempotency_client))
+    assert not r.exists(keys.meta(refused_id))
+    assert sent == [first.session_id]
