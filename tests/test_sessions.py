@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import redis
 from nanoid import generate as nanoid
@@ -18,6 +20,19 @@ REQUEST = GenerationRequest(model="demo", messages=(Message("user", "hello"),))
 
 def _refuse(session_id: str) -> None:
     raise ConnectionError("broker down")
+
+
+def start(r: redis.Redis, caller: Caller, enqueue: Any, key: str, session_id: str = "") -> Any:
+    """`start_session` of the test request with an Idempotency-Key (a fresh id by default)."""
+    return start_session(
+        r,
+        SETTINGS,
+        REQUEST,
+        session_id=session_id or nanoid(),
+        caller=caller,
+        enqueue=enqueue,
+        idempotency_key=key,
+    )
 
 
 def test_a_started_session_is_queued_and_enqueued_once(r: redis.Redis) -> None:
@@ -37,15 +52,7 @@ def test_when_enqueue_fails_the_session_ends_with_an_error_and_the_key_is_free(
     caller = Caller("", f"addr:{nanoid()}")
     key, session_id = nanoid(), nanoid()
     with pytest.raises(QueueUnavailable):
-        start_session(
-            r,
-            SETTINGS,
-            REQUEST,
-            session_id=session_id,
-            caller=caller,
-            enqueue=_refuse,
-            idempotency_key=key,
-        )
+        start(r, caller, _refuse, key, session_id)
     info = streams.info(r, session_id)
     assert info["status"] == "failed"
     assert info["error"]["code"] == "enqueue_failed"
@@ -53,15 +60,7 @@ def test_when_enqueue_fails_the_session_ends_with_an_error_and_the_key_is_free(
 
     # A retry with the same key starts a new session instead of replaying the failed one.
     sent: list[str] = []
-    retry = start_session(
-        r,
-        SETTINGS,
-        REQUEST,
-        session_id=nanoid(),
-        caller=caller,
-        enqueue=sent.append,
-        idempotency_key=key,
-    )
+    retry = start(r, caller, sent.append, key)
     assert not retry.is_replay and sent == [retry.session_id] != [session_id]
 
 
@@ -69,39 +68,15 @@ def test_a_retry_replays_the_first_session_even_past_the_limits(r: redis.Redis) 
     caller = Caller("", f"addr:{nanoid()}")
     key = nanoid()
     sent: list[str] = []
-    first = start_session(
-        r,
-        SETTINGS,
-        REQUEST,
-        session_id=nanoid(),
-        caller=caller,
-        enqueue=sent.append,
-        idempotency_key=key,
-    )
-    retry = start_session(
-        r,
-        SETTINGS,
-        REQUEST,
-        session_id=nanoid(),
-        caller=caller,
-        enqueue=sent.append,
-        idempotency_key=key,
-    )
+    first = start(r, caller, sent.append, key)
+    retry = start(r, caller, sent.append, key)
     assert retry.is_replay and retry.session_id == first.session_id
     assert sent == [first.session_id]
 
     # A new request is refused by MAX_RUNNING_PER_CALLER=1, and gives its key back.
     other_key, refused_id = nanoid(), nanoid()
     with pytest.raises(TooManyRequests):
-        start_session(
-            r,
-            SETTINGS,
-            REQUEST,
-            session_id=refused_id,
-            caller=caller,
-            enqueue=sent.append,
-            idempotency_key=other_key,
-        )
+        start(r, caller, sent.append, other_key, refused_id)
     assert not r.exists(keys.idempotency(other_key, "", caller.idempotency_client))
     assert not r.exists(keys.meta(refused_id))
     assert sent == [first.session_id]
