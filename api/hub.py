@@ -206,7 +206,7 @@ class Hub:
             self._cursors[key] = entries[-1][0]
             self._confirmed.add(key)
             subs = list(self._subs[key])
-        events = [streams.decode_event(entry_id, fields) for entry_id, fields in entries]
+        events = [streams.decode_event(entry_id, values) for entry_id, values in entries]
         for sub in subs:
             sub.push(events)
         return True

@@ -23,7 +23,8 @@ def caller_bucket() -> str:
 def join_followers(session_id: str) -> limits.FollowerPlace:
     """A place among the session's and the caller's followers (the session's stream-token
     followers, for a token), or `TooManyRequests`."""
-    settings = backend().settings
+    b = backend()
+    settings = b.settings
     if auth.caller().token_session is not None:
         budgets = limits.budgets_of_token(
             session_id, per_session=settings.max_token_followers_per_session
@@ -35,4 +36,4 @@ def join_followers(session_id: str) -> limits.FollowerPlace:
             per_session=settings.max_followers_per_session,
             per_caller=settings.max_followers_per_caller,
         )
-    return limits.join_followers(backend().redis, budgets, lease_s=settings.follower_lease_s)
+    return limits.join_followers(b.redis, budgets, lease_s=settings.follower_lease_s)
