@@ -268,18 +268,21 @@ SSE_STREAM_ERROR = b"stream_error"
 
 
 def _sse(event: streams.Event) -> bytes:
-    block = b"id: %s\nevent: %s\ndata: %s\n\n" % (
+    if event["type"] == streams.EventType.ERROR:
+        return _sse_error(event.utf8(), event["id"].encode())
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (
         event["id"].encode(),
         event["type"].encode(),
         event.utf8(),
     )
-    if event["type"] == streams.EventType.ERROR:
-        block += b"id: %s\nevent: %s\ndata: %s\n\n" % (
-            event["id"].encode(),
-            SSE_STREAM_ERROR,
-            event.utf8(),
-        )
-    return block
+
+
+def _sse_error(data: bytes, event_id: bytes | None = None) -> bytes:
+    """An `error` event and its `stream_error` twin (with the event's id, when it has one)."""
+    head = b"id: %s\n" % event_id if event_id is not None else b""
+    return b"".join(
+        head + b"event: %s\ndata: %s\n\n" % (name, data) for name in (b"error", SSE_STREAM_ERROR)
+    )
 
 
 @bp.get("/api/streams/<session_id>")
@@ -318,9 +321,7 @@ def follow_sse(session_id: str) -> Response:
                 yield b"".join([_sse(event) for event in batch])
                 follower.sent(batch)
         except SessionNotFound as e:
-            frame = _error_frame(e.code, e.message)
-            yield f"event: error\ndata: {frame}\n\n".encode()
-            yield f"event: {SSE_STREAM_ERROR.decode()}\ndata: {frame}\n\n".encode()
+            yield _sse_error(_error_frame(e.code, e.message).encode())
         except redis.RedisError as e:
             # End the response; EventSource reconnects with Last-Event-ID by itself.
             log.warning("SSE follower of %s lost Redis: %s", session_id, e)
