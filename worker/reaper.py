@@ -15,7 +15,7 @@ import redis
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-from shared import fields, keys, logs, metrics, streams
+from shared import fields, keys, logs, metrics, store
 from shared.errors import AppendRefused
 from shared.settings import Settings
 
@@ -72,7 +72,7 @@ def reap_once(
             states = _read_page(r, session_ids)
             if not keep_going():
                 return counts
-            now = streams.now_ms()
+            now = store.now_ms()
             takeovers = 0
             for session_id, (meta, is_leased) in zip(session_ids, states, strict=True):
                 action = _decide(settings, meta, is_leased, now)
@@ -80,7 +80,7 @@ def reap_once(
                     _act(r, settings, enqueue, session_id, meta, action)
                     counts[action] += 1
                     # A running session handed out again: its worker died.
-                    takeovers += action == "requeued" and meta.status == streams.Status.RUNNING
+                    takeovers += action == "requeued" and meta.status == store.Status.RUNNING
             counts["seen"] += len(session_ids)
             if takeovers:
                 metrics.count(r, metrics.REAPER_TAKEOVERS, takeovers)
@@ -101,12 +101,12 @@ def _read_page(r: redis.Redis, session_ids: list[str]) -> list[tuple[_Meta, bool
 
 def _decide(settings: Settings, meta: _Meta, is_leased: bool, now: int) -> str | None:
     """What the pass does with a session: dropped, expired, requeued, gave_up, or None."""
-    if meta.status is None or meta.status in streams.TERMINAL_STATUSES:
+    if meta.status is None or meta.status in store.TERMINAL_STATUSES:
         return "dropped"
     if is_leased:
         return None  # a live worker holds it
     since_enqueued_ms = now - int(meta.enqueued_ms or meta.created_ms or now)
-    if meta.status == streams.Status.QUEUED:
+    if meta.status == store.Status.QUEUED:
         if now - int(meta.created_ms or now) > settings.queued_timeout_s * 1000:
             return "expired"
         if (
@@ -156,7 +156,7 @@ def _act(
 
 
 def _requeue(r: redis.Redis, session_id: str, queue: str, enqueue: Enqueue) -> None:
-    r.hset(keys.meta(session_id), fields.ENQUEUED_MS, streams.now_ms())
+    r.hset(keys.meta(session_id), fields.ENQUEUED_MS, store.now_ms())
     r.hincrby(keys.meta(session_id), fields.REQUEUES, 1)
     enqueue(session_id, queue)
     log.warning(
@@ -166,7 +166,7 @@ def _requeue(r: redis.Redis, session_id: str, queue: str, enqueue: Enqueue) -> N
 
 def _end(r: redis.Redis, settings: Settings, session_id: str, code: str, message: str) -> None:
     try:
-        streams.append_error(r, session_id, code, message, token="", ttl_s=settings.stream_ttl_s)
+        store.append_error(r, session_id, code, message, token="", ttl_s=settings.stream_ttl_s)
         log.warning("session %s ended: %s", session_id, code, extra=logs.about(session_id))
     except AppendRefused as e:
         log.info(
