@@ -19,7 +19,7 @@ from flask import Flask, current_app, g, request
 
 from api import apikeys, tokens
 from api.backend import backend
-from shared import streams
+from shared import store
 from shared.errors import Unauthorized
 from shared.settings import Settings
 
@@ -78,7 +78,7 @@ def check_owner(session_id: str) -> None:
     """Raise `SessionNotFound` unless the caller may see the session (always, in open mode)."""
     b = backend()
     if b.settings.has_api_keys:
-        streams.check_owner(b.redis, session_id, caller().owner)
+        store.check_owner(b.redis, session_id, caller().owner)
 
 
 def _authenticate() -> None:

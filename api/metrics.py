@@ -34,7 +34,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from api.backend import backend
-from shared import keys, metrics, streams
+from shared import keys, metrics, store
 from shared.backoff import ensure_running
 from shared.redisconn import run_script
 
@@ -195,7 +195,7 @@ class Follower:
         _PROCESS.join(transport)
         self._is_in = True
 
-    def sent(self, batch: streams.Batch) -> None:
+    def sent(self, batch: store.Batch) -> None:
         """Count a batch written to the follower (called once per batch)."""
         first, last = batch[0], batch[-1]
         if first["type"] == "chunk" and last["type"] == "chunk":

@@ -18,7 +18,7 @@ from api.routes import LIST_LIMIT_MAX, MAX_IDEMPOTENCY_KEY_LEN
 from api.validation import MAX_MODEL_LEN, MODEL_ID_PATTERN
 from shared.jobs import ROLES
 from shared.settings import Settings
-from shared.streams import EventType, Status
+from shared.store import EventType, Status
 
 bp = Blueprint("openapi", __name__)
 

@@ -14,7 +14,7 @@ import time
 
 from api import metrics
 from api.app import create_app
-from shared import streams
+from shared import store
 from shared.settings import Settings
 
 
@@ -28,7 +28,7 @@ def run(batches: int, chunks: int, rounds: int = 5) -> float:
             now_ms = int(time.time() * 1000)
             todo = [
                 [
-                    streams.decode_event(f"{now_ms}-{n}", {"t": "chunk", "i": str(n), "x": "x"})
+                    store.decode_event(f"{now_ms}-{n}", {"t": "chunk", "i": str(n), "x": "x"})
                     for n in range(i * chunks, (i + 1) * chunks)
                 ]
                 for i in range(batches)

@@ -25,7 +25,7 @@ from requests.adapters import HTTPAdapter
 
 from api.apikeys import hash_key
 from rstreams.client import _error_of
-from shared import keys, streams
+from shared import keys, store
 from shared.errors import BadCursor, ConfigError
 from shared.settings import Settings
 from tests import client
@@ -287,7 +287,7 @@ def test_a_cursor_is_ascii_digits_only(open_api: Api) -> None:
             )
             assert last_event_id.status_code == 400, (after, last_event_id.text)
     with pytest.raises(BadCursor):
-        streams.parse_cursor("1-0\n")
+        store.parse_cursor("1-0\n")
 
 
 def test_a_client_reads_a_unicode_retry_after_as_none() -> None:

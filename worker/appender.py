@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import redis
 
-from shared import logs, metrics, streams
+from shared import logs, metrics, store
 from shared.backoff import compute_backoff, ensure_running
 from shared.errors import AppendRefused
 from shared.settings import Settings
@@ -114,7 +114,7 @@ class Appender:
         pipe = self.r.pipeline(transaction=False)
         for sink, items in batch:
             for index, text in items:
-                streams.queue_chunk(
+                store.queue_chunk(
                     pipe,
                     sink.session_id,
                     index,
@@ -128,7 +128,7 @@ class Appender:
         answers: list[object]
         try:
             if not self._script_loaded:
-                streams.load_scripts(self.r)
+                store.load_scripts(self.r)
                 self._script_loaded = True
             answers = pipe.execute(raise_on_error=False)
         except redis.RedisError as e:
@@ -224,7 +224,7 @@ class Sink:
                     self.fail(e)
                 break
             try:
-                streams.chunk_result(self.r, self.session_id, answer)
+                store.chunk_result(self.r, self.session_id, answer)
             except AppendRefused as e:
                 self.fail(e)
                 break
