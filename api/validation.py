@@ -66,7 +66,7 @@ def _messages(raw: Any, settings: Settings) -> tuple[Message, ...]:
         if not _is_text(content):
             raise InvalidRequest(f"messages[{n}].content must be a non-empty string")
         out.append(Message(role, content))
-    total = sum(len(m.content) for m in out)
+    total = sum(len(m.text) for m in out)
     if total > settings.max_messages_chars:
         raise InvalidRequest(
             f"the messages' contents may hold at most {settings.max_messages_chars} characters "

@@ -276,3 +276,45 @@ def test_a_call_is_a_first_piece_even_before_its_arguments_stream(fake: FakeProv
         ToolCallDelta(0, "call_a", "get_weather", ""),
         ToolCallDelta(1, "call_b", "get_time", ""),
     ]
+
+
+def test_tool_conversations_images_and_options_reach_the_provider_as_sent(
+    fake: FakeProvider,
+) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    options = {
+        "tools": tools,
+        "tool_choice": "auto",
+        "response_format": {"type": "json_object"},
+        "top_p": 0.5,
+        "stop": ["\n\n"],
+        "seed": 7,
+        "reasoning": {"effort": "low"},
+    }
+    image = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]
+    call = {
+        "id": "call_a",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": "{}"},
+    }
+    request = GenerationRequest(
+        model="fake-ok",
+        messages=(
+            Message("user", image),
+            Message("assistant", None, tool_calls=[call]),
+            Message("tool", "Sunny", tool_call_id="call_a"),
+        ),
+        options=options,
+    )
+    run(ChatCompletionsProvider(settings_for(fake)), request)
+    sent = fake.requests_for("fake-ok")[-1]["json"]
+    assert sent["messages"] == [
+        {"role": "user", "content": image},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "Sunny", "tool_call_id": "call_a"},
+    ]
+    assert {name: sent[name] for name in options} == options
+    assert GenerationRequest.from_json(request.to_json()) == request

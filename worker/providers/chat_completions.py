@@ -128,7 +128,7 @@ class ChatCompletionsProvider:
         self.session = session or requests.Session()
 
     def _body(self, request: GenerationRequest, resume: Resume | None) -> dict[str, Any]:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages = [m.to_dict() for m in request.messages]
         if resume and resume.text:
             # Assistant prefill: the model continues this text instead of starting over.
             messages.append({"role": "assistant", "content": resume.text})
@@ -142,6 +142,7 @@ class ChatCompletionsProvider:
             body["max_tokens"] = request.max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
+        body.update(request.options)
         return body
 
     def _headers(self) -> dict[str, str]:
