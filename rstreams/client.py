@@ -70,11 +70,35 @@ class Session:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of the answer; `index` counts chunks from 0."""
+    """A piece of the answer's text; `index` counts content events (chunks, reasoning, tool
+    calls) from 0."""
 
     id: str
     index: int
     text: str
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    """A piece of the model's reasoning; `index` as `Chunk`'s."""
+
+    id: str
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A piece of a tool call: `call_index` is the call's position in the message, `call_id`
+    and `name` come on its first piece (None on the others), `arguments` is a fragment of
+    its JSON arguments; `index` as `Chunk`'s."""
+
+    id: str
+    index: int
+    call_index: int
+    call_id: str | None
+    name: str | None
+    arguments: str
 
 
 @dataclass(frozen=True)
@@ -116,7 +140,7 @@ class Error:
     message: str
 
 
-Event = Chunk | Status | Done | Cancelled | Error
+Event = Chunk | Reasoning | ToolCall | Status | Done | Cancelled | Error
 TERMINAL = (Done, Cancelled, Error)
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
@@ -131,6 +155,18 @@ def parse_event(data: Mapping[str, Any]) -> Event | None:
     kind, cursor = data.get("type"), data.get("id")
     if kind == "chunk":
         return Chunk(str(cursor), int(data["index"]), str(data["text"]))
+    if kind == "reasoning":
+        return Reasoning(str(cursor), int(data["index"]), str(data["text"]))
+    if kind == "tool_call":
+        call = data.get("call") or {}
+        return ToolCall(
+            str(cursor),
+            int(data["index"]),
+            int(call.get("index", 0)),
+            call.get("id"),
+            call.get("name"),
+            str(call.get("arguments", "")),
+        )
     if kind == "error":
         error = data.get("error") or {}
         return Error(
@@ -262,12 +298,17 @@ class Client:
         *,
         model: str | None = None,
         max_tokens: int | None = None,
-        messages: list[dict[str, str]] | None = None,
+        messages: list[dict[str, Any]] | None = None,
         temperature: float | None = None,
         idempotency_key: str | None = None,
+        **options: Any,
     ) -> Session:
-        """Start a generation of `prompt` (or of chat `messages`) and return its session."""
-        body: dict[str, Any] = {}
+        """Start a generation of `prompt` (or of chat `messages`) and return its session.
+
+        `options` are the request's other fields, sent as they are: `tools`, `tool_choice`,
+        `response_format`, `top_p`, `stop`, `seed`, `reasoning`.
+        """
+        body: dict[str, Any] = dict(options)
         if prompt is not None:
             body["prompt"] = prompt
         if messages is not None:
@@ -297,6 +338,13 @@ class Client:
         response = self._request("GET", "/api/streams/generate", params={"sessionId": session_id})
         info: dict[str, Any] = response.json()
         return info
+
+    def message(self, session_id: str) -> dict[str, Any]:
+        """The assistant message generated so far, in the shape a conversation's `messages`
+        take it: `{"sessionId", "status", "message": {"role", "content", "reasoning",
+        "tool_calls"?}, "finishReason"?, "usage"?}`."""
+        answer: dict[str, Any] = self._request("GET", f"/api/streams/{session_id}/message").json()
+        return answer
 
     def text(self, session_id: str) -> str:
         """Everything generated so far as one string."""
