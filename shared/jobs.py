@@ -16,7 +16,7 @@ from shared.settings import Settings
 
 GENERATE = "rstreams.generate"
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 # A message's content: text, OpenAI content parts (`{"type": "text", "text"}`,
 # `{"type": "image_url", "image_url": {"url"}}`), or None (an assistant message that only

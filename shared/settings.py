@@ -216,6 +216,10 @@ class Settings:
     max_prompt_chars: int = 200_000
     max_messages: int = 500
     max_messages_chars: int = 200_000
+    # Tool definitions (and tool calls of one message), their JSON size, images per request.
+    max_tools: int = 128
+    max_tools_chars: int = 100_000
+    max_images: int = 20
     # Per caller (API key id; client address in open mode); 0 turns a limit off.
     rate_creates_per_min: int = 120
     rate_window_s: int = 60
@@ -354,6 +358,9 @@ class Settings:
             max_prompt_chars=_int(env, "MAX_PROMPT_CHARS", cls.max_prompt_chars, minimum=1),
             max_messages=_int(env, "MAX_MESSAGES", cls.max_messages, minimum=1),
             max_messages_chars=_int(env, "MAX_MESSAGES_CHARS", cls.max_messages_chars, minimum=1),
+            max_tools=_int(env, "MAX_TOOLS", cls.max_tools, minimum=1),
+            max_tools_chars=_int(env, "MAX_TOOLS_CHARS", cls.max_tools_chars, minimum=100),
+            max_images=_int(env, "MAX_IMAGES", cls.max_images),
             rate_creates_per_min=_int(env, "RATE_CREATES_PER_MIN", cls.rate_creates_per_min),
             rate_window_s=_int(env, "RATE_WINDOW_S", cls.rate_window_s, minimum=1),
             max_running_per_caller=_int(env, "MAX_RUNNING_PER_CALLER", cls.max_running_per_caller),
