@@ -13,6 +13,8 @@ The behaviour follows the request's model name (after any `vendor/` prefix):
 - `fake-401`, `fake-429` (`Retry-After: 1`), `fake-500`: that status before any event.
 - `fake-429-once`, `fake-500-once`: that status the first time, then as `fake-ok`.
 - `fake-silent`: the headers and a comment, then nothing for 30 s.
+- `fake-tools-slow`: one call of `get_weather` whose arguments come in 60 pieces, 50 ms
+  apart, then `tool_calls`.
 - `QUIRKS`' scenarios: reasoning and tool calls as OpenRouter, OpenAI, vLLM and others
   stream them, written as those servers write them; a `-split` suffix writes any scenario
   a few bytes at a time.
@@ -276,6 +278,18 @@ class FakeProvider:
                 h.wfile.write(b"0\r\n\r\n")
 
     def _events(self, h: Any, model: str, scenario: str, body: Any, event: Any, write: Any) -> None:
+        if scenario == "fake-tools-slow":
+            first = {"index": 0, "id": "call_slow", "type": "function"}
+            event(_chunk(model, {"tool_calls": [{**first, "function": {"name": "get_weather"}}]}))
+            for i in range(60):
+                time.sleep(0.05)
+                piece = '{"day": ' if i == 0 else ("0}" if i == 59 else "0")
+                event(
+                    _chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                )
+            event(_chunk(model, {}, "tool_calls"))
+            write("data: [DONE]\n\n")
+            return None
         quirk = QUIRKS.get(scenario.removesuffix("-split"))
         if quirk is not None:
             for data in quirk:
