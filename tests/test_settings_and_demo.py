@@ -3,14 +3,54 @@
 from __future__ import annotations
 
 import itertools
+import re
+import runpy
+from pathlib import Path
 
 import pytest
 
 from shared.errors import ConfigError
 from shared.jobs import GenerationRequest, Message
-from shared.settings import OPENAI_BASE_URL, OPENROUTER_BASE_URL, Settings
+from shared.settings import OPENAI_BASE_URL, OPENROUTER_BASE_URL, Settings, declared
 from worker.providers.base import Finished, Resume, TextDelta
 from worker.providers.demo import DemoProvider, demo_text
+
+ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+# Read by docker compose, not by our processes.
+NOT_SETTINGS = {"FLOWER_BASIC_AUTH"}
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    text = ENV_EXAMPLE.read_text()
+    listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, re.M)) - NOT_SETTINGS
+    names = {f.metadata["env"] for f in declared(Settings)}
+    others = {n for f in declared(Settings) for n in f.metadata["also"]}
+    assert names - listed == set(), "declared but not in .env.example"
+    assert listed - names - others == set(), "in .env.example but not declared"
+    # The values it sets (uncommented) are the defaults.
+    values = dict(re.findall(r"^([A-Z][A-Z0-9_]+)=(\S*)", text, re.M))
+    assert Settings.from_env(values) == Settings.from_env({}) == Settings()
+
+
+def test_gunicorn_reads_the_web_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    conf_path = str(ENV_EXAMPLE.parent / "api" / "gunicorn_conf.py")
+    for name, value in {
+        "HOST": "127.0.0.1",
+        "PORT": "9001",
+        "WEB_CONCURRENCY": "3",
+        "WEB_KEEPALIVE_S": "7",
+        "WEB_ACCESS_LOG": "-",
+        "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": " JSON",
+    }.items():
+        monkeypatch.setenv(name, value)
+    conf = runpy.run_path(conf_path)
+    assert (conf["bind"], conf["workers"], conf["keepalive"]) == ("127.0.0.1:9001", 3, 7)
+    assert (conf["accesslog"], conf["loglevel"]) == ("-", "warning")
+    assert conf["logconfig_dict"]["root"]["level"] == "WARNING"
+    monkeypatch.setenv("WEB_CONCURRENCY", "0")
+    with pytest.raises(ConfigError, match="WEB_CONCURRENCY must be at least 1"):
+        runpy.run_path(conf_path)
 
 
 def test_defaults_run_the_demo_model_without_a_key() -> None:
