@@ -53,7 +53,7 @@ def patiently(fn: Callable[[], T], session_id: str, settings: Settings) -> T:
         try:
             return fn()
         except redis.ConnectionError as e:
-            if time.monotonic() - started > settings.redis_outage_max_s:
+            if time.monotonic() - started > settings.redis.outage_max_s:
                 raise StoreUnavailable(f"Redis unreachable: {e}") from e
             log.warning("session %s: Redis unreachable (%s); retrying", session_id, e)
             time.sleep(compute_backoff(failures, start_s=BACKOFF_START_S, max_s=BACKOFF_MAX_S))
@@ -62,7 +62,7 @@ def patiently(fn: Callable[[], T], session_id: str, settings: Settings) -> T:
 
 def may_resume(model: str, settings: Settings) -> bool:
     """Whether an answer of `model` can be continued by another attempt."""
-    return is_demo_model(model) or settings.may_prefill(model)
+    return is_demo_model(model) or settings.limits.may_prefill(model)
 
 
 def run(
