@@ -120,7 +120,7 @@ def _discard_input(sock: Any, max_reads: int = 16) -> None:
 
 def _events(b: Backend, session_id: str, after: str | None) -> Iterator[store.Batch]:
     """The session's events after `after` in batches, riding out Redis restarts."""
-    block_ms = b.settings.xread_block_ms
+    block_ms = b.settings.api.xread_block_ms
 
     def open_follow(cursor: str | None) -> Iterator[store.Batch]:
         if b.hub is not None:
@@ -128,7 +128,7 @@ def _events(b: Backend, session_id: str, after: str | None) -> Iterator[store.Ba
         return streams.follow(b.follower_redis, session_id, cursor, block_ms=block_ms)
 
     return streams.follow_reconnecting(
-        open_follow, session_id, after, outage_max_s=b.settings.redis_outage_max_s
+        open_follow, session_id, after, outage_max_s=b.settings.redis.outage_max_s
     )
 
 
@@ -197,7 +197,7 @@ def follow_ws(ws: Any, session_id: str) -> None:
     # nothing here calls: unbounded, a client could fill our memory. Drop them as they come,
     # and close on a client that floods.
     ws.input_buffer = deque(maxlen=0)
-    if per_min := b.settings.ws_client_messages_per_min:
+    if per_min := b.settings.api.ws_client_messages_per_min:
         ws.ws = _FrameBudget(ws, per_min)
     foreign = origins.failure()
     if foreign is not None:
@@ -299,7 +299,7 @@ def follow_sse(session_id: str) -> Response:
         return Response(status=204)
     place = limits.join_followers(session_id)  # 429 before any event
     follower = metrics.Follower("sse")
-    ping_s = b.settings.sse_ping_s
+    ping_s = b.settings.api.sse_ping_s
 
     def body() -> Iterator[bytes]:
         # The body runs after the request's teardown, in the same greenlet.
@@ -334,7 +334,7 @@ def follow_sse(session_id: str) -> Response:
     # WSGI closes the response however it ends, even if the body never started.
     response.call_on_close(place.leave)
     response.call_on_close(follower.leave)
-    _time_out_sends(response, b.settings.ws_send_timeout_s)
+    _time_out_sends(response, b.settings.api.ws_send_timeout_s)
     return response
 
 

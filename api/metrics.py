@@ -181,7 +181,7 @@ class Follower:
 
     def __init__(self, transport: str) -> None:
         b = backend()
-        _PROCESS.start(b.redis, b.settings.metrics_flush_s)
+        _PROCESS.start(b.redis, b.settings.api.metrics_flush_s)
         self._transport = transport
         self._delivered_field = metrics.DELIVERED + transport
         self._flush_s = _PROCESS.interval_s
@@ -378,5 +378,5 @@ def scrape() -> Response:
     """Every metric, in Prometheus text format (needs an API key when keys are configured)."""
     b = backend()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisCollector(b.redis, b.settings.metrics_flush_s))
+    registry.register(RedisCollector(b.redis, b.settings.api.metrics_flush_s))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -54,12 +54,12 @@ def _created(session_id: str, status: str, model: str | None, created_at: str | 
         "createdAt": created_at,
     }
     settings = backend().settings
-    if settings.has_api_keys:
+    if settings.api.has_api_keys:
         token, expires_ms = tokens.mint(
-            settings.stream_token_secret,
+            settings.api.stream_token_secret,
             session_id,
             auth.caller().owner,
-            settings.stream_token_ttl_s,
+            settings.api.stream_token_ttl_s,
         )
         body["streamToken"] = token
         body["tokenExpiresAt"] = presentation.iso_ms(expires_ms)
@@ -110,7 +110,7 @@ def create() -> Response:
         generation,
         session_id=session_id,
         caller=sessions.Caller(owner, limits.caller_bucket()),
-        enqueue=lambda sid: enqueue(b.celery, sid, b.settings.celery_queue),
+        enqueue=lambda sid: enqueue(b.celery, sid, b.settings.worker.queue),
         idempotency_key=idem_key,
     )
     return _created(started.session_id, started.status, started.model, started.created_at)
@@ -129,7 +129,7 @@ def stream_info() -> Response:
 @bp.get("/api/streams")
 def list_streams() -> Response:
     """The caller's sessions, newest first, a page at a time, optionally of one status."""
-    if not backend().settings.has_api_keys:
+    if not backend().settings.api.has_api_keys:
         # Without keys a session's id is its only secret: listing them would give them away.
         return error_response(
             404, "not_found", "Listing sessions needs API keys (API_KEYS or API_KEYS_FILE)."
@@ -236,7 +236,7 @@ def _check_redis(b: Any) -> str:
 
 
 def _check_broker(b: Any) -> str:
-    if b.settings.celery_broker_url == b.settings.redis_url:
+    if b.settings.redis.broker_url == b.settings.redis.url:
         return _check_redis(b)
     try:
         with b.celery.connection_for_write() as conn:

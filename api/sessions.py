@@ -100,10 +100,10 @@ def start_session(
         raise
     try:
         store.create_session(
-            r, session_id, generation, queue=settings.celery_queue, owner=caller.owner
+            r, session_id, generation, queue=settings.worker.queue, owner=caller.owner
         )
     except Exception:
-        if settings.max_running_per_caller > 0:
+        if settings.limits.max_running_per_caller > 0:
             limits.forget_running(r, caller.bucket, session_id)
         release_key()
         raise
@@ -130,13 +130,16 @@ def _admit(r: redis.Redis, settings: Settings, caller: Caller, session_id: str) 
     """Count the new session against the caller's rate and running limits, or raise
     `TooManyRequests`."""
     limits.count_creation(
-        r, caller.bucket, limit=settings.rate_creates_per_min, window_s=settings.rate_window_s
+        r,
+        caller.bucket,
+        limit=settings.limits.rate_creates_per_min,
+        window_s=settings.limits.rate_window_s,
     )
     limits.admit_running(
         r,
         caller.bucket,
         session_id,
-        limit=settings.max_running_per_caller,
+        limit=settings.limits.max_running_per_caller,
         ttl_s=settings.stream_ttl_s,
     )
 

@@ -114,9 +114,9 @@ def _text_length(content: Any) -> int:
 
 
 def _tool_calls(raw: Any, where: str, settings: Settings) -> list[dict[str, Any]]:
-    if not isinstance(raw, list) or not raw or len(raw) > settings.max_tools:
+    if not isinstance(raw, list) or not raw or len(raw) > settings.limits.max_tools:
         raise InvalidRequest(
-            f"{where} must be an array of 1 to {settings.max_tools} tool calls (MAX_TOOLS)"
+            f"{where} must be an array of 1 to {settings.limits.max_tools} tool calls (MAX_TOOLS)"
         )
     for n, call in enumerate(raw):
         at = f"{where}[{n}]"
@@ -183,9 +183,9 @@ def _message(item: Any, at: str, settings: Settings, call_ids: set[str]) -> tupl
 def _messages(raw: Any, settings: Settings) -> tuple[Message, ...]:
     if not isinstance(raw, list) or not raw:
         raise InvalidRequest("messages must be a non-empty array of {role, content} objects")
-    if len(raw) > settings.max_messages:
+    if len(raw) > settings.limits.max_messages:
         raise InvalidRequest(
-            f"messages may hold at most {settings.max_messages} messages (MAX_MESSAGES)"
+            f"messages may hold at most {settings.limits.max_messages} messages (MAX_MESSAGES)"
         )
     out = []
     images = 0
@@ -194,18 +194,19 @@ def _messages(raw: Any, settings: Settings) -> tuple[Message, ...]:
         message, count = _message(item, f"messages[{n}]", settings, call_ids)
         out.append(message)
         images += count
-    if images > settings.max_images:
+    if images > settings.limits.max_images:
         raise InvalidRequest(
-            f"the messages may hold at most {settings.max_images} images (MAX_IMAGES), got {images}"
+            f"the messages may hold at most {settings.limits.max_images} images (MAX_IMAGES), "
+            f"got {images}"
         )
     total = sum(
         _text_length(m.content) + sum(len(c["function"]["arguments"]) for c in m.tool_calls or [])
         for m in out
     )
-    if total > settings.max_messages_chars:
+    if total > settings.limits.max_messages_chars:
         raise InvalidRequest(
-            f"the messages' contents may hold at most {settings.max_messages_chars} characters "
-            f"in all (MAX_MESSAGES_CHARS), got {total}"
+            f"the messages' contents may hold at most {settings.limits.max_messages_chars} "
+            f"characters in all (MAX_MESSAGES_CHARS), got {total}"
         )
     return tuple(out)
 
@@ -215,9 +216,9 @@ def _json_size(value: Any) -> int:
 
 
 def _tools(raw: Any, settings: Settings) -> list[dict[str, Any]]:
-    if not isinstance(raw, list) or not raw or len(raw) > settings.max_tools:
+    if not isinstance(raw, list) or not raw or len(raw) > settings.limits.max_tools:
         raise InvalidRequest(
-            f"tools must be an array of 1 to {settings.max_tools} tools (MAX_TOOLS)"
+            f"tools must be an array of 1 to {settings.limits.max_tools} tools (MAX_TOOLS)"
         )
     names: set[str] = set()
     for n, tool in enumerate(raw):
@@ -244,9 +245,9 @@ def _tools(raw: Any, settings: Settings) -> list[dict[str, Any]]:
         if "strict" in function and not isinstance(function["strict"], bool):
             raise InvalidRequest(f"{at}.function.strict must be true or false")
     size = _json_size(raw)
-    if size > settings.max_tools_chars:
+    if size > settings.limits.max_tools_chars:
         raise InvalidRequest(
-            f"tools may take at most {settings.max_tools_chars} characters as JSON "
+            f"tools may take at most {settings.limits.max_tools_chars} characters as JSON "
             f"(MAX_TOOLS_CHARS), got {size}"
         )
     return raw
@@ -307,11 +308,11 @@ def _reasoning(raw: Any, settings: Settings) -> dict[str, Any]:
         return raw
     if isinstance(raw, dict) and set(raw) == {"max_tokens"}:
         n = raw["max_tokens"]
-        if _is_int(n) and 1 <= n <= settings.max_tokens_cap:
+        if _is_int(n) and 1 <= n <= settings.limits.max_tokens_cap:
             return {"max_tokens": int(n)}
     raise InvalidRequest(
         f'reasoning must be {{"effort": "low"|"medium"|"high"}} or {{"max_tokens": n}} with n '
-        f"from 1 to {settings.max_tokens_cap}"
+        f"from 1 to {settings.limits.max_tokens_cap}"
     )
 
 
@@ -358,30 +359,30 @@ def parse_generate(body: Any, settings: Settings) -> GenerationRequest:
         prompt = body["prompt"]
         if not _is_text(prompt):
             raise InvalidRequest("prompt must be a non-empty string")
-        if len(prompt) > settings.max_prompt_chars:
+        if len(prompt) > settings.limits.max_prompt_chars:
             raise InvalidRequest(
-                f"prompt may hold at most {settings.max_prompt_chars} characters "
+                f"prompt may hold at most {settings.limits.max_prompt_chars} characters "
                 f"(MAX_PROMPT_CHARS), got {len(prompt)}"
             )
         messages: tuple[Message, ...] = (Message("user", prompt),)
     else:
         messages = _messages(body["messages"], settings)
 
-    model = body.get("model", settings.default_model)
+    model = body.get("model", settings.limits.default_model)
     if not _is_text(model) or len(model) > MAX_MODEL_LEN or not _MODEL_ID_RE.match(model):
         raise InvalidRequest(
             f"model must be a non-empty string of at most {MAX_MODEL_LEN} characters, "
             "without control characters or line breaks"
         )
-    if not settings.is_model_allowed(model):
+    if not settings.limits.is_model_allowed(model):
         raise UnknownModel(f"model {model!r} is not available here")
 
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (
-        not _is_int(max_tokens) or not 1 <= max_tokens <= settings.max_tokens_cap
+        not _is_int(max_tokens) or not 1 <= max_tokens <= settings.limits.max_tokens_cap
     ):
         raise InvalidRequest(
-            f"max_tokens must be a whole number from 1 to {settings.max_tokens_cap}"
+            f"max_tokens must be a whole number from 1 to {settings.limits.max_tokens_cap}"
         )
 
     temperature = body.get("temperature")

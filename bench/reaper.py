@@ -22,7 +22,7 @@ from worker.reaper import reap_once
 def populate(r: redis.Redis, sessions: int, settings: Settings) -> None:
     """Store `sessions` running sessions, 1 in 20 of them with a dead worker."""
     request = GenerationRequest(model="demo", messages=(Message("user", "bench"),))
-    long_ago = store.now_ms() - 10 * settings.lease_ttl_s * 1000
+    long_ago = store.now_ms() - 10 * settings.worker.lease_ttl_s * 1000
     for n in range(sessions):
         session_id = f"bench{n:016d}"
         store.create_session(r, session_id, request, queue="bench")

@@ -24,10 +24,10 @@ def start_sessions(r: redis.Redis, env: dict[str, str], n: int, chunks: int) -> 
         request = GenerationRequest(
             model="demo", messages=(Message("user", prompt_of(session_id)),), max_tokens=chunks
         )
-        store.create_session(r, session_id, request, queue=settings.celery_queue)
+        store.create_session(r, session_id, request, queue=settings.worker.queue)
     celery = make_celery(settings)
     for session_id in ids:
-        enqueue(celery, session_id, settings.celery_queue)
+        enqueue(celery, session_id, settings.worker.queue)
     return ids
 
 

@@ -193,9 +193,9 @@ class Sink:
         """Queue the next content event (a chunk, reasoning, a tool call's piece); raises
         what stopped an earlier one (a refusal, an outage)."""
         self._check()
-        if self.index - self.written >= self.settings.worker_buffer_chunks:
+        if self.index - self.written >= self.settings.worker.buffer_chunks:
             # The buffer is full: wait for Redis rather than grow.
-            self._wait(lambda: self.index - self.written < self.settings.worker_buffer_chunks)
+            self._wait(lambda: self.index - self.written < self.settings.worker.buffer_chunks)
         self.appender.put(self, self.index, part)
         self.index += 1
 
@@ -287,9 +287,9 @@ class Sink:
                 error,
                 extra=logs.about(self.session_id),
             )
-        elif now - self._down_since > self.settings.redis_outage_max_s:
+        elif now - self._down_since > self.settings.redis.outage_max_s:
             raise StoreUnavailable(
-                f"Redis unreachable for over {self.settings.redis_outage_max_s} s"
+                f"Redis unreachable for over {self.settings.redis.outage_max_s} s"
             ) from error
         self.retry_at = now + compute_backoff(
             self._failures, start_s=BACKOFF_START_S, max_s=BACKOFF_MAX_S

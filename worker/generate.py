@@ -60,7 +60,7 @@ def patiently(fn: Callable[[], T], session_id: str, settings: Settings) -> T:
         try:
             return fn()
         except redis.ConnectionError as e:
-            if time.monotonic() - started > settings.redis_outage_max_s:
+            if time.monotonic() - started > settings.redis.outage_max_s:
                 raise StoreUnavailable(f"Redis unreachable: {e}") from e
             log.warning("session %s: Redis unreachable (%s); retrying", session_id, e)
             time.sleep(compute_backoff(failures, start_s=BACKOFF_START_S, max_s=BACKOFF_MAX_S))
@@ -71,7 +71,7 @@ def _why_not_resumable(model: str, answer: store.Answer, settings: Settings) -> 
     """Why another attempt cannot continue `answer` ("" when it can)."""
     if is_demo_model(model):
         return ""  # deterministic: it goes on from any event
-    if not settings.may_prefill(model):
+    if not settings.limits.may_prefill(model):
         return "this model cannot continue it"
     if answer.tool_calls:
         # A prefill continues text, never a call: the calls so far may be incomplete.

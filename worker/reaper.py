@@ -108,25 +108,25 @@ def _decide(
         return None  # a live worker holds it
     since_enqueued_ms = now - (meta.enqueued_ms or meta.created_ms or now)
     if meta.status == store.Status.QUEUED:
-        if now - (meta.created_ms or now) > settings.queued_timeout_s * 1000:
+        if now - (meta.created_ms or now) > settings.worker.queued_timeout_s * 1000:
             return "expired"
         if (
-            since_enqueued_ms > settings.queued_requeue_s * 1000
-            and meta.requeues < settings.max_attempts
+            since_enqueued_ms > settings.worker.queued_requeue_s * 1000
+            and meta.requeues < settings.worker.max_attempts
         ):
             return "requeued"
         return None
     # Running with no lease key, but written to within a lease: its worker lives and lost
     # the key to a Redis restart (it re-creates it on its next renewal).
-    if now - (meta.updated_ms or 0) < settings.lease_ttl_s * 1000:
+    if now - (meta.updated_ms or 0) < settings.worker.lease_ttl_s * 1000:
         return None
     # Running, and its lease expired: the worker that held it is gone. After a hand-out
     # that no worker took yet (a backlog, a broker reconnecting), wait longer each time
     # rather than pile copies into the queue.
-    wait_ms = settings.lease_ttl_s * 1000 * 2 ** min(meta.requeues, 4)
+    wait_ms = settings.worker.lease_ttl_s * 1000 * 2 ** min(meta.requeues, 4)
     if since_enqueued_ms < wait_ms:
         return None
-    if meta.attempt >= settings.max_attempts:
+    if meta.attempt >= settings.worker.max_attempts:
         return "gave_up"
     return "requeued"
 
@@ -153,7 +153,7 @@ def _act(
             "the partial answer stays readable.",
         )
     else:
-        _requeue(r, session_id, meta.queue or settings.celery_queue, enqueue)
+        _requeue(r, session_id, meta.queue or settings.worker.queue, enqueue)
 
 
 def _requeue(r: redis.Redis, session_id: str, queue: str, enqueue: Enqueue) -> None:
@@ -243,10 +243,10 @@ class Reaper:
         # Released after each pass, so workers with different intervals never starve each
         # other; it expires by itself soon after, so a worker killed mid-pass stalls no one.
         lock = self.r.lock(
-            keys.reaper_lock(), timeout=self.settings.reaper_interval_s + 1, blocking=False
+            keys.reaper_lock(), timeout=self.settings.worker.reaper_interval_s + 1, blocking=False
         )
         while True:
-            time.sleep(self.settings.reaper_interval_s)
+            time.sleep(self.settings.worker.reaper_interval_s)
             try:
                 if lock.acquire(blocking=False):
                     reap_locked(self.r, self.settings, self.enqueue, lock)
