@@ -1,6 +1,6 @@
 """Redis memory per session, measured through the real append path.
 
-    .venv/bin/python -m bench.memory [--chunks 50 200 1000] [--sessions 1000] [--model demo]
+    .venv/bin/python -m bench.memory [--chunks 50 200 1000] [--sessions 1000] [--reasoning 0.8]
 
 For each answer length, stores `--sessions` sessions on a redis-server of its own the way
 the product does (the API's `create_session`, a worker's lease, `running` status, every
@@ -8,7 +8,8 @@ chunk through the appender's pipelined atomic script, `done`, the lease released
 reaper's index pruned), with the demo provider's text. Reports MEMORY USAGE (exact:
 SAMPLES 0) of one session's keys, and the growth of INFO memory's `used_memory` per
 1,000 sessions, which includes Redis's own overhead per key (dict entries, expiry).
-`--model demo-reasoning` stores answers whose first quarter is reasoning.
+`--reasoning 0.8` stores answers whose first 80 % of events are reasoning, as a reasoning
+model's are, with the same demo text.
 """
 
 from __future__ import annotations
@@ -24,17 +25,22 @@ from shared import keys, store
 from shared.jobs import GenerationRequest, Message
 from shared.localredis import LocalRedis, find_redis_server
 from shared.settings import Settings
-from worker.generate import part_of
-from worker.providers.demo import demo_answer
+from worker.providers.demo import demo_chunk
 
 PROMPT = "How much memory does one answer take?"
 PIPELINE = 1000  # chunks per round trip, as the appender sends them under load
 
 
-def parts_of(model: str, chunks: int) -> list[store.Part]:
-    """The content events the demo `model` writes in an answer of `chunks` of them."""
-    request = GenerationRequest(model=model, messages=(Message("user", PROMPT),))
-    return [part_of(delta) for delta in demo_answer(request, chunks)[0]]
+def parts_of(chunks: int, reasoning: float) -> list[store.Part]:
+    """`chunks` content events of demo text, the first `reasoning` share of them reasoning."""
+    thinking = round(chunks * reasoning)
+    return [
+        store.Part(
+            store.EventType.REASONING if i < thinking else store.EventType.CHUNK,
+            demo_chunk(PROMPT, i),
+        )
+        for i in range(chunks)
+    ]
 
 
 def store_sessions(
@@ -110,14 +116,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, nargs="+", default=[50, 200, 1000])
     parser.add_argument("--sessions", type=int, default=1000)
-    parser.add_argument("--model", default="demo", help="demo, or demo-reasoning")
+    parser.add_argument(
+        "--reasoning", type=float, default=0.0, help="the share of events that are reasoning"
+    )
     args = parser.parse_args()
     settings = Settings.from_env({})
     binary = find_redis_server() or "redis-server"
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
     print(f"Machine: {machine()}")
     print(f"Server: {version.stdout.strip()}")
-    print(f"{args.sessions} completed sessions per row, {args.model} answers")
+    share = f", {args.reasoning:.0%} of the events reasoning" if args.reasoning else ""
+    print(f"{args.sessions} completed sessions per row, demo text{share}")
     print(f"retention {settings.stream_ttl_s} s\n")
     print(
         "| chunks | text bytes | events stream (MEMORY USAGE) | meta hash "
@@ -128,7 +137,7 @@ def main() -> None:
     try:
         r = redis.Redis.from_url(server.url, decode_responses=True)
         for chunks in args.chunks:
-            m = measure(r, parts_of(args.model, chunks), args.sessions, settings.stream_ttl_s)
+            m = measure(r, parts_of(chunks, args.reasoning), args.sessions, settings.stream_ttl_s)
             assert m["leftover"] == 0, f"{m['leftover']} keys besides events and meta"
             print(
                 f"| {chunks} | {m['text']:,.0f} | {m['events']:,.0f} B | {m['meta']:,.0f} B | "
