@@ -91,6 +91,8 @@ function appendReasoning(text) {
 function renderToolCalls(calls) {
   const list = $("tool-calls");
   list.hidden = calls.length === 0;
+  // An answer that only calls tools has no text: no "answer appears here" box for it.
+  $("answer").classList.toggle("calls-only", calls.length > 0);
   list.replaceChildren(
     ...calls.map((call) => {
       const item = document.createElement("li");
