@@ -260,7 +260,6 @@ class Settings:
     redis_max_connections: int = 2
     follower_max_connections: int = 2000
     trust_proxy_headers: bool = False
-    follower_hub: bool = True
     # (key id, sha256 hex of the key); empty: the API runs open, without credentials.
     api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     stream_token_secret: str = field(default="", repr=False)
@@ -416,7 +415,6 @@ class Settings:
                 env, "FOLLOWER_MAX_CONNECTIONS", cls.follower_max_connections, minimum=2
             ),
             trust_proxy_headers=_bool(env, "TRUST_PROXY_HEADERS", cls.trust_proxy_headers),
-            follower_hub=_bool(env, "FOLLOWER_HUB", cls.follower_hub),
             api_keys=api_keys,
             stream_token_secret=_token_secret(env, bool(api_keys)),
             stream_token_ttl_s=_int(env, "STREAM_TOKEN_TTL_S", cls.stream_token_ttl_s, minimum=1),

@@ -9,7 +9,7 @@ import redis
 from nanoid import generate as nanoid
 
 from shared import keys, streams
-from shared.errors import AppendRefused, BadCursor, SessionNotFound
+from shared.errors import AppendRefused, BadCursor
 from shared.jobs import GenerationRequest, Message
 
 TTL = 60
@@ -96,34 +96,6 @@ def test_max_stream_length_ends_with_an_error_not_trimming(r: redis.Redis, sessi
     assert r.xlen(keys.events(session)) == maxlen
     assert streams.read_text(r, session)[1] == "c0c1c2"
     assert 0 < r.ttl(keys.meta(session)) <= TTL
-
-
-def test_follow_replays_from_a_cursor_then_stops_at_the_end(r: redis.Redis, session: str) -> None:
-    token = lease(r, session)
-    for index in range(4):
-        append(r, session, index, token)
-    streams.append_done(
-        r, session, token=token, ttl_s=TTL, finish_reason="stop", chunks=4, usage=None
-    )
-
-    def events_after(cursor: str | None) -> list[streams.Event]:
-        return [e for batch in streams.follow(r, session, cursor, block_ms=100) for e in batch]
-
-    events = events_after(None)
-    assert [e["type"] for e in events] == ["status", "chunk", "chunk", "chunk", "chunk", "done"]
-    assert events_after(events[2]["id"]) == events[3:]
-    assert events_after(events[-1]["id"]) == []
-
-
-def test_follow_of_a_session_that_vanishes_raises_not_found(r: redis.Redis, session: str) -> None:
-    follower = streams.follow(r, session, block_ms=100)
-    assert [e["status"] for e in next(follower)] == ["queued"]
-    assert next(follower) == []  # nothing new: a keep-alive tick
-    r.delete(keys.meta(session), keys.events(session))
-    with pytest.raises(SessionNotFound):
-        next(follower)
-    with pytest.raises(SessionNotFound):
-        next(streams.follow(r, "N" * 21, block_ms=100))
 
 
 @pytest.mark.parametrize(
