@@ -34,24 +34,24 @@ class Backend:
         """Clients for `settings`."""
         # Blocking readers need a socket timeout that outlasts their block.
         follower_redis = connect(
-            settings.redis_url,
-            socket_timeout_s=settings.xread_block_ms / 1000 + 5,
+            settings.redis.url,
+            socket_timeout_s=settings.api.xread_block_ms / 1000 + 5,
             # The fan-out's reader is its only client (on a cluster, per node: its pub/sub
             # and its reads).
             max_connections=2,
             name="rstreams-api-follow",
-            cluster=settings.redis_cluster,
+            cluster=settings.redis.cluster,
         )
         commands = connect(
-            settings.redis_url,
-            max_connections=settings.redis_max_connections,
+            settings.redis.url,
+            max_connections=settings.redis.max_connections,
             name="rstreams-api",
-            cluster=settings.redis_cluster,
+            cluster=settings.redis.cluster,
         )
         if isinstance(follower_redis, RedisCluster):
-            fanout = cluster_fanout(follower_redis, settings.xread_block_ms)
+            fanout = cluster_fanout(follower_redis, settings.api.xread_block_ms)
         else:
-            fanout = xread_fanout(follower_redis, settings.xread_block_ms, commands=commands)
+            fanout = xread_fanout(follower_redis, settings.api.xread_block_ms, commands=commands)
         return cls(
             settings=settings,
             redis=commands,

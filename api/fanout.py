@@ -22,7 +22,7 @@ from typing import Protocol, cast
 
 import redis
 
-from shared import fields, keys, streams
+from shared import fields, keys, store
 from shared.backoff import READ_RETRY_MAX_S, READ_RETRY_START_S, compute_backoff
 from shared.errors import SessionNotFound
 
@@ -53,11 +53,11 @@ class Subscription:
         self.session_id = session_id
         self.key = keys.events(session_id)
         self.max_entries = max_entries
-        self.entries: deque[streams.Event] = deque()
+        self.entries: deque[store.Event] = deque()
         self.is_behind = False
         self.ready = threading.Event()
 
-    def push(self, entries: streams.Batch) -> None:
+    def push(self, entries: store.Batch) -> None:
         """Called by the reader's thread: queue a batch, or mark the follower behind."""
         if self.is_behind:
             return
@@ -67,7 +67,7 @@ class Subscription:
             self.entries.extend(entries)
         self.ready.set()
 
-    def take(self, timeout_s: float) -> streams.Batch | object | None:
+    def take(self, timeout_s: float) -> store.Batch | object | None:
         """Everything queued; `_BEHIND` if the queue overflowed; None after `timeout_s`."""
         if not self.entries and not self.is_behind:
             self.ready.clear()
@@ -186,7 +186,7 @@ class Fanout:
             self._cursors[key] = entries[-1][0]
             self._confirmed.add(key)
             subs = list(self._subs[key])
-        events = [streams.decode_event(entry_id, values) for entry_id, values in entries]
+        events = [store.decode_event(entry_id, values) for entry_id, values in entries]
         for sub in subs:
             sub.push(events)
         return True
@@ -202,12 +202,12 @@ def read_after(r: redis.Redis, key: str, cursor: str, count: int = READ_COUNT) -
 
 def _catch_up(
     r: redis.Redis, key: str, cursor: str
-) -> Generator[streams.Batch, None, tuple[str, bool]]:
+) -> Generator[store.Batch, None, tuple[str, bool]]:
     """Yield what Redis has after `cursor`, a read's page at a time; returns (the new
     cursor, whether a terminal event came)."""
     while True:
         entries = read_after(r, key, cursor)
-        batch, ended = streams.decode_batch(entries)
+        batch, ended = store.decode_batch(entries)
         if batch:
             cursor = batch[-1]["id"]
             yield batch
@@ -217,7 +217,7 @@ def _catch_up(
 
 def follow(
     fanout: Fanout, r: redis.Redis, session_id: str, after: str | None, *, block_ms: int
-) -> Iterator[streams.Batch]:
+) -> Iterator[store.Batch]:
     """Yield the session's events after `after` in batches, then live ones (through the
     process's fan-out), until the terminal event.
 
@@ -234,7 +234,7 @@ def follow(
     while True:
         # The backlog, or what we missed after falling behind: from Redis, our own cursor.
         cursor, ended = yield from _catch_up(r, key, cursor)
-        if ended or status in streams.TERMINAL_STATUSES:
+        if ended or status in store.TERMINAL_STATUSES:
             return
         sub = fanout.subscribe(session_id, cursor)
         try:
@@ -249,7 +249,7 @@ def follow(
                     status = r.hget(keys.meta(session_id), fields.STATUS)
                     if status is None:
                         raise SessionNotFound(f"session {session_id} expired or was deleted")
-                    if status in streams.TERMINAL_STATUSES:
+                    if status in store.TERMINAL_STATUSES:
                         break  # the catch-up drains what is left and ends
                     yield []
                     continue
@@ -257,7 +257,7 @@ def follow(
                 if id_key(taken[0]["id"]) <= id_key(cursor):
                     # Skip what we already read while catching up.
                     taken = [e for e in taken if id_key(e["id"]) > id_key(cursor)]
-                batch, ended = streams.until_terminal(taken)
+                batch, ended = store.until_terminal(taken)
                 if batch:
                     cursor = batch[-1]["id"]
                     yield batch
@@ -276,7 +276,7 @@ def follow_reconnecting(
     block_ms: int,
     outage_max_s: float,
     sleep: Callable[[float], None] = time.sleep,
-) -> Iterator[streams.Batch]:
+) -> Iterator[store.Batch]:
     """`follow`, riding out Redis restarts: on a connection error it waits with capped
     backoff (yielding empty batches meanwhile) and follows again from the last event it
     delivered. Raises the Redis error once Redis has been unreachable for `outage_max_s`.

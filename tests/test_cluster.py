@@ -88,7 +88,7 @@ def start(
         generation,
         session_id=session_id,
         caller=sessions.Caller(owner, f"key:{owner}" if owner else "addr:127.0.0.1"),
-        enqueue=lambda sid: enqueue(stack.celery, sid, stack.settings.celery_queue),
+        enqueue=lambda sid: enqueue(stack.celery, sid, stack.settings.worker.queue),
     )
 
 

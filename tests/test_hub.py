@@ -16,7 +16,7 @@ from nanoid import generate as nanoid
 
 from api import fanout as fanoutmod
 from api.readers import xread_fanout
-from shared import keys, streams
+from shared import keys, store
 from shared.errors import SessionNotFound
 from shared.jobs import GenerationRequest, Message
 from shared.localredis import LocalRedis
@@ -29,8 +29,8 @@ from tests.test_metrics import scrape, value
 def session(r: redis.Redis) -> tuple[str, str]:
     session_id = nanoid()
     request = GenerationRequest(model="demo", messages=(Message("user", "hub"),))
-    streams.create_session(r, session_id, request, queue="unused")
-    _state, token = streams.acquire_lease(r, session_id, 60_000)
+    store.create_session(r, session_id, request, queue="unused")
+    _state, token = store.acquire_lease(r, session_id, 60_000)
     assert token
     return session_id, token
 
@@ -40,7 +40,7 @@ def append(r: redis.Redis, session_id: str, token: str, start: int, n: int) -> s
     last = ""
     for index in range(start, start + n):
         last = str(
-            streams.append_chunk(
+            store.append_chunk(
                 r, session_id, index, f"{index} ", token=token, maxlen=10_000, ttl_s=60
             )
         )
@@ -55,7 +55,7 @@ def wait_for(holds: Callable[[], bool], what: str, timeout_s: float = 20) -> Non
         time.sleep(0.01)
 
 
-def events(batches: Iterator[streams.Batch]) -> Iterator[streams.Event]:
+def events(batches: Iterator[store.Batch]) -> Iterator[store.Event]:
     """The events of a follower, one at a time."""
     for batch in batches:
         yield from batch
@@ -77,7 +77,7 @@ def test_a_follower_that_falls_behind_catches_up_in_order(
     wait_for(
         lambda: fanout.cursors().get(keys.events(session_id)) == last, "the reader read all 40"
     )
-    streams.append_done(
+    store.append_done(
         r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=43, usage=None
     )
     seen += list(follower)
@@ -96,8 +96,8 @@ def test_many_followers_share_one_reader(own_redis: LocalRedis) -> None:
     r = redis.Redis.from_url(own_redis.url, decode_responses=True)
     session_id = nanoid()
     request = GenerationRequest(model="demo", messages=(Message("user", "hub"),))
-    streams.create_session(r, session_id, request, queue="unused")
-    _state, token = streams.acquire_lease(r, session_id, 60_000)
+    store.create_session(r, session_id, request, queue="unused")
+    _state, token = store.acquire_lease(r, session_id, 60_000)
     assert token
     blocking = connect(own_redis.url, socket_timeout_s=3)
     fanout = xread_fanout(blocking, block_ms=200)
@@ -118,7 +118,7 @@ def test_many_followers_share_one_reader(own_redis: LocalRedis) -> None:
     for n in range(chunks):
         append(r, session_id, token, n, 1)
         time.sleep(0.01)  # spread the appends out: each may be read on its own
-    streams.append_done(
+    store.append_done(
         r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=chunks, usage=None
     )
     for t in threads:
@@ -136,12 +136,12 @@ def test_follow_replays_from_a_cursor_then_stops_at_the_end(
 ) -> None:
     session_id, token = session
     append(r, session_id, token, 0, 4)
-    streams.append_done(
+    store.append_done(
         r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=4, usage=None
     )
     fanout = xread_fanout(connect(redis_server.url, socket_timeout_s=3), block_ms=100)
 
-    def events_after(cursor: str | None) -> list[streams.Event]:
+    def events_after(cursor: str | None) -> list[store.Event]:
         return list(events(fanoutmod.follow(fanout, r, session_id, cursor, block_ms=100)))
 
     seen = events_after(None)
