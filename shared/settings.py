@@ -624,8 +624,6 @@ class Settings:
     log_format: str = setting(
         "LOG_FORMAT", "text", "one JSON object a line", choices=("text", "json")
     )
-    # Being removed: one Redis reader per API process for all followers.
-    follower_hub: bool = setting("FOLLOWER_HUB", True, "one Redis reader for all followers")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
