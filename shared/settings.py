@@ -329,9 +329,6 @@ class RedisSettings:
     max_connections: int = setting(
         "REDIS_MAX_CONNECTIONS", 2, "per process: the pool for commands", minimum=2
     )
-    follower_max_connections: int = setting(
-        "FOLLOWER_MAX_CONNECTIONS", 2000, "one blocking read per follower", minimum=2
-    )
     outage_max_s: float = setting(
         "REDIS_OUTAGE_MAX_S", 300.0, "give up waiting for Redis after this", minimum=1
     )
