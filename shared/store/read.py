@@ -36,16 +36,6 @@ def has_nothing_after(r: redis.Redis, session_id: str, status: str, after: str |
     return after is not None and _id_key(str(last[0][0])) <= _id_key(after)
 
 
-def xread_entries(response: Any) -> list[tuple[str, dict[str, str]]]:
-    """The entries of an XREAD answer for one stream, in order."""
-    # RESP2 answers XREAD with [[key, entries]], RESP3 with {key: [entries]}.
-    if not response:
-        return []
-    if isinstance(response, dict):
-        return [e for value in response.values() for entries in value for e in entries]
-    return [e for _key, entries in response for e in entries]
-
-
 @dataclass
 class Answer:
     """What a session has generated so far, assembled from its content events."""
