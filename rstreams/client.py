@@ -365,6 +365,7 @@ class Client:
         after: str | None = None,
         *,
         on_reconnect: Callable[[int, RstreamsError], None] | None = None,
+        on_frame: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> Iterator[Event]:
         """The session's events after the cursor `after` (from the start if None), live, until
         a terminal event, which is the last one yielded; nothing if `after` is the terminal
@@ -375,6 +376,8 @@ class Client:
         each retry. Raises `RstreamsError` for an answer no retry can change (`not_found`,
         `unauthorized`, `bad_cursor`, ...), when the API cannot be reached at the first
         attempt, or once `reconnect_for_s` has passed without a connection.
+        `on_frame(frame)` sees each event's JSON as the server sent it, types this client
+        does not know included.
         """
         cursor = after
         attempt = 0
@@ -388,7 +391,7 @@ class Client:
                 if response.status_code == 204:  # ended, and nothing after the cursor
                     response.close()
                     return
-                for event in self._events_of(response):
+                for event in self._events_of(response, on_frame):
                     has_connected, attempt, failing_since = True, 0, None
                     is_empty, empty_ends = False, 0
                     if event.id is not None:
@@ -440,14 +443,21 @@ class Client:
             timeout=(self.timeout, self.read_timeout_s),
         )
 
-    def _events_of(self, response: requests.Response) -> Iterator[Event]:
+    def _events_of(
+        self,
+        response: requests.Response,
+        on_frame: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> Iterator[Event]:
         """One SSE connection's events; raises `RstreamsError` when it breaks."""
         with response:
             try:
                 for fields in iter_sse(response.iter_content(chunk_size=None)):
                     if fields.get("event") == "stream_error":
                         continue  # the `error` event before it again, for EventSource users
-                    event = parse_event(json.loads(fields["data"]))
+                    frame = json.loads(fields["data"])
+                    if on_frame is not None:
+                        on_frame(frame)
+                    event = parse_event(frame)
                     if event is not None:
                         yield event
             except (requests.RequestException, OSError) as e:
