@@ -4,6 +4,7 @@ like text, with the same cursor, through reloads, API and worker kills and Redis
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ WEATHER = {
     },
 }
 PROMPT = "What is the weather like in Oslo and in Bergen on Sunday afternoon?"
-ASKS = {
+ASKS: dict[str, dict[str, Any]] = {
     "demo-reasoning": {"prompt": PROMPT, "model": "demo-reasoning", "max_tokens": 40},
     "demo-tools": {"prompt": PROMPT, "model": "demo-tools", "tools": [WEATHER]},
 }
@@ -213,3 +214,72 @@ def test_every_part_survives_a_redis_restart(
     own_redis.start()
     follower.join(90)
     assert_whole(out[0].events, ask)
+
+
+def port_closed(port: int, timeout_s: float = 15) -> None:
+    """Wait until nothing accepts connections on `port`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        assert time.monotonic() < deadline, f"port {port} still open"
+        time.sleep(0.05)
+
+
+def test_a_tool_loop_survives_an_api_kill_and_a_browser_reload_in_each_turn(
+    make_stack: Any, logs_dir: Path, browser: Any
+) -> None:
+    """A backend runs the loop with the Python client while a page shows each turn; in
+    each turn the API is killed (and comes back on its port) and the page reloads."""
+    from playwright.sync_api import expect
+
+    from rstreams import Client, Done, ToolCall
+
+    stack = make_stack(DEMO_TOKENS_PER_S="5")
+    stack.worker()
+    api = stack.api()
+    page = browser.new_context().new_page()
+    backend = Client(api.url, backoff_max_s=0.5)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Weather in Oslo?"}]
+    turns: list[dict[str, Any]] = []
+    try:
+        while True:
+            session = backend.generate(messages=messages, model="demo-tools", tools=[WEATHER])
+            page.goto(f"{api.url}/?session={session.session_id}")
+            events: list[Any] = []
+            killed = False
+            for event in backend.follow(session.session_id):
+                events.append(event)
+                if not killed and len(events) == 4:  # mid-turn
+                    killed = True
+                    port = api.port
+                    api.kill()
+                    port_closed(port)  # its orphaned worker notices and exits
+                    api = Api(stack.env, logs_dir, name=f"{stack.name}-again", port=port)
+                    stack.apis.append(api.start())
+                    page.reload()
+            assert killed and isinstance(events[-1], Done)
+            turn = backend.message(session.session_id)
+            indexes = [e.index for e in events if hasattr(e, "index")]
+            turn_chunks = events[-1].chunks
+            assert indexes == list(range(turn_chunks))  # none lost, none twice
+            expect(page.get_by_test_id("status")).to_have_text("completed", timeout=30_000)
+            expect(page.get_by_test_id("chunks")).to_have_text(str(turn_chunks))
+            turns.append(turn)
+            messages.append(turn["message"])
+            if turn["finishReason"] != "tool_calls":
+                expect(page.get_by_test_id("answer")).to_have_text(turn["message"]["content"])
+                break
+            (call,) = turn["message"]["tool_calls"]
+            pieces = [e for e in events if isinstance(e, ToolCall)]
+            assert "".join(p.arguments for p in pieces) == call["function"]["arguments"]
+            expect(page.get_by_test_id("tool-calls")).to_have_text(
+                f"get_weather({call['function']['arguments']})"
+            )
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": "Sunny, 21 C"})
+    finally:
+        page.context.close()
+        backend.close()
+    assert [t["finishReason"] for t in turns] == ["tool_calls", "stop"]
+    assert turns[-1]["message"]["content"] == "The tool answered: Sunny, 21 C."
