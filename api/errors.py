@@ -54,6 +54,8 @@ class Close(IntEnum):
     """Every code a follower's WebSocket closes with (DESIGN.md 2.2, docs/API.md)."""
 
     NORMAL = 1000  # after the terminal event
+    PROTOCOL_ERROR = 1002  # a frame that breaks RFC 6455 (wsproto sends it)
+    INVALID_DATA = 1007  # a text message that is not UTF-8 (wsproto sends it)
     POLICY_VIOLATION = 1008  # too many client messages; a missed pong (simple-websocket)
     MESSAGE_TOO_BIG = 1009  # a client message over api/websocket.py MAX_MESSAGE_BYTES
     SERVICE_RESTART = 1012  # this process is stopping: reconnect with the cursor (shutdown.py)

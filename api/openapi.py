@@ -321,7 +321,8 @@ def _ws_description(settings: Settings) -> str:
         f"{Close.SERVICE_RESTART} (reconnect with the cursor). The server ignores what the "
         f"client sends; a message over {MAX_MESSAGE_BYTES} bytes closes with "
         f"{Close.MESSAGE_TOO_BIG}, more than {per_min} messages, pings and pongs a minute "
-        f"(or a missed pong) with {Close.POLICY_VIOLATION}."
+        f"(or a missed pong) with {Close.POLICY_VIOLATION}, a frame that breaks the protocol "
+        f"with {Close.PROTOCOL_ERROR}, text that is not UTF-8 with {Close.INVALID_DATA}."
     )
 
 
