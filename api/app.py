@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     logs.configure(settings.log_format)
     logging.getLogger("gunicorn.error").addFilter(logs.SEND_TIMEOUTS)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
     app.config["SOCK_SERVER_OPTIONS"] = websocket.server_options(settings)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION] = Backend.build(settings)
@@ -51,8 +51,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(examples.bp)
     app.register_blueprint(metrics.bp)
     follow.sock.init_app(app)
-    wsgi: Any = websocket.WholeFrames(app.wsgi_app, settings.ws_send_timeout_s)
-    if settings.trust_proxy_headers:
+    wsgi: Any = websocket.WholeFrames(app.wsgi_app, settings.api.ws_send_timeout_s)
+    if settings.api.trust_proxy_headers:
         wsgi = ProxyFix(wsgi, x_for=1, x_proto=1, x_host=1, x_port=1)
     app.wsgi_app = wsgi  # type: ignore[method-assign]
     return app

@@ -36,25 +36,25 @@ class Backend:
         """Clients for `settings`."""
         # Blocking readers need a socket timeout that outlasts their block.
         follower_redis = connect(
-            settings.redis_url,
-            socket_timeout_s=settings.xread_block_ms / 1000 + 5,
+            settings.redis.url,
+            socket_timeout_s=settings.api.xread_block_ms / 1000 + 5,
             # With the hub, its reader is the only blocking client; without, one per follower.
-            max_connections=2 if settings.follower_hub else settings.follower_max_connections,
+            max_connections=2 if settings.follower_hub else settings.redis.follower_max_connections,
             name="rstreams-api-follow",
-            cluster=settings.redis_cluster,
+            cluster=settings.redis.cluster,
         )
         commands = connect(
-            settings.redis_url,
-            max_connections=settings.redis_max_connections,
+            settings.redis.url,
+            max_connections=settings.redis.max_connections,
             name="rstreams-api",
-            cluster=settings.redis_cluster,
+            cluster=settings.redis.cluster,
         )
         hub: Hub | None = None
-        if settings.follower_hub and settings.redis_cluster:
+        if settings.follower_hub and settings.redis.cluster:
             # In a cluster the pool sizes are per node: its pub/sub and its reads.
-            hub = ClusterHub(cast(RedisCluster, follower_redis), settings.xread_block_ms)
+            hub = ClusterHub(cast(RedisCluster, follower_redis), settings.api.xread_block_ms)
         elif settings.follower_hub:
-            hub = Hub(follower_redis, settings.xread_block_ms, commands=commands)
+            hub = Hub(follower_redis, settings.api.xread_block_ms, commands=commands)
         return cls(
             settings=settings,
             redis=commands,

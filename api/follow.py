@@ -16,7 +16,7 @@ from api import auth, hub, limits, metrics, origins, shutdown, websocket
 from api.backend import Backend, backend
 from api.errors import Close, close_code_of
 from api.routes import session_id_or_404
-from shared import keys, logs, streams
+from shared import keys, logs, store, streams
 from shared.errors import ForbiddenOrigin, InvalidRequest, SessionNotFound, StreamsError
 
 log = logging.getLogger(__name__)
@@ -25,17 +25,17 @@ bp = Blueprint("follow", __name__)
 sock = Sock()
 
 
-def _events(b: Backend, session_id: str, after: str | None) -> Iterator[streams.Batch]:
+def _events(b: Backend, session_id: str, after: str | None) -> Iterator[store.Batch]:
     """The session's events after `after` in batches, riding out Redis restarts."""
-    block_ms = b.settings.xread_block_ms
+    block_ms = b.settings.api.xread_block_ms
 
-    def open_follow(cursor: str | None) -> Iterator[streams.Batch]:
+    def open_follow(cursor: str | None) -> Iterator[store.Batch]:
         if b.hub is not None:
             return hub.follow(b.hub, b.redis, session_id, cursor, block_ms=block_ms)
         return streams.follow(b.follower_redis, session_id, cursor, block_ms=block_ms)
 
     return streams.follow_reconnecting(
-        open_follow, session_id, after, outage_max_s=b.settings.redis_outage_max_s
+        open_follow, session_id, after, outage_max_s=b.settings.redis.outage_max_s
     )
 
 
@@ -50,7 +50,7 @@ class _Following:
 
     def batches(
         self, b: Backend, after: str | None, is_open: Callable[[], bool] = lambda: True
-    ) -> Iterator[streams.Batch]:
+    ) -> Iterator[store.Batch]:
         """The batches to relay, until the process stops or `is_open()` turns false.
 
         The caller sends each batch before it asks for the next: that is when it counts
@@ -83,7 +83,7 @@ def _refuse_bad_handshakes() -> None:
 def follow_ws(ws: Any, session_id: str) -> None:
     """Send the events after `?after=`, then live ones, then close 1000."""
     b = backend()
-    conn = websocket.Socket(ws, request.environ, b.settings.ws_client_messages_per_min)
+    conn = websocket.Socket(ws, request.environ, b.settings.api.ws_client_messages_per_min)
     shutdown.register(conn)
     try:
         after = _admit_ws(session_id)
@@ -110,7 +110,7 @@ def _admit_ws(session_id: str) -> str | None:
     refused = auth.failure()
     if refused is not None:
         raise refused
-    after = streams.parse_cursor(request.args.get("after"))
+    after = store.parse_cursor(request.args.get("after"))
     if not keys.is_session_id(session_id):
         raise SessionNotFound(f"no session {session_id[:64]}")
     auth.check_owner(session_id)
@@ -153,8 +153,8 @@ def _end_ws(conn: websocket.Socket, session_id: str, e: Exception) -> bool:
 SSE_STREAM_ERROR = b"stream_error"
 
 
-def _sse(event: streams.Event) -> bytes:
-    if event["type"] == streams.EventType.ERROR:
+def _sse(event: store.Event) -> bytes:
+    if event["type"] == store.EventType.ERROR:
         return _sse_error(event.utf8(), event["id"].encode())
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (
         event["id"].encode(),
@@ -178,13 +178,13 @@ def follow_sse(session_id: str) -> Response:
     b = backend()
     auth.check_owner(session_id_or_404(session_id))
     # A browser's EventSource sends Last-Event-ID by itself on reconnect: it is the newest.
-    after = streams.parse_cursor(request.headers.get("Last-Event-ID") or request.args.get("after"))
-    meta = streams.read_meta(b.redis, session_id)  # 404 before any event
-    if streams.has_nothing_after(b.redis, session_id, meta["status"], after):
+    after = store.parse_cursor(request.headers.get("Last-Event-ID") or request.args.get("after"))
+    meta = store.read_meta(b.redis, session_id)  # 404 before any event
+    if store.has_nothing_after(b.redis, session_id, meta.status, after):
         # An ended follow: 204 is what tells an EventSource to stop reconnecting.
         return Response(status=204)
     following = _Following(session_id, "sse")  # 429 before any event
-    ping_s = b.settings.sse_ping_s
+    ping_s = b.settings.api.sse_ping_s
 
     def body() -> Iterator[bytes]:
         # The body runs after the request's teardown, in the same greenlet.
@@ -216,7 +216,7 @@ def follow_sse(session_id: str) -> Response:
     )
     # WSGI closes the response however it ends, even if the body never started.
     response.call_on_close(following.leave)
-    _time_out_sends(response, b.settings.ws_send_timeout_s)
+    _time_out_sends(response, b.settings.api.ws_send_timeout_s)
     return response
 
 

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import redis
 
-from shared import fields, keys, streams
+from shared import fields, keys, store
 from shared.backoff import READ_RETRY_MAX_S, READ_RETRY_START_S, compute_backoff, ensure_running
 from shared.errors import SessionNotFound
 
@@ -47,11 +47,11 @@ class Subscription:
     def __init__(self, key: str, max_entries: int) -> None:
         self.key = key
         self.max_entries = max_entries
-        self.entries: deque[streams.Event] = deque()
+        self.entries: deque[store.Event] = deque()
         self.is_behind = False
         self.ready = threading.Event()
 
-    def push(self, entries: streams.Batch) -> None:
+    def push(self, entries: store.Batch) -> None:
         """Called by the hub's reader: queue a batch, or mark the follower behind."""
         if self.is_behind:
             return
@@ -61,7 +61,7 @@ class Subscription:
             self.entries.extend(entries)
         self.ready.set()
 
-    def take(self, timeout_s: float) -> streams.Batch | object | None:
+    def take(self, timeout_s: float) -> store.Batch | object | None:
         """Everything queued; `_BEHIND` if the queue overflowed; None after `timeout_s`."""
         if not self.entries and not self.is_behind:
             self.ready.clear()
@@ -206,7 +206,7 @@ class Hub:
             self._cursors[key] = entries[-1][0]
             self._confirmed.add(key)
             subs = list(self._subs[key])
-        events = [streams.decode_event(entry_id, values) for entry_id, values in entries]
+        events = [store.decode_event(entry_id, values) for entry_id, values in entries]
         for sub in subs:
             sub.push(events)
         return True
@@ -223,12 +223,12 @@ def _by_key(response: Any) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]
 
 def _catch_up(
     r: redis.Redis, key: str, cursor: str
-) -> Generator[streams.Batch, None, tuple[str, bool]]:
+) -> Generator[store.Batch, None, tuple[str, bool]]:
     """Yield what Redis has after `cursor`, a read's page at a time; returns (the new
     cursor, whether a terminal event came)."""
     while True:
-        entries = streams.xread_entries(r.xread({key: cursor}, count=500))
-        batch, ended = streams.decode_batch(entries)
+        entries = store.xread_entries(r.xread({key: cursor}, count=500))
+        batch, ended = store.decode_batch(entries)
         if batch:
             cursor = batch[-1]["id"]
             yield batch
@@ -238,7 +238,7 @@ def _catch_up(
 
 def follow(
     hub: Hub, r: redis.Redis, session_id: str, after: str | None, *, block_ms: int
-) -> Iterator[streams.Batch]:
+) -> Iterator[store.Batch]:
     """Like `streams.follow`, but live entries come through the process's hub.
 
     Yields batches of events, and an empty one when `block_ms` passes with nothing new.
@@ -252,7 +252,7 @@ def follow(
     while True:
         # The backlog, or what we missed after falling behind: from Redis, our own cursor.
         cursor, ended = yield from _catch_up(r, key, cursor)
-        if ended or status in streams.TERMINAL_STATUSES:
+        if ended or status in store.TERMINAL_STATUSES:
             return
         sub = hub.subscribe(session_id, cursor)
         try:
@@ -267,7 +267,7 @@ def follow(
                     status = r.hget(keys.meta(session_id), fields.STATUS)
                     if status is None:
                         raise SessionNotFound(f"session {session_id} expired or was deleted")
-                    if status in streams.TERMINAL_STATUSES:
+                    if status in store.TERMINAL_STATUSES:
                         break  # the catch-up drains what is left and ends
                     yield []
                     continue
@@ -275,7 +275,7 @@ def follow(
                 if id_key(taken[0]["id"]) <= id_key(cursor):
                     # Skip what we already read while catching up.
                     taken = [e for e in taken if id_key(e["id"]) > id_key(cursor)]
-                batch, ended = streams.until_terminal(taken)
+                batch, ended = store.until_terminal(taken)
                 if batch:
                     cursor = batch[-1]["id"]
                     yield batch

@@ -22,7 +22,7 @@ from api.websocket import MAX_MESSAGE_BYTES
 from shared.jobs import ROLES
 from shared.keys import SESSION_ID_RE
 from shared.settings import Settings
-from shared.streams import EventType, Status
+from shared.store import EventType, Status
 
 bp = Blueprint("openapi", __name__)
 
@@ -74,7 +74,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
     non_blank = {"type": "string", "minLength": 1, "pattern": r"\S"}
     status = {"type": "string", "enum": [s.value for s in Status]}
     time = {"type": ["string", "null"], "description": "ISO 8601, UTC, milliseconds"}
-    allowed = "|".join(f"(?:{glob_regex(p)})" for p in settings.model_allowlist)
+    allowed = "|".join(f"(?:{glob_regex(p)})" for p in settings.limits.model_allowlist)
     return {
         "Error": {
             "type": "object",
@@ -96,7 +96,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "additionalProperties": False,
             "properties": {
                 "role": {"enum": list(ROLES)},
-                "content": {**non_blank, "maxLength": settings.max_messages_chars},
+                "content": {**non_blank, "maxLength": settings.limits.max_messages_chars},
             },
         },
         "GenerateRequest": {
@@ -106,14 +106,14 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "additionalProperties": False,
             "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
             "properties": {
-                "prompt": {**non_blank, "maxLength": settings.max_prompt_chars},
+                "prompt": {**non_blank, "maxLength": settings.limits.max_prompt_chars},
                 "messages": {
                     "type": "array",
                     "minItems": 1,
-                    "maxItems": settings.max_messages,
+                    "maxItems": settings.limits.max_messages,
                     "items": _ref("Message"),
                     "description": "The contents hold at most "
-                    f"{settings.max_messages_chars} characters in all.",
+                    f"{settings.limits.max_messages_chars} characters in all.",
                 },
                 "model": {
                     "type": "string",
@@ -124,14 +124,14 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                         {"pattern": allowed},
                         {"pattern": validation.MODEL_ID_PATTERN},
                     ],
-                    "default": settings.default_model,
+                    "default": settings.limits.default_model,
                     "description": "Matches one of the model allowlist's patterns "
-                    f"({', '.join(settings.model_allowlist)}), else 400 unknown_model.",
+                    f"({', '.join(settings.limits.model_allowlist)}), else 400 unknown_model.",
                 },
                 "max_tokens": {
                     "type": ["integer", "null"],
                     "minimum": validation.MIN_MAX_TOKENS,
-                    "maximum": settings.max_tokens_cap,
+                    "maximum": settings.limits.max_tokens_cap,
                 },
                 "temperature": {
                     "type": ["number", "null"],
@@ -307,7 +307,7 @@ def _session_param() -> Schema:
 
 def _ws_description(settings: Settings) -> str:
     """What the WebSocket sends, and each close code of `Close` with its cause."""
-    per_min = settings.ws_client_messages_per_min or "unlimited"
+    per_min = settings.api.ws_client_messages_per_min or "unlimited"
     return (
         "OpenAPI has no WebSocket: this is the upgrade request. After the 101 the server "
         "sends one JSON text frame per event and closes "
@@ -353,7 +353,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 ],
                 "requestBody": {
                     "required": True,
-                    "description": f"At most {settings.max_body_bytes} bytes.",
+                    "description": f"At most {settings.limits.max_body_bytes} bytes.",
                     "content": {JSON: {"schema": _ref("GenerateRequest")}},
                 },
                 "responses": {
@@ -613,7 +613,7 @@ def build(settings: Settings) -> dict[str, Any]:
             "securitySchemes": SECURITY_SCHEMES,
         },
     }
-    if settings.has_api_keys:
+    if settings.api.has_api_keys:
         doc["security"] = [{"bearer": []}]
         for path_item in doc["paths"].values():
             for operation in path_item.values():

@@ -32,7 +32,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from api.errors import Close
-from shared import streams
+from shared import store
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ MAX_MESSAGE_BYTES = 64 * 1024
 def server_options(settings: Settings) -> dict[str, Any]:
     """flask-sock's `SOCK_SERVER_OPTIONS`: pings (a missing pong closes with 1008) and the
     message size limit."""
-    return {"ping_interval": settings.ws_ping_s, "max_message_size": MAX_MESSAGE_BYTES}
+    return {"ping_interval": settings.api.ws_ping_s, "max_message_size": MAX_MESSAGE_BYTES}
 
 
 def error_frame(code: str, message: str) -> str:
@@ -74,7 +74,7 @@ class Socket:
         """Whether the connection still stands (simple-websocket's reader clears it)."""
         return bool(self._ws.connected)
 
-    def send_batch(self, batch: streams.Batch) -> None:
+    def send_batch(self, batch: store.Batch) -> None:
         """Send a batch of events as text frames with one socket write.
 
         simple-websocket's `send` makes a system call per frame, which is most of the time

@@ -14,7 +14,7 @@ import requests
 import websocket
 from nanoid import generate as nanoid
 
-from shared import keys, streams
+from shared import keys, store
 from shared.jobs import GenerationRequest, Message
 from tests import client
 from tests.procs import Api
@@ -70,12 +70,12 @@ def live_session_with_backlog(
     token, to append more."""
     session_id = nanoid()
     request = GenerationRequest(model="demo", messages=(Message("user", "backlog"),))
-    streams.create_session(r, session_id, request, queue="unused")
-    _state, token = streams.acquire_lease(r, session_id, 600_000)
+    store.create_session(r, session_id, request, queue="unused")
+    _state, token = store.acquire_lease(r, session_id, 600_000)
     assert token
     text = "x" * size
     for index in range(chunks):
-        streams.append_chunk(r, session_id, index, text, token=token, maxlen=chunks + 10, ttl_s=600)
+        store.append_chunk(r, session_id, index, text, token=token, maxlen=chunks + 10, ttl_s=600)
     return session_id, token
 
 
@@ -140,7 +140,7 @@ def test_readers_that_stop_reading_do_not_slow_the_others(
     places = keys.followers(session_id)
     stuck = [stuck_reader(api.port, session_id, transport) for _ in range(3)]
     eventually(lambda: r.zcard(places) == 3, "the stuck readers hold the session's places")
-    streams.append_done(
+    store.append_done(
         r, session_id, token=token, ttl_s=600, finish_reason="stop", chunks=2000, usage=None
     )
     healthy = client.ws_follow(api.ws_url, session_id)

@@ -13,7 +13,7 @@ import redis
 from nanoid import generate as nanoid
 
 from api import hub as hubmod
-from shared import streams
+from shared import store
 from shared.jobs import GenerationRequest, Message
 from shared.localredis import LocalRedis
 from shared.redisconn import connect
@@ -24,20 +24,18 @@ from tests import client
 def session(r: redis.Redis) -> tuple[str, str]:
     session_id = nanoid()
     request = GenerationRequest(model="demo", messages=(Message("user", "hub"),))
-    streams.create_session(r, session_id, request, queue="unused")
-    _state, token = streams.acquire_lease(r, session_id, 60_000)
+    store.create_session(r, session_id, request, queue="unused")
+    _state, token = store.acquire_lease(r, session_id, 60_000)
     assert token
     return session_id, token
 
 
 def append(r: redis.Redis, session_id: str, token: str, start: int, n: int) -> None:
     for index in range(start, start + n):
-        streams.append_chunk(
-            r, session_id, index, f"{index} ", token=token, maxlen=10_000, ttl_s=60
-        )
+        store.append_chunk(r, session_id, index, f"{index} ", token=token, maxlen=10_000, ttl_s=60)
 
 
-def events(batches: Iterator[streams.Batch]) -> Iterator[streams.Event]:
+def events(batches: Iterator[store.Batch]) -> Iterator[store.Event]:
     """The events of a follower, one at a time."""
     for batch in batches:
         yield from batch
@@ -56,7 +54,7 @@ def test_a_follower_that_falls_behind_catches_up_in_order(
     assert hub.followers() == 1
     append(r, session_id, token, 3, 40)  # far more than the queue holds, while we sleep
     time.sleep(0.5)
-    streams.append_done(
+    store.append_done(
         r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=43, usage=None
     )
     seen += list(follower)
@@ -82,7 +80,7 @@ def test_many_followers_share_one_reader(
     for n in range(20):
         append(r, session_id, token, n, 1)
         time.sleep(0.01)
-    streams.append_done(
+    store.append_done(
         r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=20, usage=None
     )
     for t in threads:

@@ -28,7 +28,7 @@ from api.errors import Close
 from api.openapi import build, glob_regex
 from api.validation import parse_generate
 from shared.errors import InvalidRequest
-from shared.settings import Settings
+from shared.settings import ApiSettings, LimitsSettings, Settings
 from tests import client
 from tests.procs import Api
 
@@ -87,7 +87,9 @@ def test_every_route_is_documented_with_its_methods() -> None:
 
 
 def test_the_document_follows_the_settings() -> None:
-    settings = Settings(max_tokens_cap=77, model_allowlist=("demo*", "fake-?"))
+    settings = Settings(
+        limits=LimitsSettings(max_tokens_cap=77, model_allowlist=("demo*", "fake-?"))
+    )
     body = build(settings)["components"]["schemas"]["GenerateRequest"]["properties"]
     assert body["max_tokens"]["maximum"] == 77
     allowed = re.compile(body["model"]["allOf"][1]["pattern"])
@@ -105,11 +107,13 @@ def _refuses(body: dict[str, Any], settings: Settings) -> bool:
 
 def test_the_documented_limits_are_the_ones_the_validator_enforces() -> None:
     settings = Settings(
-        max_tokens_cap=77,
-        max_prompt_chars=50,
-        max_messages=3,
-        max_messages_chars=40,
-        model_allowlist=("*",),
+        limits=LimitsSettings(
+            max_tokens_cap=77,
+            max_prompt_chars=50,
+            max_messages=3,
+            max_messages_chars=40,
+            model_allowlist=("*",),
+        )
     )
     schemas = build(settings)["components"]["schemas"]
     body = schemas["GenerateRequest"]["properties"]
@@ -157,7 +161,9 @@ def test_the_documented_close_codes_are_the_close_code_table() -> None:
 
 def test_with_api_keys_the_document_states_the_credentials() -> None:
     open_doc = build(Settings())
-    keyed = build(Settings(api_keys=(("app", "0" * 64),), stream_token_secret="s" * 32))
+    keyed = build(
+        Settings(api=ApiSettings(api_keys=(("app", "0" * 64),), stream_token_secret="s" * 32))
+    )
     assert "security" not in open_doc
     assert keyed["security"] == [{"bearer": []}]
     paths = keyed["paths"]
