@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 from celery import Celery
 from flask import current_app
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from api.cluster_hub import ClusterHub
-from api.hub import Hub
+from api.fanout import Fanout
+from api.readers import cluster_fanout, xread_fanout
 from shared.jobs import make_celery
 from shared.redisconn import connect
 from shared.settings import Settings
@@ -26,10 +25,9 @@ class Backend:
 
     settings: Settings
     redis: Redis
-    follower_redis: Redis
     celery: Celery
-    # One Redis reader for all followers of this process (None: one blocking read each).
-    hub: Hub | None
+    # One Redis reader for all followers of this process.
+    fanout: Fanout
 
     @classmethod
     def build(cls, settings: Settings) -> Backend:
@@ -38,8 +36,9 @@ class Backend:
         follower_redis = connect(
             settings.redis.url,
             socket_timeout_s=settings.api.xread_block_ms / 1000 + 5,
-            # With the hub, its reader is the only blocking client; without, one per follower.
-            max_connections=2 if settings.follower_hub else settings.redis.follower_max_connections,
+            # The fan-out's reader is its only client (on a cluster, per node: its pub/sub
+            # and its reads).
+            max_connections=2,
             name="rstreams-api-follow",
             cluster=settings.redis.cluster,
         )
@@ -49,18 +48,15 @@ class Backend:
             name="rstreams-api",
             cluster=settings.redis.cluster,
         )
-        hub: Hub | None = None
-        if settings.follower_hub and settings.redis.cluster:
-            # In a cluster the pool sizes are per node: its pub/sub and its reads.
-            hub = ClusterHub(cast(RedisCluster, follower_redis), settings.api.xread_block_ms)
-        elif settings.follower_hub:
-            hub = Hub(follower_redis, settings.api.xread_block_ms, commands=commands)
+        if isinstance(follower_redis, RedisCluster):
+            fanout = cluster_fanout(follower_redis, settings.api.xread_block_ms)
+        else:
+            fanout = xread_fanout(follower_redis, settings.api.xread_block_ms, commands=commands)
         return cls(
             settings=settings,
             redis=commands,
-            follower_redis=follower_redis,
             celery=make_celery(settings, "rstreams-api"),
-            hub=hub,
+            fanout=fanout,
         )
 
 

@@ -12,11 +12,11 @@ from flask import Blueprint, Response, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from api import auth, hub, limits, metrics, origins, shutdown, websocket
+from api import auth, fanout, limits, metrics, origins, shutdown, websocket
 from api.backend import Backend, backend
 from api.errors import Close, close_code_of
 from api.routes import session_id_or_404
-from shared import keys, logs, store, streams
+from shared import keys, logs, store
 from shared.errors import ForbiddenOrigin, InvalidRequest, SessionNotFound, StreamsError
 
 log = logging.getLogger(__name__)
@@ -27,15 +27,13 @@ sock = Sock()
 
 def _events(b: Backend, session_id: str, after: str | None) -> Iterator[store.Batch]:
     """The session's events after `after` in batches, riding out Redis restarts."""
-    block_ms = b.settings.api.xread_block_ms
-
-    def open_follow(cursor: str | None) -> Iterator[store.Batch]:
-        if b.hub is not None:
-            return hub.follow(b.hub, b.redis, session_id, cursor, block_ms=block_ms)
-        return streams.follow(b.follower_redis, session_id, cursor, block_ms=block_ms)
-
-    return streams.follow_reconnecting(
-        open_follow, session_id, after, outage_max_s=b.settings.redis.outage_max_s
+    return fanout.follow_reconnecting(
+        b.fanout,
+        b.redis,
+        session_id,
+        after,
+        block_ms=b.settings.api.xread_block_ms,
+        outage_max_s=b.settings.redis.outage_max_s,
     )
 
 

@@ -329,9 +329,6 @@ class RedisSettings:
     max_connections: int = setting(
         "REDIS_MAX_CONNECTIONS", 2, "per process: the pool for commands", minimum=2
     )
-    follower_max_connections: int = setting(
-        "FOLLOWER_MAX_CONNECTIONS", 2000, "one blocking read per follower", minimum=2
-    )
     outage_max_s: float = setting(
         "REDIS_OUTAGE_MAX_S", 300.0, "give up waiting for Redis after this", minimum=1
     )
@@ -624,8 +621,6 @@ class Settings:
     log_format: str = setting(
         "LOG_FORMAT", "text", "one JSON object a line", choices=("text", "json")
     )
-    # Being removed: one Redis reader per API process for all followers.
-    follower_hub: bool = setting("FOLLOWER_HUB", True, "one Redis reader for all followers")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -9,7 +9,7 @@ import pytest
 import redis
 from nanoid import generate as nanoid
 
-from shared import fields, keys, store, streams
+from shared import fields, keys, store
 from shared.errors import AppendRefused, BadCursor, SessionNotFound
 from shared.jobs import GenerationRequest, Message
 
@@ -120,34 +120,6 @@ def test_the_meta_record_of_a_completed_session(r: redis.Redis, session: str) ->
     assert GenerationRequest.from_json(meta.request).max_tokens == 5
     with pytest.raises(SessionNotFound):
         store.read_meta(r, "N" * 21)
-
-
-def test_follow_replays_from_a_cursor_then_stops_at_the_end(r: redis.Redis, session: str) -> None:
-    token = lease(r, session)
-    for index in range(4):
-        append(r, session, index, token)
-    store.append_done(
-        r, session, token=token, ttl_s=TTL, finish_reason="stop", chunks=4, usage=None
-    )
-
-    def events_after(cursor: str | None) -> list[store.Event]:
-        return [e for batch in streams.follow(r, session, cursor, block_ms=100) for e in batch]
-
-    events = events_after(None)
-    assert [e["type"] for e in events] == ["status", "chunk", "chunk", "chunk", "chunk", "done"]
-    assert events_after(events[2]["id"]) == events[3:]
-    assert events_after(events[-1]["id"]) == []
-
-
-def test_follow_of_a_session_that_vanishes_raises_not_found(r: redis.Redis, session: str) -> None:
-    follower = streams.follow(r, session, block_ms=100)
-    assert [e["status"] for e in next(follower)] == ["queued"]
-    assert next(follower) == []  # nothing new: a keep-alive tick
-    r.delete(keys.meta(session), keys.events(session))
-    with pytest.raises(SessionNotFound):
-        next(follower)
-    with pytest.raises(SessionNotFound):
-        next(streams.follow(r, "N" * 21, block_ms=100))
 
 
 @pytest.mark.parametrize(

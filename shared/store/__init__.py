@@ -27,7 +27,7 @@ from shared.store.events import (
     until_terminal,
 )
 from shared.store.leases import acquire_lease, queue_renew, release_lease
-from shared.store.read import has_nothing_after, read_text, xread_entries
+from shared.store.read import has_nothing_after, read_text
 from shared.store.scripts import load_scripts
 from shared.store.sessions import (
     SessionMeta,
@@ -71,5 +71,4 @@ __all__ = [
     "release_idempotency_key",
     "release_lease",
     "until_terminal",
-    "xread_entries",
 ]

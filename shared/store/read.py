@@ -1,4 +1,5 @@
-"""Reading a session's stream: the whole text, catch-up reads, and whether it has ended."""
+"""Reading a session's stream: the whole text, and whether it has ended. (Followers read
+in `api/fanout.py` and `api/readers.py`.)"""
 
 from __future__ import annotations
 
@@ -25,16 +26,6 @@ def has_nothing_after(r: redis.Redis, session_id: str, status: str, after: str |
     if not last:
         return True
     return after is not None and _id_key(str(last[0][0])) <= _id_key(after)
-
-
-def xread_entries(response: Any) -> list[tuple[str, dict[str, str]]]:
-    """The entries of an XREAD answer for one stream, in order."""
-    # RESP2 answers XREAD with [[key, entries]], RESP3 with {key: [entries]}.
-    if not response:
-        return []
-    if isinstance(response, dict):
-        return [e for value in response.values() for entries in value for e in entries]
-    return [e for _key, entries in response for e in entries]
 
 
 def read_text(r: redis.Redis, session_id: str, page: int = 1000) -> tuple[str, str, int]:
