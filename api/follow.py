@@ -1,4 +1,4 @@
-"""Followers: WebSocket (DESIGN.md 2.2) and Server-Sent Events (2.3) relays of `streams.follow`."""
+"""Followers: WebSocket (DESIGN.md 2.2) and Server-Sent Events (2.3) relays of `fanout.follow`."""
 
 from __future__ import annotations
 
