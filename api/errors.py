@@ -1,8 +1,10 @@
-"""Every error the API answers, as `{"error": {"code", "message"}}` with a 4xx/5xx status."""
+"""Every error the API answers, as `{"error": {"code", "message"}}` with a 4xx/5xx status,
+and the WebSocket close code of each error a follower can end with (`Close`, `CLOSE_OF`)."""
 
 from __future__ import annotations
 
 import logging
+from enum import IntEnum
 
 import redis
 from celery.exceptions import CeleryError
@@ -13,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from shared.errors import (
     BadCursor,
+    ForbiddenOrigin,
     IdempotencyConflict,
     InvalidRequest,
     QueueUnavailable,
@@ -45,6 +48,42 @@ STATUS_OF: list[tuple[type[StreamsError], int]] = [
     (InvalidRequest, 400),
     (QueueUnavailable, 503),
 ]
+
+
+class Close(IntEnum):
+    """Every code a follower's WebSocket closes with (DESIGN.md 2.2, docs/API.md)."""
+
+    NORMAL = 1000  # after the terminal event
+    PROTOCOL_ERROR = 1002  # a frame that breaks RFC 6455 (wsproto sends it)
+    INVALID_DATA = 1007  # a text message that is not UTF-8 (wsproto sends it)
+    POLICY_VIOLATION = 1008  # too many client messages; a missed pong (simple-websocket)
+    MESSAGE_TOO_BIG = 1009  # a client message over api/websocket.py MAX_MESSAGE_BYTES
+    SERVICE_RESTART = 1012  # this process is stopping: reconnect with the cursor (shutdown.py)
+    TRY_AGAIN_LATER = 1013  # Redis is unavailable
+    BAD_CURSOR = 4400
+    UNAUTHORIZED = 4401
+    FORBIDDEN_ORIGIN = 4403
+    NOT_FOUND = 4404
+    TOO_MANY = 4429
+
+
+# A refused or ended follow: the close code of its error, the first kind that matches.
+CLOSE_OF: list[tuple[type[Exception], Close]] = [
+    (Unauthorized, Close.UNAUTHORIZED),
+    (ForbiddenOrigin, Close.FORBIDDEN_ORIGIN),
+    (TooManyRequests, Close.TOO_MANY),
+    (SessionNotFound, Close.NOT_FOUND),
+    (BadCursor, Close.BAD_CURSOR),
+    (redis.RedisError, Close.TRY_AGAIN_LATER),
+]
+
+
+def close_code_of(e: Exception) -> Close | None:
+    """The WebSocket close code for a follower's error; None for one the table lacks."""
+    for kind, code in CLOSE_OF:
+        if isinstance(e, kind):
+            return code
+    return None
 
 
 def error_response(status: int, code: str, message: str) -> Response:

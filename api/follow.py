@@ -1,121 +1,28 @@
-"""Followers: WebSocket (DESIGN.md 2.2) and Server-Sent Events (2.3) relays of `streams.follow`."""
+"""Followers: WebSocket (DESIGN.md 2.2) and Server-Sent Events (2.3) relays of `fanout.follow`."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
 from flask import Blueprint, Response, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import (
-    AcceptConnection,
-    CloseConnection,
-    Message,
-    Ping,
-    Pong,
-    Request,
-    TextMessage,
-)
-from wsproto.extensions import PerMessageDeflate
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from api import auth, fanout, limits, metrics, origins, shutdown
+from api import auth, fanout, limits, metrics, origins, shutdown, websocket
 from api.backend import Backend, backend
+from api.errors import Close, close_code_of
 from api.routes import session_id_or_404
 from shared import keys, logs, store
-from shared.errors import BadCursor, InvalidRequest, SessionNotFound, TooManyRequests
+from shared.errors import ForbiddenOrigin, InvalidRequest, SessionNotFound, StreamsError
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("follow", __name__)
 sock = Sock()
-
-# WebSocket close codes of the contract.
-CLOSE_NORMAL = 1000
-CLOSE_POLICY_VIOLATION = 1008
-CLOSE_TRY_AGAIN_LATER = 1013
-CLOSE_BAD_CURSOR = 4400
-CLOSE_UNAUTHORIZED = 4401
-CLOSE_FORBIDDEN_ORIGIN = 4403
-CLOSE_NOT_FOUND = 4404
-CLOSE_TOO_MANY = 4429
-
-
-def _dumps(event: dict[str, Any]) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-
-
-def _error_frame(code: str, message: str) -> str:
-    return _dumps({"type": "error", "error": {"code": code, "message": message}})
-
-
-class _FrameBudget:
-    """Stands in for simple-websocket's wsproto connection (`ws.ws`), whose events its
-    reader thread handles, to count what the client sends: each message, ping and pong.
-    Past `per_min` in a minute it closes the connection with 1008.
-
-    simple-websocket answers every ping with a pong and reads as fast as a client writes:
-    uncounted, a ping flood costs the API a core. Raising `LocalProtocolError` is how its
-    reader stops on its own; it then closes the socket, and the handler sees `connected`
-    go false.
-    """
-
-    def __init__(self, ws: Any, per_min: int) -> None:
-        self._ws = ws
-        self._conn = ws.ws
-        self.per_min = per_min
-        self.count = 0
-        self.window_end = time.monotonic() + 60
-
-    def events(self) -> Iterator[Any]:
-        """The connection's events, each client frame counted."""
-        for event in self._conn.events():
-            if isinstance(event, Ping | Pong) or (
-                isinstance(event, Message) and event.message_finished
-            ):
-                self._count()
-            yield event
-
-    def _count(self) -> None:
-        now = time.monotonic()
-        if now >= self.window_end:
-            self.count, self.window_end = 0, now + 60
-        self.count += 1
-        if self.count > self.per_min:
-            log.info(
-                "closing a WebSocket that sent more than %d messages, pings and pongs a minute",
-                self.per_min,
-            )
-            close = CloseConnection(CLOSE_POLICY_VIOLATION, "too_many_messages")
-            self._ws.sock.send(self._conn.send(close))
-            _discard_input(self._ws.sock)
-            raise LocalProtocolError("too many client frames")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._conn, name)
-
-
-def _discard_input(sock: Any, max_reads: int = 16) -> None:
-    """Read and drop what a client has sent already, before the socket is closed.
-
-    Closing a socket with unread input sends a reset, which can overtake the close frame
-    just sent: the client would see a reset instead of the reason. Bounded, since a
-    flooding client may never stop.
-    """
-    sock.settimeout(0.05)
-    try:
-        for _ in range(max_reads):
-            if not sock.recv(65536):
-                return
-    except OSError:
-        return
 
 
 def _events(b: Backend, session_id: str, after: str | None) -> Iterator[store.Batch]:
@@ -130,59 +37,42 @@ def _events(b: Backend, session_id: str, after: str | None) -> Iterator[store.Ba
     )
 
 
-def _frame(payload: bytes) -> bytes:
-    """A final, unmasked WebSocket text frame (RFC 6455 5.2), as a server sends it."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+class _Following:
+    """One follower of a session, WebSocket or SSE: its place among the session's and the
+    caller's followers (`limits`, 429 or close 4429 when full) and its metrics."""
 
+    def __init__(self, session_id: str, kind: str) -> None:
+        self.session_id = session_id
+        self.place = limits.join_followers(session_id)
+        self.metrics = metrics.Follower(kind)
 
-def _send_frames(ws: Any, batch: store.Batch, *, is_plain: bool) -> None:
-    """Send a batch of events as text frames with one socket write.
+    def batches(
+        self, b: Backend, after: str | None, is_open: Callable[[], bool] = lambda: True
+    ) -> Iterator[store.Batch]:
+        """The batches to relay, until the process stops or `is_open()` turns false.
 
-    simple-websocket's `send` makes a system call per frame, which is most of the time a
-    replay of thousands of events takes. Without an extension (`is_plain`) a frame is
-    the event's shared UTF-8 text behind a 2 to 10 byte header; with permessage-deflate,
-    which compresses with per-connection state, the connection's own wsproto makes the
-    frames. Either way the batch goes out in one write through the app's
-    `_SendAllSocket`, which also serialises it with simple-websocket's pings.
-    """
-    if not ws.connected:
-        raise ConnectionClosed(ws.close_reason, ws.close_message)
-    if is_plain:
-        data = b"".join([_frame(event.utf8()) for event in batch])
-    else:
-        data = b"".join([ws.ws.send(TextMessage(data=event.json())) for event in batch])
-    ws.sock.send(data)
+        The caller sends each batch before it asks for the next: that is when it counts
+        as delivered.
+        """
+        for batch in _events(b, self.session_id, after):
+            if shutdown.is_stopping() or not is_open():
+                return
+            self.place.keep()
+            yield batch
+            if batch:
+                self.metrics.sent(batch)
 
-
-def _handshake_error() -> str | None:
-    """Why simple-websocket's handshake would fail on this request (it raises: a 500), if it would.
-
-    The same wsproto handshake on the same bytes simple-websocket builds from the environ.
-    """
-    head = b"GET / HTTP/1.1\r\n"
-    for key, value in request.environ.items():
-        if key.startswith("HTTP_"):
-            header = "-".join([p.capitalize() for p in key[5:].split("_")])
-            head += f"{header}: {value}\r\n".encode()
-    conn = WSConnection(ConnectionType.SERVER)
-    try:
-        conn.receive_data(head + b"\r\n")
-        for event in conn.events():
-            if isinstance(event, Request):
-                conn.send(AcceptConnection(extensions=[PerMessageDeflate()]))
-    except (RemoteProtocolError, LocalProtocolError, ValueError) as e:
-        return str(e)[:200] or type(e).__name__
-    return None
+    def leave(self) -> None:
+        """Give the place up and leave the metrics' gauge."""
+        self.place.leave()
+        self.metrics.leave()
 
 
 @bp.before_request
 def _refuse_bad_handshakes() -> None:
-    if request.endpoint == "follow.follow_ws" and (why := _handshake_error()):
+    if request.endpoint == "follow.follow_ws" and (
+        why := websocket.handshake_error(request.environ)
+    ):
         raise InvalidRequest(f"not a valid WebSocket handshake: {why}", code="bad_handshake")
 
 
@@ -191,72 +81,68 @@ def _refuse_bad_handshakes() -> None:
 def follow_ws(ws: Any, session_id: str) -> None:
     """Send the events after `?after=`, then live ones, then close 1000."""
     b = backend()
-    # simple-websocket's reader keeps every message a client sends for `receive`, which
-    # nothing here calls: unbounded, a client could fill our memory. Drop them as they come,
-    # and close on a client that floods.
-    ws.input_buffer = deque(maxlen=0)
-    if per_min := b.settings.api.ws_client_messages_per_min:
-        ws.ws = _FrameBudget(ws, per_min)
-    foreign = origins.failure()
-    if foreign is not None:
-        ws.send(_error_frame(origins.FORBIDDEN_ORIGIN, foreign))
-        ws.close(CLOSE_FORBIDDEN_ORIGIN, origins.FORBIDDEN_ORIGIN)
-        return
-    refused = auth.failure()
-    if refused is not None:
-        ws.send(_error_frame(refused.code, refused.message))
-        ws.close(CLOSE_UNAUTHORIZED, refused.code)
-        return
+    conn = websocket.Socket(ws, request.environ, b.settings.api.ws_client_messages_per_min)
+    shutdown.register(conn)
     try:
-        after = store.parse_cursor(request.args.get("after"))
-    except BadCursor as e:
-        ws.send(_error_frame(e.code, e.message))
-        ws.close(CLOSE_BAD_CURSOR, e.code)
-        return
-    # wsproto (simple-websocket) accepts permessage-deflate only if the client offers it.
-    is_plain = "permessage-deflate" not in request.headers.get("Sec-WebSocket-Extensions", "")
-    shutdown.register(ws)
-    place = None
-    follower = None
-    try:
-        if not keys.is_session_id(session_id):
-            raise SessionNotFound(f"no session {session_id[:64]}")
-        auth.check_owner(session_id)
-        place = limits.join_followers(session_id)
-        follower = metrics.Follower("ws")
-        for batch in _events(b, session_id, after):
-            if shutdown.is_stopping() or not ws.connected:
-                return
-            place.keep()
-            if batch:
-                _send_frames(ws, batch, is_plain=is_plain)
-                follower.sent(batch)
-    except SessionNotFound as e:
-        ws.send(_error_frame(e.code, e.message))
-        ws.close(CLOSE_NOT_FOUND, e.code)
-        return
-    except TooManyRequests as e:
-        ws.send(_error_frame(e.code, e.message))
-        ws.close(CLOSE_TOO_MANY, e.code)
-        return
-    except redis.RedisError as e:
-        log.warning("follower of %s lost Redis: %s", session_id, e)
-        ws.close(CLOSE_TRY_AGAIN_LATER, "unavailable")
-        return
-    except ConnectionClosed:
-        return
-    except OSError as e:  # the send timed out or the socket broke: a dead client
-        log.info("follower of %s dropped: %s", session_id, e)
-        ws.connected = False
-        ws.sock.close()
+        after = _admit_ws(session_id)
+        _relay_ws(conn, b, session_id, after)
+    except Exception as e:
+        if not _end_ws(conn, session_id, e):
+            raise
         return
     finally:
-        shutdown.unregister(ws)
-        if place is not None:
-            place.leave()
-        if follower is not None:
-            follower.leave()
-    ws.close(CLOSE_NORMAL)
+        shutdown.unregister(conn)
+    if conn.is_open and not shutdown.is_stopping():
+        conn.close(Close.NORMAL)
+
+
+def _admit_ws(session_id: str) -> str | None:
+    """The cursor of a follow this upgrade may make; raises the error that refuses it.
+
+    A WebSocket's refusals come after the upgrade, as a frame and a close code: a browser
+    cannot read a refused handshake's status (`origins.failure`, `auth.failure`).
+    """
+    foreign = origins.failure()
+    if foreign is not None:
+        raise ForbiddenOrigin(foreign)
+    refused = auth.failure()
+    if refused is not None:
+        raise refused
+    after = store.parse_cursor(request.args.get("after"))
+    if not keys.is_session_id(session_id):
+        raise SessionNotFound(f"no session {session_id[:64]}")
+    auth.check_owner(session_id)
+    return after
+
+
+def _relay_ws(conn: websocket.Socket, b: Backend, session_id: str, after: str | None) -> None:
+    """Send the session's events until the terminal one, the client leaves or we stop."""
+    following = _Following(session_id, "ws")
+    try:
+        for batch in following.batches(b, after, lambda: conn.is_open):
+            if batch:
+                conn.send_batch(batch)
+    finally:
+        following.leave()
+
+
+def _end_ws(conn: websocket.Socket, session_id: str, e: Exception) -> bool:
+    """Close a follow that failed with `e` as the contract says; False if it says nothing."""
+    if isinstance(e, ConnectionClosed):
+        return True  # the client went first
+    if isinstance(e, redis.RedisError):
+        log.warning("follower of %s lost Redis: %s", session_id, e)
+        conn.close(Close.TRY_AGAIN_LATER, "unavailable")
+        return True
+    if isinstance(e, OSError):  # the send timed out or the socket broke: a dead client
+        log.info("follower of %s dropped: %s", session_id, e)
+        conn.drop()
+        return True
+    code = close_code_of(e)
+    if code is None or not isinstance(e, StreamsError):
+        return False
+    conn.refuse(code, e.code, e.message)
+    return True
 
 
 # An SSE event named `error` also fires EventSource's own `error` handler, which is where
@@ -295,8 +181,7 @@ def follow_sse(session_id: str) -> Response:
     if store.has_nothing_after(b.redis, session_id, meta.status, after):
         # An ended follow: 204 is what tells an EventSource to stop reconnecting.
         return Response(status=204)
-    place = limits.join_followers(session_id)  # 429 before any event
-    follower = metrics.Follower("sse")
+    following = _Following(session_id, "sse")  # 429 before any event
     ping_s = b.settings.api.sse_ping_s
 
     def body() -> Iterator[bytes]:
@@ -305,10 +190,9 @@ def follow_sse(session_id: str) -> Response:
         last_write = time.monotonic()
         yield b": connected\n\n"
         try:
-            for batch in _events(b, session_id, after):
-                if shutdown.is_stopping():
-                    return  # EventSource reconnects with Last-Event-ID, to another process
-                place.keep()
+            # On a shutdown the response ends: EventSource reconnects with Last-Event-ID,
+            # to another process.
+            for batch in following.batches(b, after):
                 now = time.monotonic()
                 if not batch:
                     if now - last_write >= ping_s:
@@ -317,9 +201,8 @@ def follow_sse(session_id: str) -> Response:
                     continue
                 last_write = now
                 yield b"".join([_sse(event) for event in batch])
-                follower.sent(batch)
         except SessionNotFound as e:
-            yield _sse_error(_error_frame(e.code, e.message).encode())
+            yield _sse_error(websocket.error_frame(e.code, e.message).encode())
         except redis.RedisError as e:
             # End the response; EventSource reconnects with Last-Event-ID by itself.
             log.warning("SSE follower of %s lost Redis: %s", session_id, e)
@@ -330,8 +213,7 @@ def follow_sse(session_id: str) -> Response:
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
     # WSGI closes the response however it ends, even if the body never started.
-    response.call_on_close(place.leave)
-    response.call_on_close(follower.leave)
+    response.call_on_close(following.leave)
     _time_out_sends(response, b.settings.api.ws_send_timeout_s)
     return response
 

@@ -1,7 +1,9 @@
 """The OpenAPI 3.1 document of the HTTP contract (DESIGN.md 2.1), served at `/openapi.json`.
 
-One dict, built from settings: the limits the validator enforces (`max_tokens`, the model
-allowlist, the body size) are the ones this document states, and with API keys configured
+One dict, built from settings and from the constants the code enforces: the validator's
+limits (`api/validation.py`, the settings' maxima, the model allowlist, the body size) and
+the WebSocket close codes (`api/errors.py` `Close`), never numbers of its own. With API
+keys configured
 it states the credentials every operation but the public ones needs (docs/API.md). To add
 an endpoint, add an entry to `paths()`.
 """
@@ -12,11 +14,13 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from api import auth
+from api import auth, validation
 from api.backend import backend
-from api.routes import LIST_LIMIT_MAX, MAX_IDEMPOTENCY_KEY_LEN
-from api.validation import MAX_MODEL_LEN, MODEL_ID_PATTERN
+from api.errors import Close
+from api.routes import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, MAX_IDEMPOTENCY_KEY_LEN
+from api.websocket import MAX_MESSAGE_BYTES
 from shared.jobs import ROLES
+from shared.keys import SESSION_ID_RE
 from shared.settings import Settings
 from shared.store import EventType, Status
 
@@ -114,11 +118,11 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "model": {
                     "type": "string",
                     "minLength": 1,
-                    "maxLength": MAX_MODEL_LEN,
+                    "maxLength": validation.MAX_MODEL_LEN,
                     "allOf": [
                         {"pattern": r"\S"},
                         {"pattern": allowed},
-                        {"pattern": MODEL_ID_PATTERN},
+                        {"pattern": validation.MODEL_ID_PATTERN},
                     ],
                     "default": settings.limits.default_model,
                     "description": "Matches one of the model allowlist's patterns "
@@ -126,10 +130,14 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 },
                 "max_tokens": {
                     "type": ["integer", "null"],
-                    "minimum": 1,
+                    "minimum": validation.MIN_MAX_TOKENS,
                     "maximum": settings.limits.max_tokens_cap,
                 },
-                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+                "temperature": {
+                    "type": ["number", "null"],
+                    "minimum": validation.MIN_TEMPERATURE,
+                    "maximum": validation.MAX_TEMPERATURE,
+                },
             },
         },
         "Created": {
@@ -194,7 +202,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "additionalProperties": False,
             "properties": {"sessionId": _ref("SessionId"), "status": status},
         },
-        "SessionId": {"type": "string", "pattern": "^[A-Za-z0-9_-]{21}$"},
+        "SessionId": {"type": "string", "pattern": f"^{SESSION_ID_RE.pattern}$"},
         "SseEvent": {
             "type": "object",
             "description": "One event of the stream (OpenAPI 3.2 would call this itemSchema).",
@@ -297,6 +305,27 @@ def _session_param() -> Schema:
     return {"$ref": "#/components/parameters/sessionId"}
 
 
+def _ws_description(settings: Settings) -> str:
+    """What the WebSocket sends, and each close code of `Close` with its cause."""
+    per_min = settings.api.ws_client_messages_per_min or "unlimited"
+    return (
+        "OpenAPI has no WebSocket: this is the upgrade request. After the 101 the server "
+        "sends one JSON text frame per event and closes "
+        f"{Close.NORMAL} after the terminal one. A refusal is an `error` frame and a close: "
+        f"an unknown session not_found and {Close.NOT_FOUND}, a malformed cursor bad_cursor "
+        f"and {Close.BAD_CURSOR}, missing or wrong credentials (with API keys) unauthorized "
+        f"and {Close.UNAUTHORIZED}, a page of a foreign origin (not the API's own nor in "
+        f"ALLOWED_ORIGINS) forbidden_origin and {Close.FORBIDDEN_ORIGIN}, too many followers "
+        f"(of the session or the caller) too_many_followers and {Close.TOO_MANY}. Redis "
+        f"unavailable closes with {Close.TRY_AGAIN_LATER}, a server restart with "
+        f"{Close.SERVICE_RESTART} (reconnect with the cursor). The server ignores what the "
+        f"client sends; a message over {MAX_MESSAGE_BYTES} bytes closes with "
+        f"{Close.MESSAGE_TOO_BIG}, more than {per_min} messages, pings and pongs a minute "
+        f"(or a missed pong) with {Close.POLICY_VIOLATION}, a frame that breaks the protocol "
+        f"with {Close.PROTOCOL_ERROR}, text that is not UTF-8 with {Close.INVALID_DATA}."
+    )
+
+
 def paths(settings: Settings) -> dict[str, Schema]:
     """Every route: path -> method -> operation."""
     cursor = (
@@ -368,7 +397,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                         "name": "limit",
                         "in": "query",
                         "schema": {"type": "string", "pattern": "^[0-9]+$"},
-                        "description": f"1 to {LIST_LIMIT_MAX}, default 20",
+                        "description": f"1 to {LIST_LIMIT_MAX}, default {LIST_LIMIT_DEFAULT}",
                     },
                     {
                         "name": "cursor",
@@ -432,16 +461,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
             "get": {
                 "operationId": "followWebSocket",
                 "summary": "Follow over WebSocket (DESIGN.md 2.2)",
-                "description": "OpenAPI has no WebSocket: this is the upgrade request. After "
-                "the 101 the server sends one JSON text frame per event and closes 1000 after "
-                "the terminal one; an unknown session gets an error frame and close 4404, a "
-                "malformed cursor close 4400, a page of a foreign origin (not the API's own nor "
-                "in ALLOWED_ORIGINS) forbidden_origin and close 4403, too many followers (of "
-                "the session or the caller) a too_many_followers frame and close 4429. The "
-                "server ignores what the client sends; a message over the size limit closes "
-                "with 1009, more than "
-                f"{settings.api.ws_client_messages_per_min or 'unlimited'} messages a minute "
-                "with 1008.",
+                "description": _ws_description(settings),
                 "parameters": [
                     {
                         "name": "after",
@@ -452,7 +472,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 ],
                 "x-websocket": {
                     "frames": "application/json",
-                    "closeCodes": [1000, 1008, 1009, 4400, 4403, 4404, 4429, 1013],
+                    "closeCodes": sorted(int(code) for code in Close),
                 },
                 "responses": {
                     "101": {"description": "Switching Protocols: the WebSocket follows"},

@@ -12,9 +12,9 @@ import logging
 import threading
 from typing import Any
 
-log = logging.getLogger(__name__)
+from api.errors import Close
 
-CLOSE_SERVICE_RESTART = 1012
+log = logging.getLogger(__name__)
 
 _stopping = threading.Event()
 _sockets: set[Any] = set()
@@ -46,6 +46,6 @@ def begin() -> None:
     log.warning("shutting down: closing %d WebSocket followers with 1012", len(sockets))
     for ws in sockets:
         try:
-            ws.close(CLOSE_SERVICE_RESTART, "server restarting")
+            ws.close(Close.SERVICE_RESTART, "server restarting")
         except Exception as e:  # noqa: BLE001 - already closed or broken: nothing to tell
             log.debug("close on shutdown failed: %s", e)

@@ -24,6 +24,9 @@ TOOL_CHOICES = ("none", "auto", "required")
 REASONING_EFFORTS = ("low", "medium", "high")
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 MAX_SEED = 2**63 - 1
+MIN_MAX_TOKENS = 1  # the most is the setting MAX_TOKENS_CAP
+MIN_TEMPERATURE = 0
+MAX_TEMPERATURE = 2
 # A model id has no control character or line separator: it is logged and sent upstream,
 # where a line break could forge a line. ECMA and Python regular expressions alike (the
 # lookahead stops Python's `$` from matching before a final newline).
@@ -378,16 +381,19 @@ def parse_generate(body: Any, settings: Settings) -> GenerationRequest:
         raise UnknownModel(f"model {model!r} is not available here")
 
     max_tokens = body.get("max_tokens")
+    cap = settings.limits.max_tokens_cap
     if max_tokens is not None and (
-        not _is_int(max_tokens) or not 1 <= max_tokens <= settings.limits.max_tokens_cap
+        not _is_int(max_tokens) or not MIN_MAX_TOKENS <= max_tokens <= cap
     ):
-        raise InvalidRequest(
-            f"max_tokens must be a whole number from 1 to {settings.limits.max_tokens_cap}"
-        )
+        raise InvalidRequest(f"max_tokens must be a whole number from {MIN_MAX_TOKENS} to {cap}")
 
     temperature = body.get("temperature")
-    if temperature is not None and (not _is_number(temperature) or not 0 <= temperature <= 2):
-        raise InvalidRequest("temperature must be a number from 0 to 2")
+    if temperature is not None and (
+        not _is_number(temperature) or not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE
+    ):
+        raise InvalidRequest(
+            f"temperature must be a number from {MIN_TEMPERATURE} to {MAX_TEMPERATURE}"
+        )
 
     return GenerationRequest(
         model=model,

@@ -39,6 +39,12 @@ class Unauthorized(StreamsError):
     code = "unauthorized"
 
 
+class ForbiddenOrigin(StreamsError):
+    """A page of an origin that may not use the API (neither its own nor ALLOWED_ORIGINS)."""
+
+    code = "forbidden_origin"
+
+
 class SessionNotFound(StreamsError):
     """No session with that id (never created, or expired)."""
 

@@ -62,9 +62,12 @@ def assert_a_future_cursor_delays_no_one_else(api: Api, transport: str) -> None:
     assert [e["index"] for e in whole if e["type"] == "chunk"] == list(range(500))
 
 
-def live_session_with_backlog(r: redis.Redis, chunks: int = 2000, size: int = 4096) -> str:
+def live_session_with_backlog(
+    r: redis.Redis, chunks: int = 2000, size: int = 4096
+) -> tuple[str, str]:
     """A running session with `chunks` chunks of `size` characters (8 MiB by default):
-    far more than the socket buffers between a reader and the API hold."""
+    far more than the socket buffers between a reader and the API hold. And its lease
+    token, to append more."""
     session_id = nanoid()
     request = GenerationRequest(model="demo", messages=(Message("user", "backlog"),))
     store.create_session(r, session_id, request, queue="unused")
@@ -73,7 +76,7 @@ def live_session_with_backlog(r: redis.Redis, chunks: int = 2000, size: int = 40
     text = "x" * size
     for index in range(chunks):
         store.append_chunk(r, session_id, index, text, token=token, maxlen=chunks + 10, ttl_s=600)
-    return session_id
+    return session_id, token
 
 
 def stuck_reader(port: int, session_id: str, transport: str) -> socket.socket:
@@ -109,7 +112,7 @@ def test_readers_that_stop_reading_are_dropped_and_give_their_places_up(
 ) -> None:
     stack = make_stack(WS_SEND_TIMEOUT_S="2", MAX_FOLLOWERS_PER_SESSION="3")
     api = stack.api()
-    session_id = live_session_with_backlog(r)
+    session_id, _token = live_session_with_backlog(r)
     places = keys.followers(session_id)
     stuck = [stuck_reader(api.port, session_id, transport) for _ in range(3)]
     eventually(lambda: r.zcard(places) == 3, "the stuck readers hold the session's places")
@@ -123,6 +126,31 @@ def test_readers_that_stop_reading_are_dropped_and_give_their_places_up(
     assert "Traceback" not in api.log()
     if transport == "sse":
         assert api.log().count("dropped a client that stopped reading") == 3
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_readers_that_stop_reading_do_not_slow_the_others(
+    make_stack: Any, r: redis.Redis, transport: str
+) -> None:
+    # Nothing drops the stuck readers within the test (the default WS_SEND_TIMEOUT_S of
+    # 30 s and pings every 25 s): the healthy follower must get everything while they are
+    # still stuck, not once they are gone.
+    api = make_stack().api()
+    session_id, token = live_session_with_backlog(r)
+    places = keys.followers(session_id)
+    stuck = [stuck_reader(api.port, session_id, transport) for _ in range(3)]
+    eventually(lambda: r.zcard(places) == 3, "the stuck readers hold the session's places")
+    store.append_done(
+        r, session_id, token=token, ttl_s=600, finish_reason="stop", chunks=2000, usage=None
+    )
+    healthy = client.ws_follow(api.ws_url, session_id)
+    assert healthy.close_code == 1000 and healthy.events[-1]["type"] == "done"
+    assert [e["index"] for e in healthy.events if e["type"] == "chunk"] == list(range(2000))
+    # The stuck ones are still blocked in a send of the backlog: a reader that had sent
+    # the done event would have left.
+    assert r.zcard(places) == 3
+    for sock in stuck:
+        sock.close()
 
 
 def eventually(check: Any, what: str, timeout_s: float = 10) -> None:

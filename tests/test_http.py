@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -54,6 +55,29 @@ def test_generate_answers_202_with_urls_and_completes(api: Api) -> None:
         "text": demo_text("What is a stream?", 12),
         "chunks": 12,
     }
+
+
+@pytest.mark.parametrize(
+    ("allowed_ips", "scheme"),
+    [("127.0.0.1", "https"), ("192.0.2.1", "http")],  # our address is 127.0.0.1
+)
+def test_a_trusted_proxys_https_gives_wss_urls(
+    make_stack: Any, allowed_ips: str, scheme: str
+) -> None:
+    """Behind a TLS proxy at an address in FORWARDED_ALLOW_IPS, the answer's URLs are
+    https:// and wss://; the same header from any other address changes nothing."""
+    api = make_stack(FORWARDED_ALLOW_IPS=allowed_ips).api()
+    response = requests.post(
+        f"{api.url}/api/streams/generate",
+        json={"prompt": "behind a proxy", "max_tokens": 1},
+        headers={"X-Forwarded-Proto": "https"},
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    where = f"127.0.0.1:{api.port}/api/streams/{body['sessionId']}"
+    assert body["streamUrl"] == f"{scheme}://{where}"
+    assert body["wsUrl"] == f"{scheme.replace('http', 'ws')}://{where}/ws"
 
 
 def test_messages_body_answers_the_last_user_message(api: Api) -> None:

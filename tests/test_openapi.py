@@ -22,8 +22,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from api import validation
 from api.app import create_app
+from api.errors import Close
 from api.openapi import build, glob_regex
+from api.validation import parse_generate
+from shared.errors import InvalidRequest
 from shared.settings import ApiSettings, LimitsSettings, Settings
 from tests import client
 from tests.procs import Api
@@ -91,6 +95,68 @@ def test_the_document_follows_the_settings() -> None:
     allowed = re.compile(body["model"]["allOf"][1]["pattern"])
     assert allowed.search("demo-fast") and allowed.search("fake-1")
     assert not allowed.search("fake-12") and not allowed.search("xdemo")
+
+
+def _refuses(body: dict[str, Any], settings: Settings) -> bool:
+    try:
+        parse_generate(body, settings)
+    except InvalidRequest:
+        return True
+    return False
+
+
+def test_the_documented_limits_are_the_ones_the_validator_enforces() -> None:
+    settings = Settings(
+        limits=LimitsSettings(
+            max_tokens_cap=77,
+            max_prompt_chars=50,
+            max_messages=3,
+            max_messages_chars=40,
+            model_allowlist=("*",),
+        )
+    )
+    schemas = build(settings)["components"]["schemas"]
+    body = schemas["GenerateRequest"]["properties"]
+    content = schemas["Message"]["properties"]["content"]
+    for name, step in [("max_tokens", 1), ("temperature", 0.5)]:
+        low, high = body[name]["minimum"], body[name]["maximum"]
+        assert not _refuses({"prompt": "x", name: low}, settings)
+        assert not _refuses({"prompt": "x", name: high}, settings)
+        assert _refuses({"prompt": "x", name: low - step}, settings)
+        assert _refuses({"prompt": "x", name: high + step}, settings)
+    for name, make_long in [
+        ("prompt", lambda n: {"prompt": "p" * n}),
+        ("model", lambda n: {"prompt": "x", "model": "m" * n}),
+    ]:
+        longest = body[name]["maxLength"]
+        assert not _refuses(make_long(longest), settings)
+        assert _refuses(make_long(longest + 1), settings)
+    most = body["messages"]["maxItems"]
+    message = {"role": "user", "content": "c"}
+    assert not _refuses({"messages": [message] * most}, settings)
+    assert _refuses({"messages": [message] * (most + 1)}, settings)
+    long_message = {"role": "user", "content": "c" * content["maxLength"]}
+    assert not _refuses({"messages": [long_message]}, settings)
+    assert _refuses(
+        {"messages": [{**long_message, "content": long_message["content"] + "c"}]}, settings
+    )
+    assert body["model"]["allOf"][2]["pattern"] == validation.MODEL_ID_PATTERN
+
+
+def test_a_validation_constant_shows_in_the_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(validation, "MAX_MODEL_LEN", 12)
+    monkeypatch.setattr(validation, "MAX_TEMPERATURE", 1.5)
+    body = build(Settings())["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert body["model"]["maxLength"] == 12
+    assert body["temperature"]["maximum"] == 1.5
+
+
+def test_the_documented_close_codes_are_the_close_code_table() -> None:
+    ws = build(Settings())["paths"]["/api/streams/{sessionId}/ws"]["get"]
+    assert ws["x-websocket"]["closeCodes"] == sorted(int(code) for code in Close)
+    assert {1012, 4401} <= set(ws["x-websocket"]["closeCodes"])
+    for code in Close:  # each with its cause
+        assert str(int(code)) in ws["description"], code
 
 
 def test_with_api_keys_the_document_states_the_credentials() -> None:

@@ -1,0 +1,246 @@
+"""Every workaround for flask-sock, simple-websocket 1.1 and wsproto, in one place.
+
+The follower handler (`api/follow.py`) sees a `Socket`: send a batch of events, refuse
+with an error frame and a close code, close, drop a dead client. The app (`api/app.py`)
+installs `WholeFrames` and `server_options`. Nothing else reaches into simple-websocket's
+`ws.ws`, `ws.sock` or `ws.input_buffer`; each reach below names the library behaviour it
+works around (docs/ARCHITECTURE.md, "WebSocket").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from simple_websocket import ConnectionClosed
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Message,
+    Ping,
+    Pong,
+    Request,
+    TextMessage,
+)
+from wsproto.extensions import PerMessageDeflate
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from api.errors import Close
+from shared import store
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# A client message over this closes with 1009 (simple-websocket's `max_message_size`).
+MAX_MESSAGE_BYTES = 64 * 1024
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """flask-sock's `SOCK_SERVER_OPTIONS`: pings (a missing pong closes with 1008) and the
+    message size limit."""
+    return {"ping_interval": settings.api.ws_ping_s, "max_message_size": MAX_MESSAGE_BYTES}
+
+
+def error_frame(code: str, message: str) -> str:
+    """The contract's `error` frame (no `id`): what a refused follower reads before the close."""
+    error = {"type": "error", "error": {"code": code, "message": message}}
+    return json.dumps(error, separators=(",", ":"), ensure_ascii=False)
+
+
+class Socket:
+    """A simple-websocket server connection as a follower uses it: it sends, never reads."""
+
+    def __init__(self, ws: Any, environ: Mapping[str, Any], messages_per_min: int) -> None:
+        self._ws = ws
+        # simple-websocket's reader keeps every message a client sends for `receive`,
+        # which a follower never calls: unbounded, a client could fill our memory. Drop
+        # them as they come, and close on a client that floods.
+        ws.input_buffer = deque(maxlen=0)
+        if messages_per_min:
+            ws.ws = _FrameBudget(ws, messages_per_min)
+        # wsproto (simple-websocket) accepts permessage-deflate only if the client offers it.
+        self._is_plain = "permessage-deflate" not in environ.get(
+            "HTTP_SEC_WEBSOCKET_EXTENSIONS", ""
+        )
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection still stands (simple-websocket's reader clears it)."""
+        return bool(self._ws.connected)
+
+    def send_batch(self, batch: store.Batch) -> None:
+        """Send a batch of events as text frames with one socket write.
+
+        simple-websocket's `send` makes a system call per frame, which is most of the time
+        a replay of thousands of events takes. Without an extension a frame is the event's
+        shared UTF-8 text behind a 2 to 10 byte header; with permessage-deflate, which
+        compresses with per-connection state, the connection's own wsproto makes the
+        frames. Either way the batch goes out in one write through `_SendAllSocket`,
+        which also serialises it with simple-websocket's pings.
+        """
+        ws = self._ws
+        if not ws.connected:
+            raise ConnectionClosed(ws.close_reason, ws.close_message)
+        if self._is_plain:
+            data = b"".join([_frame(event.utf8()) for event in batch])
+        else:
+            data = b"".join([ws.ws.send(TextMessage(data=event.json())) for event in batch])
+        ws.sock.send(data)
+
+    def refuse(self, close_code: int, code: str, message: str) -> None:
+        """Send an `error` frame, then close with `close_code` and the error's code."""
+        self._ws.send(error_frame(code, message))
+        self._ws.close(close_code, code)
+
+    def close(self, close_code: int, reason: str | None = None) -> None:
+        """Send a close frame and wait (briefly) for the client's."""
+        self._ws.close(close_code, reason)
+
+    def drop(self) -> None:
+        """Give up a client whose socket broke or whose send timed out: no close frame,
+        which could block again, and simple-websocket must not try one after us."""
+        self._ws.connected = False
+        self._ws.sock.close()
+
+
+class _FrameBudget:
+    """Stands in for simple-websocket's wsproto connection (`ws.ws`), whose events its
+    reader thread handles, to count what the client sends: each message, ping and pong.
+    Past `per_min` in a minute it closes the connection with 1008.
+
+    simple-websocket answers every ping with a pong and reads as fast as a client writes:
+    uncounted, a ping flood costs the API a core. Raising `LocalProtocolError` is how its
+    reader stops on its own; it then closes the socket, and the handler sees `connected`
+    go false.
+    """
+
+    def __init__(self, ws: Any, per_min: int) -> None:
+        self._ws = ws
+        self._conn = ws.ws
+        self.per_min = per_min
+        self.count = 0
+        self.window_end = time.monotonic() + 60
+
+    def events(self) -> Iterator[Any]:
+        """The connection's events, each client frame counted."""
+        for event in self._conn.events():
+            if isinstance(event, Ping | Pong) or (
+                isinstance(event, Message) and event.message_finished
+            ):
+                self._count()
+            yield event
+
+    def _count(self) -> None:
+        now = time.monotonic()
+        if now >= self.window_end:
+            self.count, self.window_end = 0, now + 60
+        self.count += 1
+        if self.count > self.per_min:
+            log.info(
+                "closing a WebSocket that sent more than %d messages, pings and pongs a minute",
+                self.per_min,
+            )
+            close = CloseConnection(Close.POLICY_VIOLATION, "too_many_messages")
+            self._ws.sock.send(self._conn.send(close))
+            _discard_input(self._ws.sock)
+            raise LocalProtocolError("too many client frames")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+def _discard_input(sock: Any, max_reads: int = 16) -> None:
+    """Read and drop what a client has sent already, before the socket is closed.
+
+    Closing a socket with unread input sends a reset, which can overtake the close frame
+    just sent: the client would see a reset instead of the reason. Bounded, since a
+    flooding client may never stop.
+    """
+    sock.settimeout(0.05)
+    try:
+        for _ in range(max_reads):
+            if not sock.recv(65536):
+                return
+    except OSError:
+        return
+
+
+def _frame(payload: bytes) -> bytes:
+    """A final, unmasked WebSocket text frame (RFC 6455 5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
+
+
+def handshake_error(environ: Mapping[str, Any]) -> str | None:
+    """Why simple-websocket's handshake would fail on this request, if it would.
+
+    simple-websocket raises on a handshake wsproto refuses, which Flask answers with a
+    500. This is the same wsproto handshake on the same bytes simple-websocket builds from
+    the environ, run first so the refusal can be a 400.
+    """
+    head = b"GET / HTTP/1.1\r\n"
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            header = "-".join([p.capitalize() for p in key[5:].split("_")])
+            head += f"{header}: {value}\r\n".encode()
+    conn = WSConnection(ConnectionType.SERVER)
+    try:
+        conn.receive_data(head + b"\r\n")
+        for event in conn.events():
+            if isinstance(event, Request):
+                conn.send(AcceptConnection(extensions=[PerMessageDeflate()]))
+    except (RemoteProtocolError, LocalProtocolError, ValueError) as e:
+        return str(e)[:200] or type(e).__name__
+    return None
+
+
+class _SendAllSocket:
+    """A socket whose `send` writes everything, one frame at a time.
+
+    simple-websocket 1.1 writes frames with `socket.send`, which may write only part of a
+    large frame, and sends pings from its own thread (simple-websocket#45). `sendall`
+    under a lock keeps every frame whole and frames from interleaving.
+    """
+
+    def __init__(self, sock: Any, send_timeout_s: float) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+        # A client that stops reading fails our send after this long, instead of holding
+        # its handler (and a Redis connection) forever.
+        sock.settimeout(send_timeout_s)
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            # One plain send takes a batch of frames whole nearly always; gevent's sendall
+            # costs an extra system call (getsockopt) and more on every call.
+            sent = self._sock.send(data)
+            if sent < len(data):
+                self._sock.sendall(memoryview(data)[sent:])
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class WholeFrames:
+    """WSGI middleware that hands flask-sock (simple-websocket) a `_SendAllSocket`."""
+
+    def __init__(self, app: Any, send_timeout_s: float) -> None:
+        self.app = app
+        self.send_timeout_s = send_timeout_s
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        for key in ("gunicorn.socket", "werkzeug.socket"):
+            if key in environ and environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+                environ[key] = _SendAllSocket(environ[key], self.send_timeout_s)
+        return self.app(environ, start_response)
