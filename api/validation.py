@@ -20,6 +20,7 @@ MAX_STOP_CHARS = 200
 MAX_ID_LEN = 200  # a tool call's id
 IMAGE_URL_PATTERN = "^(https?://|data:image/(png|jpeg|gif|webp);base64,)"
 _IMAGE_URL_RE = re.compile(IMAGE_URL_PATTERN, re.IGNORECASE)
+IMAGE_DETAILS = ("auto", "low", "high")
 TOOL_CHOICES = ("none", "auto", "required")
 REASONING_EFFORTS = ("low", "medium", "high")
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
@@ -104,7 +105,7 @@ def _content(raw: Any, where: str, *, images: bool, empty_ok: bool) -> tuple[Any
                 f"{at}.image_url.url must be an http(s) URL or a data:image/(png|jpeg|gif|webp);"
                 "base64 URL"
             )
-        if image.get("detail", "auto") not in ("auto", "low", "high"):
+        if image.get("detail", "auto") not in IMAGE_DETAILS:
             raise InvalidRequest(f"{at}.image_url.detail must be auto, low or high")
         count += 1
     return raw, count
