@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from shared.localredis import free_port
+from rstreams.localredis import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -8,9 +8,9 @@ from typing import Any
 import redis
 from nanoid import generate as nanoid
 
+from rstreams.localredis import LocalRedis
 from shared import keys, streams
 from shared.jobs import GenerationRequest, Message, enqueue, make_celery
-from shared.localredis import LocalRedis
 from shared.settings import Settings
 from tests.conftest import STREAM_TTL_S
 from worker.providers.demo import demo_text

@@ -19,7 +19,7 @@ from typing import Any
 from nanoid import generate as nanoid
 
 from rstreams import Client
-from shared.localredis import free_port
+from rstreams.localredis import free_port
 from tests.procs import Api
 
 RSTREAMS = str(Path(sys.executable).parent / "rstreams")

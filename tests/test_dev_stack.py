@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from rstreams import dev
-from shared.localredis import free_port
+from rstreams.localredis import free_port
 from tests import client
 from tests.fake_provider import FakeProvider
 from tests.procs import ROOT, child_env

@@ -13,9 +13,9 @@ import redis
 from nanoid import generate as nanoid
 
 from api import hub as hubmod
+from rstreams.localredis import LocalRedis
 from shared import streams
 from shared.jobs import GenerationRequest, Message
-from shared.localredis import LocalRedis
 from shared.redisconn import connect
 from tests import client
 

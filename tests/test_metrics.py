@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api import metrics as api_metrics
 from api.apikeys import hash_key
+from rstreams.localredis import LocalRedis
 from shared import keys, metrics
-from shared.localredis import LocalRedis
 from shared.redisconn import connect
 from tests import client
 from tests.procs import Api, Worker

@@ -13,8 +13,8 @@ from typing import Any
 import redis
 import requests
 
+from rstreams.localredis import LocalRedis
 from shared import keys
-from shared.localredis import LocalRedis
 from tests import client
 from tests.procs import Api
 from worker.providers.demo import demo_text

@@ -13,7 +13,7 @@ from nanoid import generate as nanoid
 
 from api.apikeys import hash_key
 from rstreams import Cancelled, Chunk, Client, Done, Event, RstreamsError, Status
-from shared.localredis import free_port
+from rstreams.localredis import free_port
 from tests.procs import Api, Worker
 
 API_KEY = "rsk_client-test-key-0123456789abcdefghijklmn"

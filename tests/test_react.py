@@ -18,7 +18,7 @@ from playwright.sync_api import Page, expect
 from api import examples
 from api.apikeys import hash_key
 from api.app import create_app
-from shared.localredis import free_port
+from rstreams.localredis import free_port
 from shared.settings import Settings
 from tests import client
 from tests.browser import screenshot_path
