@@ -20,7 +20,7 @@ from nanoid import generate as nanoid
 
 from rstreams import Client
 from rstreams.localredis import free_port
-from tests.procs import Api
+from tests.procs import Api, child_env
 
 RSTREAMS = str(Path(sys.executable).parent / "rstreams")
 
@@ -28,7 +28,11 @@ RSTREAMS = str(Path(sys.executable).parent / "rstreams")
 def rstreams(url: str, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the command to its end."""
     return subprocess.run(
-        [RSTREAMS, "--url", url, *args], capture_output=True, text=True, timeout=timeout_s
+        [RSTREAMS, "--url", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=child_env(),
     )
 
 
@@ -54,6 +58,7 @@ def test_ctrl_c_detaches_and_the_printed_command_prints_exactly_the_rest(api: Ap
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=child_env(),
     )
     assert proc.stderr is not None
     session_id = session_id_of(proc.stderr.readline())
@@ -150,7 +155,7 @@ def test_a_terminal_on_stderr_gets_a_live_progress_line(api: Api) -> None:
         [RSTREAMS, "--url", api.url, "generate", "watch it", "--max-tokens", "40"],
         stdout=subprocess.PIPE,
         stderr=follower,
-        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "100"},
+        env=child_env(TERM="xterm-256color", COLUMNS="100"),
         text=True,
         timeout=60,
     )
