@@ -136,7 +136,7 @@ def test_a_redis_restart_in_the_middle_of_batches_loses_and_repeats_nothing(
     wait_for(lambda: all(chunk_count(mine, s) >= 20 for s in ids), 60, "every session to write")
 
     own_redis.stop()  # a restart forgets the append script too: the batches must load it again
-    time.sleep(2)
+    wait_for(lambda: "Redis unreachable" in worker.log(), 20, "the worker to hold chunks")
     own_redis.start()
 
     wait_for(
