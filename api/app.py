@@ -78,9 +78,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     logs.configure(settings.log_format)
     logging.getLogger("gunicorn.error").addFilter(logs.SEND_TIMEOUTS)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_body_bytes
     app.config["SOCK_SERVER_OPTIONS"] = {
-        "ping_interval": settings.ws_ping_s,
+        "ping_interval": settings.api.ws_ping_s,
         "max_message_size": 64 * 1024,
     }
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -97,8 +97,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(examples.bp)
     app.register_blueprint(metrics.bp)
     follow.sock.init_app(app)
-    wsgi: Any = _WholeFrames(app.wsgi_app, settings.ws_send_timeout_s)
-    if settings.trust_proxy_headers:
+    wsgi: Any = _WholeFrames(app.wsgi_app, settings.api.ws_send_timeout_s)
+    if settings.api.trust_proxy_headers:
         wsgi = ProxyFix(wsgi, x_for=1, x_proto=1, x_host=1, x_port=1)
     app.wsgi_app = wsgi  # type: ignore[method-assign]
     return app

@@ -19,7 +19,7 @@ from flask import Flask, current_app, g, request
 
 from api import apikeys, tokens
 from api.backend import backend
-from shared import streams
+from shared import store
 from shared.errors import Unauthorized
 from shared.settings import Settings
 
@@ -54,7 +54,7 @@ def takes_stream_token(view: F) -> F:
 
 def register(app: Flask, settings: Settings) -> None:
     """Check credentials before every request; warn once when there are none to check."""
-    if not settings.has_api_keys:
+    if not settings.api.has_api_keys:
         log.warning(
             "no API keys configured (API_KEYS, API_KEYS_FILE): the API is open to anyone "
             "who can reach it"
@@ -77,13 +77,13 @@ def failure() -> Unauthorized | None:
 def check_owner(session_id: str) -> None:
     """Raise `SessionNotFound` unless the caller may see the session (always, in open mode)."""
     b = backend()
-    if b.settings.has_api_keys:
-        streams.check_owner(b.redis, session_id, caller().owner)
+    if b.settings.api.has_api_keys:
+        store.check_owner(b.redis, session_id, caller().owner)
 
 
 def _authenticate() -> None:
     settings = backend().settings
-    if not settings.has_api_keys:
+    if not settings.api.has_api_keys:
         return
     view = current_app.view_functions.get(request.endpoint or "")
     if request.endpoint == "static" or getattr(view, "is_public", False):
@@ -106,7 +106,7 @@ def _identify(settings: Settings, takes_token: bool) -> Caller:
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthorized("the Authorization header must be `Bearer <API key>`")
-        key_id = apikeys.key_id_of(key.strip(), settings.api_keys)
+        key_id = apikeys.key_id_of(key.strip(), settings.api.api_keys)
         if key_id is None:
             raise Unauthorized("the API key is not valid")
         return Caller(key_id)
@@ -116,9 +116,9 @@ def _identify(settings: Settings, takes_token: bool) -> Caller:
             "this endpoint needs `Authorization: Bearer <API key>`"
             + (" or a stream token as ?token=" if takes_token else "")
         )
-    grant = tokens.verify(settings.stream_token_secret, token)
+    grant = tokens.verify(settings.api.stream_token_secret, token)
     if grant.session_id != (request.view_args or {}).get("session_id"):
         raise Unauthorized("the stream token is for another session")
-    if all(key_id != grant.key_id for key_id, _digest in settings.api_keys):
+    if all(key_id != grant.key_id for key_id, _digest in settings.api.api_keys):
         raise Unauthorized("the stream token's API key is no longer accepted")
     return Caller(grant.key_id, token_session=grant.session_id)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 from celery import Celery
 from flask import current_app
 from redis import Redis
 from redis.cluster import RedisCluster
 
-from api.cluster_hub import ClusterHub
-from api.hub import Hub
+from api.fanout import Fanout
+from api.readers import cluster_fanout, xread_fanout
 from shared.jobs import make_celery
 from shared.redisconn import connect
 from shared.settings import Settings
@@ -26,41 +25,38 @@ class Backend:
 
     settings: Settings
     redis: Redis
-    follower_redis: Redis
     celery: Celery
-    # One Redis reader for all followers of this process (None: one blocking read each).
-    hub: Hub | None
+    # One Redis reader for all followers of this process.
+    fanout: Fanout
 
     @classmethod
     def build(cls, settings: Settings) -> Backend:
         """Clients for `settings`."""
         # Blocking readers need a socket timeout that outlasts their block.
         follower_redis = connect(
-            settings.redis_url,
-            socket_timeout_s=settings.xread_block_ms / 1000 + 5,
-            # With the hub, its reader is the only blocking client; without, one per follower.
-            max_connections=2 if settings.follower_hub else settings.follower_max_connections,
+            settings.redis.url,
+            socket_timeout_s=settings.api.xread_block_ms / 1000 + 5,
+            # The fan-out's reader is its only client (on a cluster, per node: its pub/sub
+            # and its reads).
+            max_connections=2,
             name="rstreams-api-follow",
-            cluster=settings.redis_cluster,
+            cluster=settings.redis.cluster,
         )
         commands = connect(
-            settings.redis_url,
-            max_connections=settings.redis_max_connections,
+            settings.redis.url,
+            max_connections=settings.redis.max_connections,
             name="rstreams-api",
-            cluster=settings.redis_cluster,
+            cluster=settings.redis.cluster,
         )
-        hub: Hub | None = None
-        if settings.follower_hub and settings.redis_cluster:
-            # In a cluster the pool sizes are per node: its pub/sub and its reads.
-            hub = ClusterHub(cast(RedisCluster, follower_redis), settings.xread_block_ms)
-        elif settings.follower_hub:
-            hub = Hub(follower_redis, settings.xread_block_ms, commands=commands)
+        if isinstance(follower_redis, RedisCluster):
+            fanout = cluster_fanout(follower_redis, settings.api.xread_block_ms)
+        else:
+            fanout = xread_fanout(follower_redis, settings.api.xread_block_ms, commands=commands)
         return cls(
             settings=settings,
             redis=commands,
-            follower_redis=follower_redis,
             celery=make_celery(settings, "rstreams-api"),
-            hub=hub,
+            fanout=fanout,
         )
 
 

@@ -26,10 +26,10 @@ from wsproto.events import (
 from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from api import auth, hub, limits, metrics, origins, shutdown
+from api import auth, fanout, limits, metrics, origins, shutdown
 from api.backend import Backend, backend
 from api.routes import session_id_or_404
-from shared import keys, logs, streams
+from shared import keys, logs, store
 from shared.errors import BadCursor, InvalidRequest, SessionNotFound, TooManyRequests
 
 log = logging.getLogger(__name__)
@@ -118,17 +118,15 @@ def _discard_input(sock: Any, max_reads: int = 16) -> None:
         return
 
 
-def _events(b: Backend, session_id: str, after: str | None) -> Iterator[streams.Batch]:
+def _events(b: Backend, session_id: str, after: str | None) -> Iterator[store.Batch]:
     """The session's events after `after` in batches, riding out Redis restarts."""
-    block_ms = b.settings.xread_block_ms
-
-    def open_follow(cursor: str | None) -> Iterator[streams.Batch]:
-        if b.hub is not None:
-            return hub.follow(b.hub, b.redis, session_id, cursor, block_ms=block_ms)
-        return streams.follow(b.follower_redis, session_id, cursor, block_ms=block_ms)
-
-    return streams.follow_reconnecting(
-        open_follow, session_id, after, outage_max_s=b.settings.redis_outage_max_s
+    return fanout.follow_reconnecting(
+        b.fanout,
+        b.redis,
+        session_id,
+        after,
+        block_ms=b.settings.api.xread_block_ms,
+        outage_max_s=b.settings.redis.outage_max_s,
     )
 
 
@@ -142,7 +140,7 @@ def _frame(payload: bytes) -> bytes:
     return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
 
 
-def _send_frames(ws: Any, batch: streams.Batch, *, is_plain: bool) -> None:
+def _send_frames(ws: Any, batch: store.Batch, *, is_plain: bool) -> None:
     """Send a batch of events as text frames with one socket write.
 
     simple-websocket's `send` makes a system call per frame, which is most of the time a
@@ -197,7 +195,7 @@ def follow_ws(ws: Any, session_id: str) -> None:
     # nothing here calls: unbounded, a client could fill our memory. Drop them as they come,
     # and close on a client that floods.
     ws.input_buffer = deque(maxlen=0)
-    if per_min := b.settings.ws_client_messages_per_min:
+    if per_min := b.settings.api.ws_client_messages_per_min:
         ws.ws = _FrameBudget(ws, per_min)
     foreign = origins.failure()
     if foreign is not None:
@@ -210,7 +208,7 @@ def follow_ws(ws: Any, session_id: str) -> None:
         ws.close(CLOSE_UNAUTHORIZED, refused.code)
         return
     try:
-        after = streams.parse_cursor(request.args.get("after"))
+        after = store.parse_cursor(request.args.get("after"))
     except BadCursor as e:
         ws.send(_error_frame(e.code, e.message))
         ws.close(CLOSE_BAD_CURSOR, e.code)
@@ -267,8 +265,8 @@ def follow_ws(ws: Any, session_id: str) -> None:
 SSE_STREAM_ERROR = b"stream_error"
 
 
-def _sse(event: streams.Event) -> bytes:
-    if event["type"] == streams.EventType.ERROR:
+def _sse(event: store.Event) -> bytes:
+    if event["type"] == store.EventType.ERROR:
         return _sse_error(event.utf8(), event["id"].encode())
     return b"id: %s\nevent: %s\ndata: %s\n\n" % (
         event["id"].encode(),
@@ -292,14 +290,14 @@ def follow_sse(session_id: str) -> Response:
     b = backend()
     auth.check_owner(session_id_or_404(session_id))
     # A browser's EventSource sends Last-Event-ID by itself on reconnect: it is the newest.
-    after = streams.parse_cursor(request.headers.get("Last-Event-ID") or request.args.get("after"))
-    meta = streams.read_meta(b.redis, session_id)  # 404 before any event
-    if streams.has_nothing_after(b.redis, session_id, meta["status"], after):
+    after = store.parse_cursor(request.headers.get("Last-Event-ID") or request.args.get("after"))
+    meta = store.read_meta(b.redis, session_id)  # 404 before any event
+    if store.has_nothing_after(b.redis, session_id, meta.status, after):
         # An ended follow: 204 is what tells an EventSource to stop reconnecting.
         return Response(status=204)
     place = limits.join_followers(session_id)  # 429 before any event
     follower = metrics.Follower("sse")
-    ping_s = b.settings.sse_ping_s
+    ping_s = b.settings.api.sse_ping_s
 
     def body() -> Iterator[bytes]:
         # The body runs after the request's teardown, in the same greenlet.
@@ -334,7 +332,7 @@ def follow_sse(session_id: str) -> Response:
     # WSGI closes the response however it ends, even if the body never started.
     response.call_on_close(place.leave)
     response.call_on_close(follower.leave)
-    _time_out_sends(response, b.settings.ws_send_timeout_s)
+    _time_out_sends(response, b.settings.api.ws_send_timeout_s)
     return response
 
 

@@ -6,27 +6,30 @@ The gevent worker holds thousands of long-lived WebSocket and SSE connections pe
 a threaded worker would hold one thread per connection (gunicorn#908).
 """
 
-import os
+from shared.settings import Settings
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+# Every value below is a setting (the `web` group, and LOG_FORMAT): declared, defaulted and
+# checked once, in shared/settings.py.
+settings = Settings.from_env()
+web = settings.web
+bind = f"{web.host}:{web.port}"
 # gunicorn's gevent worker, whose parser errors are JSON and logged without the request
 # line; `logger_class` keeps credentials and client-written line breaks out of the access
 # log (api/gunicorn_worker.py, api/gunicorn_logging.py).
 worker_class = "api.gunicorn_worker.GeventWorker"
 logger_class = "api.gunicorn_logging.Logger"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-worker_connections = int(os.environ.get("WEB_WORKER_CONNECTIONS", "2000"))
-# Heroku sends SIGKILL 30 s after SIGTERM.
-graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT_S", "20"))
+workers = web.concurrency
+worker_connections = web.worker_connections
+graceful_timeout = web.graceful_timeout_s
 timeout = 30
 # An idle keep-alive connection holds a worker's graceful exit for up to this long.
-keepalive = int(os.environ.get("WEB_KEEPALIVE_S", "5"))
-accesslog = os.environ.get("WEB_ACCESS_LOG") or None
+keepalive = web.keepalive_s
+accesslog = web.access_log or None
 # The path without its query string: browsers pass stream tokens as `?token=`.
 access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s "%(a)s"'
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+loglevel = web.log_level.lower()
+if settings.log_format == "json":
     # gunicorn's error and access logs and the app's loggers (root), one JSON object a line
     # (shared/logs.py); LOG_FORMAT=text keeps gunicorn's own format.
     logconfig_dict = {
@@ -61,8 +64,7 @@ if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
             },
         },
     }
-# Behind Heroku's router or another proxy, trust its X-Forwarded-Proto for wss:// URLs.
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+forwarded_allow_ips = web.forwarded_allow_ips
 
 
 def post_worker_init(worker: object) -> None:

@@ -32,7 +32,7 @@ def register(app: Flask) -> None:
 
 def request_root() -> str:
     """`scheme://host[:port]` of the current request, whose host `_check` allowed."""
-    public_url = backend().settings.public_url
+    public_url = backend().settings.api.public_url
     if public_url:
         return public_url
     return origins.normalize(f"{request.scheme}://{request.host}") or public_url
@@ -42,7 +42,7 @@ def _check() -> Response | None:
     if request.endpoint in ANY_HOST:
         return None
     parsed = origins.split_host(request.host)
-    if parsed is not None and backend().settings.is_host_allowed(parsed[0]):
+    if parsed is not None and backend().settings.api.is_host_allowed(parsed[0]):
         return None
     log.info("refused a request for host %s", printable(request.host[:100]))
     return error_response(

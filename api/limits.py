@@ -27,13 +27,13 @@ def join_followers(session_id: str) -> limits.FollowerPlace:
     settings = b.settings
     if auth.caller().token_session is not None:
         budgets = limits.budgets_of_token(
-            session_id, per_session=settings.max_token_followers_per_session
+            session_id, per_session=settings.limits.max_token_followers_per_session
         )
     else:
         budgets = limits.budgets_of_key(
             session_id,
             caller_bucket(),
-            per_session=settings.max_followers_per_session,
-            per_caller=settings.max_followers_per_caller,
+            per_session=settings.limits.max_followers_per_session,
+            per_caller=settings.limits.max_followers_per_caller,
         )
-    return limits.join_followers(b.redis, budgets, lease_s=settings.follower_lease_s)
+    return limits.join_followers(b.redis, budgets, lease_s=settings.api.follower_lease_s)

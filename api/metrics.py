@@ -34,7 +34,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from api.backend import backend
-from shared import keys, metrics, streams
+from shared import keys, metrics, store
 from shared.backoff import ensure_running
 from shared.redisconn import run_script
 
@@ -181,7 +181,7 @@ class Follower:
 
     def __init__(self, transport: str) -> None:
         b = backend()
-        _PROCESS.start(b.redis, b.settings.metrics_flush_s)
+        _PROCESS.start(b.redis, b.settings.api.metrics_flush_s)
         self._transport = transport
         self._delivered_field = metrics.DELIVERED + transport
         self._flush_s = _PROCESS.interval_s
@@ -195,7 +195,7 @@ class Follower:
         _PROCESS.join(transport)
         self._is_in = True
 
-    def sent(self, batch: streams.Batch) -> None:
+    def sent(self, batch: store.Batch) -> None:
         """Count a batch written to the follower (called once per batch)."""
         first, last = batch[0], batch[-1]
         if first["type"] == "chunk" and last["type"] == "chunk":
@@ -378,5 +378,5 @@ def scrape() -> Response:
     """Every metric, in Prometheus text format (needs an API key when keys are configured)."""
     b = backend()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisCollector(b.redis, b.settings.metrics_flush_s))
+    registry.register(RedisCollector(b.redis, b.settings.api.metrics_flush_s))
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

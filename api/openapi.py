@@ -18,7 +18,7 @@ from api.routes import LIST_LIMIT_MAX, MAX_IDEMPOTENCY_KEY_LEN
 from api.validation import MAX_MODEL_LEN, MODEL_ID_PATTERN
 from shared.jobs import ROLES
 from shared.settings import Settings
-from shared.streams import EventType, Status
+from shared.store import EventType, Status
 
 bp = Blueprint("openapi", __name__)
 
@@ -70,7 +70,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
     non_blank = {"type": "string", "minLength": 1, "pattern": r"\S"}
     status = {"type": "string", "enum": [s.value for s in Status]}
     time = {"type": ["string", "null"], "description": "ISO 8601, UTC, milliseconds"}
-    allowed = "|".join(f"(?:{glob_regex(p)})" for p in settings.model_allowlist)
+    allowed = "|".join(f"(?:{glob_regex(p)})" for p in settings.limits.model_allowlist)
     return {
         "Error": {
             "type": "object",
@@ -92,7 +92,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "additionalProperties": False,
             "properties": {
                 "role": {"enum": list(ROLES)},
-                "content": {**non_blank, "maxLength": settings.max_messages_chars},
+                "content": {**non_blank, "maxLength": settings.limits.max_messages_chars},
             },
         },
         "GenerateRequest": {
@@ -102,14 +102,14 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
             "additionalProperties": False,
             "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
             "properties": {
-                "prompt": {**non_blank, "maxLength": settings.max_prompt_chars},
+                "prompt": {**non_blank, "maxLength": settings.limits.max_prompt_chars},
                 "messages": {
                     "type": "array",
                     "minItems": 1,
-                    "maxItems": settings.max_messages,
+                    "maxItems": settings.limits.max_messages,
                     "items": _ref("Message"),
                     "description": "The contents hold at most "
-                    f"{settings.max_messages_chars} characters in all.",
+                    f"{settings.limits.max_messages_chars} characters in all.",
                 },
                 "model": {
                     "type": "string",
@@ -120,14 +120,14 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                         {"pattern": allowed},
                         {"pattern": MODEL_ID_PATTERN},
                     ],
-                    "default": settings.default_model,
+                    "default": settings.limits.default_model,
                     "description": "Matches one of the model allowlist's patterns "
-                    f"({', '.join(settings.model_allowlist)}), else 400 unknown_model.",
+                    f"({', '.join(settings.limits.model_allowlist)}), else 400 unknown_model.",
                 },
                 "max_tokens": {
                     "type": ["integer", "null"],
                     "minimum": 1,
-                    "maximum": settings.max_tokens_cap,
+                    "maximum": settings.limits.max_tokens_cap,
                 },
                 "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
             },
@@ -324,7 +324,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 ],
                 "requestBody": {
                     "required": True,
-                    "description": f"At most {settings.max_body_bytes} bytes.",
+                    "description": f"At most {settings.limits.max_body_bytes} bytes.",
                     "content": {JSON: {"schema": _ref("GenerateRequest")}},
                 },
                 "responses": {
@@ -440,7 +440,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 "the session or the caller) a too_many_followers frame and close 4429. The "
                 "server ignores what the client sends; a message over the size limit closes "
                 "with 1009, more than "
-                f"{settings.ws_client_messages_per_min or 'unlimited'} messages a minute "
+                f"{settings.api.ws_client_messages_per_min or 'unlimited'} messages a minute "
                 "with 1008.",
                 "parameters": [
                     {
@@ -593,7 +593,7 @@ def build(settings: Settings) -> dict[str, Any]:
             "securitySchemes": SECURITY_SCHEMES,
         },
     }
-    if settings.has_api_keys:
+    if settings.api.has_api_keys:
         doc["security"] = [{"bearer": []}]
         for path_item in doc["paths"].values():
             for operation in path_item.values():

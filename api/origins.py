@@ -48,11 +48,11 @@ def own_origin() -> str | None:
 
 def is_allowed(origin: str) -> bool:
     """Whether a page of `origin` may use the API."""
-    allowed = backend().settings.allowed_origins
+    allowed = backend().settings.api.allowed_origins
     if origins.ANY in allowed:
         return True
     normal = origins.normalize(origin)
-    own = (own_origin(), backend().settings.public_url or None)
+    own = (own_origin(), backend().settings.api.public_url or None)
     return normal is not None and (normal in allowed or normal in own)
 
 

@@ -10,11 +10,11 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from nanoid import generate as nanoid
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from api import auth, hosts, limits, sessions, tokens
+from api import auth, hosts, limits, presentation, sessions, tokens
 from api.backend import backend
 from api.errors import error_response
 from api.validation import parse_generate, parse_whole_number
-from shared import keys, listing, logs, streams
+from shared import keys, listing, logs, store
 from shared.errors import InvalidRequest, SessionNotFound
 from shared.jobs import enqueue
 
@@ -45,7 +45,7 @@ def urls(session_id: str) -> dict[str, str]:
     return {"streamUrl": root + path, "wsUrl": ws_root + path + "/ws"}
 
 
-def _created(session_id: str, status: str, model: str, created_at: str | None) -> Response:
+def _created(session_id: str, status: str, model: str | None, created_at: str | None) -> Response:
     body = {
         "sessionId": session_id,
         "status": status,
@@ -54,15 +54,15 @@ def _created(session_id: str, status: str, model: str, created_at: str | None) -
         "createdAt": created_at,
     }
     settings = backend().settings
-    if settings.has_api_keys:
+    if settings.api.has_api_keys:
         token, expires_ms = tokens.mint(
-            settings.stream_token_secret,
+            settings.api.stream_token_secret,
             session_id,
             auth.caller().owner,
-            settings.stream_token_ttl_s,
+            settings.api.stream_token_ttl_s,
         )
         body["streamToken"] = token
-        body["tokenExpiresAt"] = streams.iso_ms(expires_ms)
+        body["tokenExpiresAt"] = presentation.iso_ms(expires_ms)
     response = jsonify(body)
     response.status_code = 202
     response.headers["Location"] = f"/api/streams/{session_id}"
@@ -110,7 +110,7 @@ def create() -> Response:
         generation,
         session_id=session_id,
         caller=sessions.Caller(owner, limits.caller_bucket()),
-        enqueue=lambda sid: enqueue(b.celery, sid, b.settings.celery_queue),
+        enqueue=lambda sid: enqueue(b.celery, sid, b.settings.worker.queue),
         idempotency_key=idem_key,
     )
     return _created(started.session_id, started.status, started.model, started.created_at)
@@ -123,20 +123,20 @@ def stream_info() -> Response:
     if not session_id:
         raise InvalidRequest("the sessionId query parameter is required")
     auth.check_owner(session_id_or_404(session_id))
-    return jsonify(streams.info(backend().redis, session_id))
+    return jsonify(presentation.stream_info(store.read_meta(backend().redis, session_id)))
 
 
 @bp.get("/api/streams")
 def list_streams() -> Response:
     """The caller's sessions, newest first, a page at a time, optionally of one status."""
-    if not backend().settings.has_api_keys:
+    if not backend().settings.api.has_api_keys:
         # Without keys a session's id is its only secret: listing them would give them away.
         return error_response(
             404, "not_found", "Listing sessions needs API keys (API_KEYS or API_KEYS_FILE)."
         )
     status = request.args.get("status")
-    if status is not None and status not in {s.value for s in streams.Status}:
-        raise InvalidRequest(f"status must be one of {', '.join(s.value for s in streams.Status)}")
+    if status is not None and status not in {s.value for s in store.Status}:
+        raise InvalidRequest(f"status must be one of {', '.join(s.value for s in store.Status)}")
     limit = parse_whole_number(
         request.args.get("limit", str(LIST_LIMIT_DEFAULT)), "limit", 1, LIST_LIMIT_MAX
     )
@@ -147,14 +147,16 @@ def list_streams() -> Response:
         status=status,
         cursor=request.args.get("cursor") or None,
     )
-    return jsonify(sessions=page.sessions, nextCursor=page.next_cursor)
+    return jsonify(
+        sessions=[presentation.stream_info(m) for m in page.sessions], nextCursor=page.next_cursor
+    )
 
 
 @bp.get("/api/streams/<session_id>/text")
 def text(session_id: str) -> Response:
     """Everything generated so far as one string."""
     auth.check_owner(session_id_or_404(session_id))
-    status, body, chunks = streams.read_text(backend().redis, session_id)
+    status, body, chunks = store.read_text(backend().redis, session_id)
     return jsonify(sessionId=session_id, status=status, text=body, chunks=chunks)
 
 
@@ -163,7 +165,7 @@ def stop(session_id: str) -> tuple[Response, int]:
     """Cancel generation: 202 if it was live, 200 with the final status if it had ended."""
     b = backend()
     auth.check_owner(session_id_or_404(session_id))
-    was_live, status = streams.cancel(b.redis, session_id, ttl_s=b.settings.stream_ttl_s)
+    was_live, status = store.cancel(b.redis, session_id, ttl_s=b.settings.stream_ttl_s)
     if was_live:
         log.info("session %s cancelled", session_id)
     return jsonify(sessionId=session_id, status=status), 202 if was_live else 200
@@ -227,7 +229,7 @@ def _check_redis(b: Any) -> str:
 
 
 def _check_broker(b: Any) -> str:
-    if b.settings.celery_broker_url == b.settings.redis_url:
+    if b.settings.redis.broker_url == b.settings.redis.url:
         return _check_redis(b)
     try:
         with b.celery.connection_for_write() as conn:

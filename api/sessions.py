@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import redis
 
-from shared import fields, limits, streams
+from api.presentation import iso_ms
+from shared import limits, store
 from shared.errors import QueueUnavailable, RequestInProgress, SessionNotFound
 from shared.jobs import GenerationRequest
 from shared.settings import Settings
@@ -53,7 +54,7 @@ class Started:
 
     session_id: str
     status: str
-    model: str
+    model: str | None
     created_at: str | None
     is_replay: bool = False
 
@@ -88,7 +89,7 @@ def start_session(
 
     def release_key() -> None:
         if idempotency_key is not None:
-            streams.release_idempotency_key(
+            store.release_idempotency_key(
                 r, idempotency_key, caller.owner, caller.idempotency_client
             )
 
@@ -98,11 +99,11 @@ def start_session(
         release_key()
         raise
     try:
-        streams.create_session(
-            r, session_id, generation, queue=settings.celery_queue, owner=caller.owner
+        store.create_session(
+            r, session_id, generation, queue=settings.worker.queue, owner=caller.owner
         )
     except Exception:
-        if settings.max_running_per_caller > 0:
+        if settings.limits.max_running_per_caller > 0:
             limits.forget_running(r, caller.bucket, session_id)
         release_key()
         raise
@@ -110,7 +111,7 @@ def start_session(
         enqueue(session_id)
     except Exception as e:
         log.warning("could not enqueue %s: %s", session_id, e)
-        streams.append_error(
+        store.append_error(
             r,
             session_id,
             "enqueue_failed",
@@ -120,27 +121,25 @@ def start_session(
         )
         release_key()
         raise QueueUnavailable("The job queue is unavailable; retry shortly.") from e
-    meta = streams.read_meta(r, session_id)
+    meta = store.read_meta(r, session_id)
     log.info("session %s queued (model %s)", session_id, generation.model)
-    return Started(
-        session_id,
-        streams.Status.QUEUED.value,
-        generation.model,
-        streams.iso_ms(meta[fields.CREATED_MS]),
-    )
+    return Started(session_id, store.Status.QUEUED.value, generation.model, iso_ms(meta.created_ms))
 
 
 def _admit(r: redis.Redis, settings: Settings, caller: Caller, session_id: str) -> None:
     """Count the new session against the caller's rate and running limits, or raise
     `TooManyRequests`."""
     limits.count_creation(
-        r, caller.bucket, limit=settings.rate_creates_per_min, window_s=settings.rate_window_s
+        r,
+        caller.bucket,
+        limit=settings.limits.rate_creates_per_min,
+        window_s=settings.limits.rate_window_s,
     )
     limits.admit_running(
         r,
         caller.bucket,
         session_id,
-        limit=settings.max_running_per_caller,
+        limit=settings.limits.max_running_per_caller,
         ttl_s=settings.stream_ttl_s,
     )
 
@@ -158,7 +157,7 @@ def _claim_or_replay(
     digest = fingerprint(generation)
     deadline = time.monotonic() + IDEMPOTENCY_WAIT_S
     while True:
-        earlier = streams.claim_idempotency_key(
+        earlier = store.claim_idempotency_key(
             r,
             idempotency_key,
             session_id,
@@ -170,7 +169,7 @@ def _claim_or_replay(
         if earlier is None:
             return None
         try:
-            info = streams.info(r, earlier)
+            meta = store.read_meta(r, earlier)
         except SessionNotFound:
             # A concurrent retry: the first request claimed the key and is storing the
             # session now (or failed, released the key, and our next claim takes it).
@@ -181,4 +180,6 @@ def _claim_or_replay(
                 ) from None
             time.sleep(IDEMPOTENCY_POLL_S)
             continue
-        return Started(earlier, info["status"], info["model"], info["createdAt"], is_replay=True)
+        return Started(
+            earlier, meta.status.value, meta.model, iso_ms(meta.created_ms), is_replay=True
+        )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from shared.errors import Unauthorized
-from shared.streams import now_ms
+from shared.store import now_ms
 
 SALT = "rs-stream-token"
 

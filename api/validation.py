@@ -49,9 +49,9 @@ def _is_number(value: Any) -> bool:
 def _messages(raw: Any, settings: Settings) -> tuple[Message, ...]:
     if not isinstance(raw, list) or not raw:
         raise InvalidRequest("messages must be a non-empty array of {role, content} objects")
-    if len(raw) > settings.max_messages:
+    if len(raw) > settings.limits.max_messages:
         raise InvalidRequest(
-            f"messages may hold at most {settings.max_messages} messages (MAX_MESSAGES)"
+            f"messages may hold at most {settings.limits.max_messages} messages (MAX_MESSAGES)"
         )
     out = []
     for n, item in enumerate(raw):
@@ -67,10 +67,10 @@ def _messages(raw: Any, settings: Settings) -> tuple[Message, ...]:
             raise InvalidRequest(f"messages[{n}].content must be a non-empty string")
         out.append(Message(role, content))
     total = sum(len(m.content) for m in out)
-    if total > settings.max_messages_chars:
+    if total > settings.limits.max_messages_chars:
         raise InvalidRequest(
-            f"the messages' contents may hold at most {settings.max_messages_chars} characters "
-            f"in all (MAX_MESSAGES_CHARS), got {total}"
+            f"the messages' contents may hold at most {settings.limits.max_messages_chars} "
+            f"characters in all (MAX_MESSAGES_CHARS), got {total}"
         )
     return tuple(out)
 
@@ -91,30 +91,30 @@ def parse_generate(body: Any, settings: Settings) -> GenerationRequest:
         prompt = body["prompt"]
         if not _is_text(prompt):
             raise InvalidRequest("prompt must be a non-empty string")
-        if len(prompt) > settings.max_prompt_chars:
+        if len(prompt) > settings.limits.max_prompt_chars:
             raise InvalidRequest(
-                f"prompt may hold at most {settings.max_prompt_chars} characters "
+                f"prompt may hold at most {settings.limits.max_prompt_chars} characters "
                 f"(MAX_PROMPT_CHARS), got {len(prompt)}"
             )
         messages: tuple[Message, ...] = (Message("user", prompt),)
     else:
         messages = _messages(body["messages"], settings)
 
-    model = body.get("model", settings.default_model)
+    model = body.get("model", settings.limits.default_model)
     if not _is_text(model) or len(model) > MAX_MODEL_LEN or not _MODEL_ID_RE.match(model):
         raise InvalidRequest(
             f"model must be a non-empty string of at most {MAX_MODEL_LEN} characters, "
             "without control characters or line breaks"
         )
-    if not settings.is_model_allowed(model):
+    if not settings.limits.is_model_allowed(model):
         raise UnknownModel(f"model {model!r} is not available here")
 
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (
-        not _is_int(max_tokens) or not 1 <= max_tokens <= settings.max_tokens_cap
+        not _is_int(max_tokens) or not 1 <= max_tokens <= settings.limits.max_tokens_cap
     ):
         raise InvalidRequest(
-            f"max_tokens must be a whole number from 1 to {settings.max_tokens_cap}"
+            f"max_tokens must be a whole number from 1 to {settings.limits.max_tokens_cap}"
         )
 
     temperature = body.get("temperature")

@@ -4,7 +4,7 @@ A writer process `XADD`s to S streams at R entries/s each (entries carry their s
 one reader thread in this process runs one `XREAD BLOCK` over all S streams and hands
 each entry to F in-process queues (followers). Latency is hand-off time minus send time,
 both `time.time()` on one machine, so it has sub-millisecond resolution. This is the
-shape of the product's hub without the worker's script, the API and the WebSocket.
+shape of the product's fan-out without the worker's script, the API and the WebSocket.
 """
 
 from __future__ import annotations
@@ -18,16 +18,8 @@ from typing import Any
 
 import redis
 
+from api.readers import by_key
 from bench.procstat import cpu_s
-
-
-def _by_key(response: Any) -> list[tuple[bytes, list[Any]]]:
-    # RESP2 answers XREAD with [[key, entries]], RESP3 with {key: [entries]}.
-    if not response:
-        return []
-    if isinstance(response, dict):
-        return [(k, [e for batch in v for e in batch]) for k, v in response.items()]
-    return [(k, list(v)) for k, v in response]
 
 
 def _write(url: str, sessions: int, rate: float, entries: int, start_at: float) -> None:
@@ -59,7 +51,7 @@ def measure(url: str, sessions: int, followers: int, rate: float, entries: int) 
         while done < sessions:
             response = r.xread(cursors, count=500, block=1000)
             now = time.time()
-            for key, entries_ in _by_key(response):
+            for key, entries_ in by_key(response):
                 k = key.decode()
                 s = int(k[k.index("{") + 1 : k.index("}")])
                 for entry_id, fields in entries_:

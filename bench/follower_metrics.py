@@ -14,13 +14,13 @@ import time
 
 from api import metrics
 from api.app import create_app
-from shared import streams
-from shared.settings import Settings
+from shared import store
+from shared.settings import RedisSettings, Settings
 
 
 def run(batches: int, chunks: int, rounds: int = 5) -> float:
     """The best of `rounds` runs: microseconds a batch."""
-    app = create_app(Settings(redis_url="redis://127.0.0.1:1/0"))
+    app = create_app(Settings(redis=RedisSettings(url="redis://127.0.0.1:1/0")))
     best = float("inf")
     with app.app_context():
         follower = metrics.Follower("ws")
@@ -28,7 +28,7 @@ def run(batches: int, chunks: int, rounds: int = 5) -> float:
             now_ms = int(time.time() * 1000)
             todo = [
                 [
-                    streams.decode_event(f"{now_ms}-{n}", {"t": "chunk", "i": str(n), "x": "x"})
+                    store.decode_event(f"{now_ms}-{n}", {"t": "chunk", "i": str(n), "x": "x"})
                     for n in range(i * chunks, (i + 1) * chunks)
                 ]
                 for i in range(batches)

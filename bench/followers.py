@@ -1,7 +1,7 @@
 """Delivery through the whole product: worker -> Redis -> API -> WebSocket client.
 
     .venv/bin/python -m bench.followers [--loads 1x1,100x1,100x10] [--rate 50]
-        [--chunks 250] [--worker-class gevent|gthread] [--hub true|false] [--idle N]
+        [--chunks 250] [--worker-class gevent|gthread] [--idle N]
 
 For each load (sessions x followers) it starts its own redis-server and one API process
 (gunicorn, one worker process of `--worker-class`), creates the sessions, connects every
@@ -35,7 +35,7 @@ CLIENT_PROCESSES = 2
 
 
 def api_env(
-    redis_url: str, worker_class: str, hub: str, web_workers: int = 1, **extra: str
+    redis_url: str, worker_class: str, web_workers: int = 1, **extra: str
 ) -> dict[str, str]:
     """The API's environment for a worker class (gthread gets a thread per follower) and a
     number of gunicorn worker processes."""
@@ -44,7 +44,6 @@ def api_env(
         cmd_args = f"--workers {web_workers} --worker-class gthread --threads 1200"
     return child_env(
         REDIS_URL=redis_url,
-        FOLLOWER_HUB=hub,
         WEB_WORKER_CONNECTIONS="5000",
         GUNICORN_CMD_ARGS=cmd_args,
         **NO_CALLER_LIMITS,
@@ -59,7 +58,6 @@ def run_load(
     rate: float,
     chunks: int,
     worker_class: str = "gevent",
-    hub: str = "true",
     web_workers: int = 1,
     logs: Path,
 ) -> dict[str, Any]:
@@ -68,7 +66,6 @@ def run_load(
     env = api_env(
         server.url,
         worker_class,
-        hub,
         web_workers,
         DEMO_TOKENS_PER_S=str(rate),
         WORKER_CONCURRENCY=str(max(sessions, 10)),
@@ -141,11 +138,11 @@ def run_load(
         server.close()
 
 
-def idle_load(n: int, *, worker_class: str = "gevent", hub: str = "true", logs: Path) -> dict:
+def idle_load(n: int, *, worker_class: str = "gevent", logs: Path) -> dict:
     """`n` WebSocket followers of sessions no worker generates: the API's memory and
     Redis connections while they wait."""
     server = LocalRedis().start()
-    api = Api(api_env(server.url, worker_class, hub), logs, name=f"api-idle-{n}").start()
+    api = Api(api_env(server.url, worker_class), logs, name=f"api-idle-{n}").start()
     watcher = redis.Redis.from_url(server.url)
     try:
         assert api.proc is not None
@@ -191,7 +188,6 @@ def load_row(f: dict[str, Any]) -> str:
 def main() -> None:
     """Run the loads and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hub", default="true", choices=["true", "false"])
     parser.add_argument("--worker-class", default="gevent", choices=["gevent", "gthread"])
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--chunks", type=int, default=250)
@@ -201,7 +197,7 @@ def main() -> None:
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="rstreams-followers-"))
     if args.idle:
-        f = idle_load(args.idle, worker_class=args.worker_class, hub=args.hub, logs=logs)
+        f = idle_load(args.idle, worker_class=args.worker_class, logs=logs)
         print(
             f"{f['followers']} idle followers: API RSS {f['rss_before']:.0f} MB before, "
             f"{f['rss']:.0f} MB with them; Redis connections {f['redis_connections']}"
@@ -216,7 +212,6 @@ def main() -> None:
             rate=args.rate,
             chunks=args.chunks,
             worker_class=args.worker_class,
-            hub=args.hub,
             web_workers=args.web_workers,
             logs=logs,
         )

@@ -20,7 +20,7 @@ import redis
 
 from bench.__main__ import machine
 from rstreams.localredis import LocalRedis, find_redis_server
-from shared import keys, streams
+from shared import keys, store
 from shared.jobs import GenerationRequest, Message
 from shared.settings import Settings
 from worker.providers.demo import demo_chunk
@@ -33,17 +33,17 @@ def store_sessions(r: redis.Redis, prefix: str, sessions: int, chunks: int, ttl_
     """Store `sessions` completed sessions of `chunks` chunks each, as the product does."""
     request = GenerationRequest(model="demo", messages=(Message("user", PROMPT),))
     texts = [demo_chunk(PROMPT, i) for i in range(chunks)]
-    streams.load_scripts(r)
+    store.load_scripts(r)
     for n in range(sessions):
         session_id = f"{prefix}{n:0{21 - len(prefix)}d}"
-        streams.create_session(r, session_id, request, queue="generate")
-        state, token = streams.acquire_lease(r, session_id, 15_000, worker="bench-host:4242")
+        store.create_session(r, session_id, request, queue="generate")
+        state, token = store.acquire_lease(r, session_id, 15_000, worker="bench-host:4242")
         assert state == "ok" and token is not None
-        streams.append_status(r, session_id, "running", token=token, ttl_s=ttl_s, attempt=1)
+        store.append_status(r, session_id, "running", token=token, ttl_s=ttl_s, attempt=1)
         for start in range(0, chunks, PIPELINE):
             pipe = r.pipeline(transaction=False)
             for index in range(start, min(start + PIPELINE, chunks)):
-                streams.queue_chunk(
+                store.queue_chunk(
                     pipe,
                     session_id,
                     index,
@@ -53,9 +53,9 @@ def store_sessions(r: redis.Redis, prefix: str, sessions: int, chunks: int, ttl_
                     ttl_s=ttl_s,
                 )
             for answer in pipe.execute():
-                streams.chunk_result(r, session_id, answer)
+                store.chunk_result(r, session_id, answer)
         usage = {"prompt_tokens": 8, "completion_tokens": chunks, "total_tokens": chunks + 8}
-        streams.append_done(
+        store.append_done(
             r,
             session_id,
             token=token,
@@ -64,7 +64,7 @@ def store_sessions(r: redis.Redis, prefix: str, sessions: int, chunks: int, ttl_
             chunks=chunks,
             usage=usage,
         )
-        streams.release_lease(r, session_id, token)
+        store.release_lease(r, session_id, token)
         r.zrem(keys.active(), session_id)  # what the reaper's next pass does
 
 

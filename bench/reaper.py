@@ -13,7 +13,7 @@ import time
 import redis
 
 from rstreams.localredis import LocalRedis
-from shared import keys, streams
+from shared import keys, store
 from shared.jobs import GenerationRequest, Message
 from shared.settings import Settings
 from worker.reaper import reap_once
@@ -22,17 +22,17 @@ from worker.reaper import reap_once
 def populate(r: redis.Redis, sessions: int, settings: Settings) -> None:
     """Store `sessions` running sessions, 1 in 20 of them with a dead worker."""
     request = GenerationRequest(model="demo", messages=(Message("user", "bench"),))
-    long_ago = streams.now_ms() - 10 * settings.lease_ttl_s * 1000
+    long_ago = store.now_ms() - 10 * settings.worker.lease_ttl_s * 1000
     for n in range(sessions):
         session_id = f"bench{n:016d}"
-        streams.create_session(r, session_id, request, queue="bench")
+        store.create_session(r, session_id, request, queue="bench")
         if n % 20 == 0:
             r.hset(
                 keys.meta(session_id),
                 mapping={"status": "running", "updated_ms": long_ago, "enqueued_ms": long_ago},
             )
         else:
-            streams.acquire_lease(r, session_id, 600_000)
+            store.acquire_lease(r, session_id, 600_000)
             r.hset(keys.meta(session_id), "status", "running")
 
 

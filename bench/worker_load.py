@@ -24,7 +24,7 @@ import redis
 from nanoid import generate as nanoid
 
 from rstreams.localredis import LocalRedis
-from shared import keys, streams
+from shared import keys, store
 from shared.jobs import GenerationRequest, Message, enqueue, make_celery
 from shared.settings import Settings
 from tests.procs import Worker, child_env
@@ -54,13 +54,13 @@ def main() -> None:
             request = GenerationRequest(
                 model="demo", messages=(Message("user", f"load {n}"),), max_tokens=args.chunks
             )
-            streams.create_session(r, session_id, request, queue=settings.celery_queue)
+            store.create_session(r, session_id, request, queue=settings.worker.queue)
             ids.append(session_id)
         assert worker.proc is not None and server.proc is not None
         pids = (worker.proc.pid, server.proc.pid)
         cpu_start, wall_start = [cpu_s(pid) for pid in pids], time.monotonic()
         for session_id in ids:
-            enqueue(celery, session_id, settings.celery_queue)
+            enqueue(celery, session_id, settings.worker.queue)
         deadline = time.monotonic() + args.chunks / args.rate + 120
         while any(r.hget(keys.meta(s), "status") not in ("completed", "failed") for s in ids):
             assert time.monotonic() < deadline, "generations did not finish"

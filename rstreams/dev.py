@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> None:
         settings = Settings.from_env(env)
     except ConfigError as e:
         sys.exit(str(e))
-    if settings.redis_cluster and not env.get("REDIS_URL"):
+    if settings.redis.cluster and not env.get("REDIS_URL"):
         sys.exit("REDIS_CLUSTER needs REDIS_URL naming a node of your cluster")
     bin_dir = os.path.dirname(sys.executable)
     local_redis: LocalRedis | None = None
@@ -218,8 +218,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _ready_line(settings: Settings, url: str) -> str:
-    if settings.has_provider:
-        models = f"demo, and other models at {settings.provider_base_url}"
+    if settings.provider.is_configured:
+        models = f"demo, and other models at {settings.provider.base_url}"
     else:
         models = "demo"
     return f"Ready ({models}). Open {url}/   (Ctrl-C stops)"

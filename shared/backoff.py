@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-# Readers of streams (the API's hubs, `streams.follow_through_outages`) while Redis is
+# Readers of streams (the API's fan-out readers, `api.fanout.follow_reconnecting`) while Redis is
 # unreachable or a read failed.
 READ_RETRY_START_S = 0.1
 READ_RETRY_MAX_S = 2.0

@@ -1,13 +1,14 @@
 """Field names of a session's meta hash (`keys.meta`, `rs:{<id>}:meta`), spelled once for
 Python as `shared/keys.py` spells the key names.
 
-The Lua scripts in `shared/streams.py` spell the same names (`'status'`, `'attempt'`,
+`shared.store.SessionMeta` reads the hash into a record with these names as attributes.
+The Lua scripts in `shared/store/lua/` spell the same names (`'status'`, `'attempt'`,
 `'chunks'`, `'last_id'`, `'updated_ms'`, `'error'`, `'worker'`): change a name in both.
 """
 
 from __future__ import annotations
 
-STATUS = "status"  # a `streams.Status` value
+STATUS = "status"  # a `store.Status` value
 MODEL = "model"
 REQUEST = "request"  # the stored `GenerationRequest` as JSON
 OWNER = "owner"  # the API key id that created the session ("" in open mode)

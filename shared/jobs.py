@@ -63,17 +63,17 @@ class GenerationRequest:
 
 def make_celery(settings: Settings, name: str = "rstreams") -> Celery:
     """A Celery app with the settings both sides must agree on (JSON only, one queue)."""
-    app = Celery(name, broker=settings.celery_broker_url, set_as_current=False)
+    app = Celery(name, broker=settings.redis.broker_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",
         task_ignore_result=True,
-        task_default_queue=settings.celery_queue,
+        task_default_queue=settings.worker.queue,
         broker_connection_retry_on_startup=True,
         # The Redis transport hands an unacknowledged job out again after this long; the
         # session lease makes such a second copy stand down (celery#5935).
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options={"visibility_timeout": settings.worker.visibility_timeout_s},
     )
     return app
 

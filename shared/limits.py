@@ -18,7 +18,7 @@ import redis
 from shared import fields, keys
 from shared.errors import TooManyRequests
 from shared.redisconn import run_script
-from shared.streams import TERMINAL_STATUSES, now_ms
+from shared.store import TERMINAL_STATUSES, now_ms
 
 log = logging.getLogger(__name__)
 

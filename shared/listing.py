@@ -1,7 +1,7 @@
 """An owner's sessions, newest first, a page at a time (`GET /api/streams`).
 
 The index is one sorted set per owner (`keys.owner_sessions`), scored by creation ms,
-written by `streams.create_session`. Each session's meta is read with its own command, so
+written by `store.create_session`. Each session's meta is read with its own command, so
 the listing works on Redis Cluster; ids whose meta expired are dropped from the index here.
 """
 
@@ -14,9 +14,9 @@ from typing import Any, cast
 
 import redis
 
-from shared import fields, keys
+from shared import keys
 from shared.errors import BadCursor
-from shared.streams import info_of
+from shared.store import SessionMeta, meta_of
 
 # Index entries one page reads at most: a status that matches few sessions cannot make one
 # request walk an owner's whole history. Such a page may hold fewer than `limit` sessions.
@@ -25,9 +25,9 @@ SCAN_MAX = 500
 
 @dataclass(frozen=True)
 class Page:
-    """Stream info objects, newest first, and the cursor of the next page (None: no more)."""
+    """Sessions' metas, newest first, and the cursor of the next page (None: no more)."""
 
-    sessions: list[dict[str, Any]]
+    sessions: list[SessionMeta]
     next_cursor: str | None
 
 
@@ -63,7 +63,7 @@ def list_sessions(
     after_id = ""
     if cursor:
         max_score, after_id = decode_cursor(cursor)
-    sessions: list[dict[str, Any]] = []
+    sessions: list[SessionMeta] = []
     last: tuple[int, str] | None = None
     offset = scanned = 0
     while scanned < SCAN_MAX:
@@ -85,13 +85,14 @@ def list_sessions(
             pipe.hgetall(keys.meta(session_id))
         metas = pipe.execute() if fresh else []
         gone = []
-        for (session_id, score), meta in zip(fresh, metas, strict=True):
+        for (session_id, score), answer in zip(fresh, metas, strict=True):
             scanned += 1
             last = (score, session_id)
-            if not meta or fields.STATUS not in meta:
+            meta = meta_of(session_id, answer)
+            if meta is None:
                 gone.append(session_id)
-            elif status is None or meta[fields.STATUS] == status:
-                sessions.append(info_of(session_id, {str(k): str(v) for k, v in meta.items()}))
+            elif status is None or meta.status == status:
+                sessions.append(meta)
                 if len(sessions) == limit:
                     break
         if gone:

@@ -1,12 +1,19 @@
-"""Typed settings, read once from the environment at the edge (`Settings.from_env`)."""
+"""Typed settings, read once from the environment at the edge (`Settings.from_env`).
+
+Each setting is declared once, as a field of its group (`settings.redis.url`,
+`settings.api.xread_block_ms`, ...): its variable, default, minimum and help. `load`
+reads a group's fields; a field with its own parser (origins, keys, provider defaults)
+names the function, and checks across fields run after everything is read.
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from fnmatch import fnmatchcase
+from typing import Any, TypeVar
 
 from shared import origins
 from shared.errors import ConfigError
@@ -17,6 +24,12 @@ DEMO_MODEL = "demo"
 KEY_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
 MIN_TOKEN_SECRET_LEN = 32
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+T = TypeVar("T")
+G = TypeVar("G")
+Parser = Callable[[Mapping[str, str]], Any]
 
 
 def _str(env: Mapping[str, str], name: str, default: str) -> str:
@@ -165,128 +178,226 @@ def _api_keys(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(dict.fromkeys(entries))
 
 
-def _token_secret(env: Mapping[str, str], has_keys: bool) -> str:
+def _token_secret(env: Mapping[str, str]) -> str:
     secret = env.get("STREAM_TOKEN_SECRET", "").strip()
     if secret and len(secret) < MIN_TOKEN_SECRET_LEN:
         raise ConfigError(
             f"STREAM_TOKEN_SECRET must be at least {MIN_TOKEN_SECRET_LEN} characters long"
         )
-    if has_keys and not secret:
-        raise ConfigError(
-            "STREAM_TOKEN_SECRET must be set (a random string of at least "
-            f"{MIN_TOKEN_SECRET_LEN} characters) when API_KEYS or API_KEYS_FILE configures keys"
-        )
     return secret
 
 
-def _check_cluster(env: Mapping[str, str], redis_url: str) -> None:
-    if redis_url.startswith("unix://"):
-        raise ConfigError("REDIS_CLUSTER needs a redis:// or rediss:// REDIS_URL naming a node")
-    broker = env.get("CELERY_BROKER_URL", "").strip()
-    # kombu's Redis transport speaks to one server: its queue keys would land on other
-    # nodes of a cluster and every command would answer MOVED.
-    if not broker or broker == redis_url:
-        raise ConfigError(
-            "CELERY_BROKER_URL must be set to a standalone Redis or amqp:// broker when "
-            "REDIS_CLUSTER is on: Celery's Redis broker cannot use a Redis Cluster"
-        )
+def _redis_url(env: Mapping[str, str]) -> str:
+    return _url(env, "REDIS_URL", DEFAULT_REDIS_URL, REDIS_SCHEMES)
 
 
-def _log_format(env: Mapping[str, str]) -> str:
-    value = _str(env, "LOG_FORMAT", "text").lower()
-    if value not in ("text", "json"):
-        raise ConfigError(f"LOG_FORMAT must be text or json, not {value[:20]!r}")
+def _broker_url(env: Mapping[str, str]) -> str:
+    return _str(env, "CELERY_BROKER_URL", _redis_url(env))
+
+
+def _provider_key(env: Mapping[str, str]) -> str:
+    return (
+        env.get("PROVIDER_API_KEY", "").strip()
+        or env.get("OPENROUTER_API_KEY", "").strip()
+        or env.get("OPENAI_API_KEY", "").strip()
+    )
+
+
+def _is_only_openai(env: Mapping[str, str]) -> bool:
+    return bool(env.get("OPENAI_API_KEY", "").strip()) and not (
+        env.get("PROVIDER_API_KEY", "").strip() or env.get("OPENROUTER_API_KEY", "").strip()
+    )
+
+
+def _provider_base_url(env: Mapping[str, str]) -> str:
+    default = OPENAI_BASE_URL if _is_only_openai(env) else OPENROUTER_BASE_URL
+    return _url(env, "PROVIDER_BASE_URL", default, ("http", "https")).rstrip("/")
+
+
+def _has_provider(env: Mapping[str, str]) -> bool:
+    return bool(_provider_key(env) or env.get("PROVIDER_BASE_URL", "").strip())
+
+
+def _model_defaults(env: Mapping[str, str]) -> tuple[str, str]:
+    """DEFAULT_MODEL's and MODEL_ALLOWLIST's defaults, which depend on the provider."""
+    if _provider_key(env):
+        return ("gpt-4o-mini" if _is_only_openai(env) else "openai/gpt-4o-mini"), "demo*,*"
+    if env.get("PROVIDER_BASE_URL", "").strip():
+        # A local server (Ollama, llama.cpp's, LM Studio) needs no key; which models it
+        # has is not ours to guess, so `demo` stays the default.
+        return DEMO_MODEL, "demo*,*"
+    return DEMO_MODEL, "demo*"
+
+
+def _default_model(env: Mapping[str, str]) -> str:
+    return _str(env, "DEFAULT_MODEL", _model_defaults(env)[0])
+
+
+def _model_allowlist(env: Mapping[str, str]) -> tuple[str, ...]:
+    return _patterns(env, "MODEL_ALLOWLIST", _model_defaults(env)[1])
+
+
+def setting(
+    env: str,
+    default: T,
+    help: str,
+    *,
+    minimum: float | None = None,
+    parse: Parser | None = None,
+    choices: tuple[str, ...] = (),
+    also: tuple[str, ...] = (),
+    secret: bool = False,
+) -> T:
+    """Declare a setting: its variable `env`, default, help, for numbers a minimum, and
+    for words the `choices` (any case).
+
+    `parse(environ)` replaces the generic reading for a setting whose default or format
+    depends on more than its own variable; `also` names the other variables it reads.
+    """
+    meta = {
+        "env": env,
+        "help": help,
+        "minimum": minimum,
+        "parse": parse,
+        "choices": choices,
+        "also": also,
+    }
+    return field(default=default, repr=not secret, metadata=meta)
+
+
+def _read(env: Mapping[str, str], f: Field[Any]) -> Any:
+    meta = f.metadata
+    if meta["parse"] is not None:
+        return meta["parse"](env)
+    name, default, minimum = meta["env"], f.default, meta["minimum"]
+    if isinstance(default, bool):
+        return _bool(env, name, default)
+    if isinstance(default, int):
+        return _int(env, name, default, minimum=int(minimum or 0))
+    if isinstance(default, float):
+        return _float(env, name, default, minimum=0.0 if minimum is None else minimum)
+    if isinstance(default, tuple):
+        return _patterns(env, name, ",".join(default))
+    value = _str(env, name, str(default))
+    if meta["choices"]:
+        value = value.lower()
+        if value not in meta["choices"]:
+            raise ConfigError(f"{name} must be {' or '.join(meta['choices'])}, not {value[:20]!r}")
     return value
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the API and the workers can be configured with; see `.env.example`."""
+def _is_group(f: Field[Any]) -> bool:
+    """A group of settings: a field whose default is a dataclass of settings."""
+    return f.default_factory is not MISSING and is_dataclass(f.default_factory)
 
-    redis_url: str = "redis://localhost:6379/0"
-    # REDIS_URL names any node of a Redis Cluster (Redis 7+: sharded pub/sub).
-    redis_cluster: bool = False
-    celery_broker_url: str = "redis://localhost:6379/0"
-    default_model: str = DEMO_MODEL
-    model_allowlist: tuple[str, ...] = ("demo*",)
-    stream_ttl_s: int = 86400
-    stream_maxlen: int = 100_000
-    max_tokens_cap: int = 8192
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_prompt_chars: int = 200_000
-    max_messages: int = 500
-    max_messages_chars: int = 200_000
-    # Per caller (API key id; client address in open mode); 0 turns a limit off.
-    rate_creates_per_min: int = 120
-    rate_window_s: int = 60
-    max_running_per_caller: int = 100
-    max_followers_per_session: int = 500
-    max_followers_per_caller: int = 1000
-    # Followers with a stream token count here only, never against their key's limits.
-    max_token_followers_per_session: int = 100
-    follower_lease_s: int = 60
-    # Messages a WebSocket client may send per minute (they are ignored); past it, close 1008.
-    ws_client_messages_per_min: int = 120
-    demo_tokens_per_s: float = 20.0
-    demo_max_tokens: int = 200
-    provider_base_url: str = OPENROUTER_BASE_URL
-    provider_api_key: str = field(default="", repr=False)
-    # A key or PROVIDER_BASE_URL is set: models other than `demo` go to the provider.
-    has_provider: bool = False
-    provider_http_referer: str = ""
-    provider_x_title: str = ""
-    provider_connect_timeout_s: float = 10.0
-    provider_read_timeout_s: float = 120.0
-    provider_max_retries: int = 3
-    provider_backoff_base_s: float = 0.5
-    provider_backoff_max_s: float = 8.0
-    lease_ttl_s: int = 15
-    max_attempts: int = 3
-    reaper_interval_s: float = 5.0
-    queued_requeue_s: int = 60
-    queued_timeout_s: int = 600
-    prefill_models: tuple[str, ...] = ()
-    celery_queue: str = "generate"
-    worker_buffer_chunks: int = 10_000
-    redis_outage_max_s: float = 300.0
-    visibility_timeout_s: int = 7200
-    worker_concurrency: int = 200
-    xread_block_ms: int = 5000
-    sse_ping_s: float = 15.0
-    ws_ping_s: float = 25.0
-    ws_send_timeout_s: float = 30.0
+
+def load(cls: type[G], env: Mapping[str, str]) -> G:
+    """Read the settings (and groups of settings) `cls` declares from `env`."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if _is_group(f):
+            values[f.name] = load(f.default_factory, env)  # type: ignore[arg-type]
+        elif "env" in f.metadata:
+            values[f.name] = _read(env, f)
+    return cls(**values)
+
+
+def declared(cls: type[Any]) -> list[Field[Any]]:
+    """Every setting `cls` and its groups declare, in order (for docs and tests)."""
+    out: list[Field[Any]] = []
+    for f in fields(cls):
+        if _is_group(f):
+            out += declared(f.default_factory)  # type: ignore[arg-type]
+        elif "env" in f.metadata:
+            out.append(f)
+    return out
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where the data and the broker live; both processes."""
+
+    url: str = setting(
+        "REDIS_URL", DEFAULT_REDIS_URL, "redis://, rediss:// or unix://", parse=_redis_url
+    )
+    cluster: bool = setting("REDIS_CLUSTER", False, "REDIS_URL names any node of a Cluster (7+)")
+    broker_url: str = setting(
+        "CELERY_BROKER_URL", DEFAULT_REDIS_URL, "default: REDIS_URL", parse=_broker_url
+    )
     # The API's command pool; with the hub's reader and Celery's two broker connections, an
     # API process holds 5 Redis connections however many followers it serves.
-    redis_max_connections: int = 2
-    follower_max_connections: int = 2000
-    trust_proxy_headers: bool = False
-    follower_hub: bool = True
+    max_connections: int = setting(
+        "REDIS_MAX_CONNECTIONS", 2, "per process: the pool for commands", minimum=2
+    )
+    outage_max_s: float = setting(
+        "REDIS_OUTAGE_MAX_S", 300.0, "give up waiting for Redis after this", minimum=1
+    )
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """The web process's followers, credentials and host checks."""
+
+    xread_block_ms: int = setting(
+        "XREAD_BLOCK_MS", 5000, "a follower's wait in Redis before checking", minimum=100
+    )
+    sse_ping_s: float = setting("SSE_PING_S", 15.0, "SSE keep-alive comment", minimum=0.1)
+    ws_ping_s: float = setting("WS_PING_S", 25.0, "a missing pong closes with 1008", minimum=0.1)
+    ws_send_timeout_s: float = setting(
+        "WS_SEND_TIMEOUT_S", 30.0, "a client that stops reading is dropped", minimum=0.1
+    )
+    # Messages a WebSocket client may send per minute (they are ignored); past it, close 1008.
+    ws_client_messages_per_min: int = setting(
+        "WS_CLIENT_MESSAGES_PER_MIN", 120, "messages a WebSocket client may send a minute"
+    )
+    follower_lease_s: int = setting(
+        "FOLLOWER_LEASE_S", 60, "a dead API process's followers lapse after", minimum=3
+    )
+    trust_proxy_headers: bool = setting(
+        "TRUST_PROXY_HEADERS", False, "behind a proxy that sets X-Forwarded-*"
+    )
     # (key id, sha256 hex of the key); empty: the API runs open, without credentials.
-    api_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-    stream_token_secret: str = field(default="", repr=False)
-    stream_token_ttl_s: int = 3600
+    api_keys: tuple[tuple[str, str], ...] = setting(
+        "API_KEYS",
+        (),
+        "<key id>:<sha256 hex> entries",
+        parse=_api_keys,
+        also=("API_KEYS_FILE",),
+        secret=True,
+    )
+    stream_token_secret: str = setting(
+        "STREAM_TOKEN_SECRET", "", "32+ characters", parse=_token_secret, secret=True
+    )
+    stream_token_ttl_s: int = setting(
+        "STREAM_TOKEN_TTL_S", 3600, "how long a stream token opens its session", minimum=1
+    )
     # Browser origins, besides the API's own, that may use it (CORS, WebSocket, SSE); ("*",): any.
-    allowed_origins: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = setting(
+        "ALLOWED_ORIGINS", (), "browser origins besides the API's own", parse=_origins
+    )
     # Host names the API answers (besides the loopback names and PUBLIC_URL's); ("*",): any.
-    allowed_hosts: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = setting(
+        "ALLOWED_HOSTS", (), "host names the API answers", parse=_hosts
+    )
     # Where clients reach the API (`https://api.example.com`): the streamUrl and wsUrl of
     # every answer; empty: the host the request named (one of the allowed ones).
-    public_url: str = ""
-    # `text` or `json` (one JSON object per line, with the session id: shared/logs.py).
-    log_format: str = "text"
+    public_url: str = setting(
+        "PUBLIC_URL",
+        "",
+        "where clients reach the API",
+        parse=_public_url,
+        also=("HEROKU_APP_DEFAULT_DOMAIN_NAME",),
+    )
     # How often an API process adds its deliveries to Redis and rewrites its follower count
     # there (`/metrics`); a count not rewritten for 3 intervals + 2 s is a dead process's.
-    metrics_flush_s: float = 2.0
+    metrics_flush_s: float = setting(
+        "METRICS_FLUSH_S", 2.0, "how often /metrics counts are written", minimum=0.1
+    )
 
     @property
     def has_api_keys(self) -> bool:
         """Whether callers must present an API key (or a stream token)."""
         return bool(self.api_keys)
-
-    @property
-    def has_provider_key(self) -> bool:
-        """Whether a provider key is configured."""
-        return bool(self.provider_api_key)
 
     def is_host_allowed(self, host: str) -> bool:
         """Whether the API answers requests for `host` (`split_host`'s lowercased name)."""
@@ -300,6 +411,123 @@ class Settings:
             for entry in self.allowed_hosts
         )
 
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The generate queue, leases and the reaper's recovery."""
+
+    queue: str = setting("CELERY_QUEUE", "generate", "the queue the API sends to")
+    concurrency: int = setting(
+        "WORKER_CONCURRENCY", 200, "generations at once per worker process", minimum=1
+    )
+    lease_ttl_s: int = setting("LEASE_TTL_S", 15, "a session's lease", minimum=3)
+    max_attempts: int = setting("MAX_ATTEMPTS", 3, "takeovers before worker_lost", minimum=1)
+    reaper_interval_s: float = setting(
+        "REAPER_INTERVAL_S", 5.0, "how often dead workers are looked for", minimum=0.1
+    )
+    queued_requeue_s: int = setting(
+        "QUEUED_REQUEUE_S", 60, "a queued session is enqueued again", minimum=1
+    )
+    queued_timeout_s: int = setting(
+        "QUEUED_TIMEOUT_S", 600, "a queued session ends with queue_timeout", minimum=1
+    )
+    buffer_chunks: int = setting(
+        "WORKER_BUFFER_CHUNKS", 10_000, "chunks held while Redis is down", minimum=1
+    )
+    visibility_timeout_s: int = setting(
+        "VISIBILITY_TIMEOUT_S", 7200, "the broker re-delivers unacknowledged jobs", minimum=60
+    )
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """The OpenAI-compatible provider and the demo provider; the workers."""
+
+    base_url: str = setting(
+        "PROVIDER_BASE_URL",
+        OPENROUTER_BASE_URL,
+        "any OpenAI-compatible server",
+        parse=_provider_base_url,
+    )
+    api_key: str = setting(
+        "PROVIDER_API_KEY",
+        "",
+        "wins over OPENROUTER_API_KEY and OPENAI_API_KEY",
+        parse=_provider_key,
+        also=("OPENROUTER_API_KEY", "OPENAI_API_KEY"),
+        secret=True,
+    )
+    # A key or PROVIDER_BASE_URL is set: models other than `demo` go to the provider.
+    is_configured: bool = setting(
+        "PROVIDER_BASE_URL", False, "a key or PROVIDER_BASE_URL is set", parse=_has_provider
+    )
+    http_referer: str = setting("PROVIDER_HTTP_REFERER", "", "OpenRouter attribution")
+    x_title: str = setting("PROVIDER_X_TITLE", "", "OpenRouter attribution")
+    connect_timeout_s: float = setting(
+        "PROVIDER_CONNECT_TIMEOUT_S", 10.0, "connecting to the provider", minimum=0.1
+    )
+    read_timeout_s: float = setting(
+        "PROVIDER_READ_TIMEOUT_S", 120.0, "the longest silence between bytes", minimum=0.1
+    )
+    max_retries: int = setting("PROVIDER_MAX_RETRIES", 3, "before the first token only")
+    backoff_base_s: float = setting("PROVIDER_BACKOFF_BASE_S", 0.5, "the first retry's wait")
+    backoff_max_s: float = setting("PROVIDER_BACKOFF_MAX_S", 8.0, "the longest retry wait")
+    demo_tokens_per_s: float = setting(
+        "DEMO_TOKENS_PER_S", 20.0, "the demo provider's chunks a second; 0: at once"
+    )
+    demo_max_tokens: int = setting(
+        "DEMO_MAX_TOKENS", 200, "demo chunks without max_tokens", minimum=1
+    )
+
+    @property
+    def has_key(self) -> bool:
+        """Whether a provider key is configured."""
+        return bool(self.api_key)
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    """What one request and one caller may ask for: sizes, rates, budgets and models."""
+
+    default_model: str = setting(
+        "DEFAULT_MODEL", DEMO_MODEL, "the model of a request without one", parse=_default_model
+    )
+    model_allowlist: tuple[str, ...] = setting(
+        "MODEL_ALLOWLIST", ("demo*",), "model patterns", parse=_model_allowlist
+    )
+    prefill_models: tuple[str, ...] = setting(
+        "PREFILL_MODELS", (), "models that continue an assistant prefill"
+    )
+    max_tokens_cap: int = setting("MAX_TOKENS_CAP", 8192, "max_tokens' maximum", minimum=1)
+    max_body_bytes: int = setting(
+        "MAX_BODY_BYTES", 4 * 1024 * 1024, "a request body's size", minimum=1024
+    )
+    max_prompt_chars: int = setting(
+        "MAX_PROMPT_CHARS", 200_000, "characters of a prompt", minimum=1
+    )
+    max_messages: int = setting("MAX_MESSAGES", 500, "messages of one request", minimum=1)
+    max_messages_chars: int = setting(
+        "MAX_MESSAGES_CHARS", 200_000, "characters of all the messages", minimum=1
+    )
+    # Per caller (API key id; client address in open mode); 0 turns a limit off.
+    rate_creates_per_min: int = setting(
+        "RATE_CREATES_PER_MIN", 120, "sessions created per RATE_WINDOW_S"
+    )
+    rate_window_s: int = setting("RATE_WINDOW_S", 60, "the rate limit's window", minimum=1)
+    max_running_per_caller: int = setting(
+        "MAX_RUNNING_PER_CALLER", 100, "queued or running sessions at once"
+    )
+    max_followers_per_session: int = setting(
+        "MAX_FOLLOWERS_PER_SESSION", 500, "followers of one session"
+    )
+    max_followers_per_caller: int = setting(
+        "MAX_FOLLOWERS_PER_CALLER", 1000, "followers of one caller"
+    )
+    # Followers with a stream token count here only, never against their key's limits.
+    max_token_followers_per_session: int = setting(
+        "MAX_TOKEN_FOLLOWERS_PER_SESSION", 100, "followers of one session with a token"
+    )
+
     def may_prefill(self, model: str) -> bool:
         """Whether `model` continues an answer given as a trailing assistant message."""
         return any(fnmatchcase(model, pattern) for pattern in self.prefill_models)
@@ -308,135 +536,101 @@ class Settings:
         """Whether `model` matches one of the allowlist's patterns."""
         return any(fnmatchcase(model, pattern) for pattern in self.model_allowlist)
 
+
+@dataclass(frozen=True)
+class WebSettings:
+    """gunicorn's (api/gunicorn_conf.py)."""
+
+    host: str = setting("HOST", "0.0.0.0", "the address to listen on")
+    port: int = setting("PORT", 8000, "the port to listen on")
+    concurrency: int = setting("WEB_CONCURRENCY", 2, "gunicorn processes", minimum=1)
+    worker_connections: int = setting(
+        "WEB_WORKER_CONNECTIONS", 2000, "connections per gunicorn process", minimum=1
+    )
+    # Heroku sends SIGKILL 30 s after SIGTERM.
+    graceful_timeout_s: int = setting(
+        "WEB_GRACEFUL_TIMEOUT_S", 20, "how long a stopping process drains"
+    )
+    keepalive_s: int = setting("WEB_KEEPALIVE_S", 5, "idle keep-alive")
+    access_log: str = setting("WEB_ACCESS_LOG", "", "gunicorn's access log; empty: none")
+    log_level: str = setting("LOG_LEVEL", "info", "gunicorn's")
+    # Behind Heroku's router or another proxy, trust its X-Forwarded-Proto for wss:// URLs.
+    forwarded_allow_ips: str = setting(
+        "FORWARDED_ALLOW_IPS", "127.0.0.1,::1", "whose X-Forwarded-* gunicorn trusts"
+    )
+
+
+def _check_cluster(settings: Settings) -> None:
+    if not settings.redis.cluster:
+        return
+    if settings.redis.url.startswith("unix://"):
+        raise ConfigError("REDIS_CLUSTER needs a redis:// or rediss:// REDIS_URL naming a node")
+    # kombu's Redis transport speaks to one server: its queue keys would land on other
+    # nodes of a cluster and every command would answer MOVED.
+    if settings.redis.broker_url == settings.redis.url:
+        raise ConfigError(
+            "CELERY_BROKER_URL must be set to a standalone Redis or amqp:// broker when "
+            "REDIS_CLUSTER is on: Celery's Redis broker cannot use a Redis Cluster"
+        )
+
+
+def _check_token_secret(settings: Settings) -> None:
+    if settings.api.has_api_keys and not settings.api.stream_token_secret:
+        raise ConfigError(
+            "STREAM_TOKEN_SECRET must be set (a random string of at least "
+            f"{MIN_TOKEN_SECRET_LEN} characters) when API_KEYS or API_KEYS_FILE configures keys"
+        )
+
+
+def _check_default_model(settings: Settings) -> None:
+    limits = settings.limits
+    if not limits.is_model_allowed(limits.default_model):
+        raise ConfigError(
+            f"DEFAULT_MODEL {limits.default_model!r} is not allowed by MODEL_ALLOWLIST"
+        )
+
+
+def _check_follower_lease(settings: Settings) -> None:
+    # A follower renews its place when a third of the lease has passed, before a read
+    # (up to XREAD_BLOCK_MS) and a send (up to WS_SEND_TIMEOUT_S): both must fit in
+    # the other two thirds, or a live follower's place could lapse under it.
+    api = settings.api
+    busy_s = api.xread_block_ms / 1000 + api.ws_send_timeout_s
+    if busy_s >= api.follower_lease_s * 2 / 3:
+        raise ConfigError(
+            f"FOLLOWER_LEASE_S ({api.follower_lease_s}) must be more than 1.5 times "
+            f"XREAD_BLOCK_MS / 1000 + WS_SEND_TIMEOUT_S ({busy_s:g} s)"
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the API and the workers can be configured with; see `.env.example`."""
+
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    provider: ProviderSettings = field(default_factory=ProviderSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    web: WebSettings = field(default_factory=WebSettings)
+    stream_ttl_s: int = setting(
+        "STREAM_TTL_S", 86400, "how long a finished session stays readable", minimum=1
+    )
+    stream_maxlen: int = setting("STREAM_MAXLEN", 100_000, "events per session", minimum=3)
+    # `text` or `json` (one JSON object per line, with the session id: shared/logs.py).
+    log_format: str = setting(
+        "LOG_FORMAT", "text", "one JSON object a line", choices=("text", "json")
+    )
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from environment variables; a bad value raises `ConfigError`."""
-        env = os.environ if environ is None else environ
-        redis_url = _url(env, "REDIS_URL", cls.redis_url, ("redis", "rediss", "unix"))
-        redis_cluster = _bool(env, "REDIS_CLUSTER", cls.redis_cluster)
-        if redis_cluster:
-            _check_cluster(env, redis_url)
-        key = (
-            env.get("PROVIDER_API_KEY", "").strip()
-            or env.get("OPENROUTER_API_KEY", "").strip()
-            or env.get("OPENAI_API_KEY", "").strip()
-        )
-        only_openai = bool(env.get("OPENAI_API_KEY", "").strip()) and not (
-            env.get("PROVIDER_API_KEY", "").strip() or env.get("OPENROUTER_API_KEY", "").strip()
-        )
-        base_url = _url(
-            env,
-            "PROVIDER_BASE_URL",
-            OPENAI_BASE_URL if only_openai else OPENROUTER_BASE_URL,
-            ("http", "https"),
-        ).rstrip("/")
-        if key:
-            default_model = "gpt-4o-mini" if only_openai else "openai/gpt-4o-mini"
-            default_allowlist = "demo*,*"
-        elif env.get("PROVIDER_BASE_URL", "").strip():
-            # A local server (Ollama, llama.cpp's, LM Studio) needs no key; which models it
-            # has is not ours to guess, so `demo` stays the default.
-            default_model, default_allowlist = DEMO_MODEL, "demo*,*"
-        else:
-            default_model, default_allowlist = DEMO_MODEL, "demo*"
-        allowlist = _patterns(env, "MODEL_ALLOWLIST", default_allowlist)
-        api_keys = _api_keys(env)
-        settings = cls(
-            redis_url=redis_url,
-            redis_cluster=redis_cluster,
-            celery_broker_url=_str(env, "CELERY_BROKER_URL", redis_url),
-            default_model=_str(env, "DEFAULT_MODEL", default_model),
-            model_allowlist=allowlist,
-            stream_ttl_s=_int(env, "STREAM_TTL_S", cls.stream_ttl_s, minimum=1),
-            stream_maxlen=_int(env, "STREAM_MAXLEN", cls.stream_maxlen, minimum=3),
-            max_tokens_cap=_int(env, "MAX_TOKENS_CAP", cls.max_tokens_cap, minimum=1),
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
-            max_prompt_chars=_int(env, "MAX_PROMPT_CHARS", cls.max_prompt_chars, minimum=1),
-            max_messages=_int(env, "MAX_MESSAGES", cls.max_messages, minimum=1),
-            max_messages_chars=_int(env, "MAX_MESSAGES_CHARS", cls.max_messages_chars, minimum=1),
-            rate_creates_per_min=_int(env, "RATE_CREATES_PER_MIN", cls.rate_creates_per_min),
-            rate_window_s=_int(env, "RATE_WINDOW_S", cls.rate_window_s, minimum=1),
-            max_running_per_caller=_int(env, "MAX_RUNNING_PER_CALLER", cls.max_running_per_caller),
-            max_followers_per_session=_int(
-                env, "MAX_FOLLOWERS_PER_SESSION", cls.max_followers_per_session
-            ),
-            max_followers_per_caller=_int(
-                env, "MAX_FOLLOWERS_PER_CALLER", cls.max_followers_per_caller
-            ),
-            max_token_followers_per_session=_int(
-                env, "MAX_TOKEN_FOLLOWERS_PER_SESSION", cls.max_token_followers_per_session
-            ),
-            follower_lease_s=_int(env, "FOLLOWER_LEASE_S", cls.follower_lease_s, minimum=3),
-            ws_client_messages_per_min=_int(
-                env, "WS_CLIENT_MESSAGES_PER_MIN", cls.ws_client_messages_per_min
-            ),
-            demo_tokens_per_s=_float(env, "DEMO_TOKENS_PER_S", cls.demo_tokens_per_s),
-            demo_max_tokens=_int(env, "DEMO_MAX_TOKENS", cls.demo_max_tokens, minimum=1),
-            provider_base_url=base_url,
-            provider_api_key=key,
-            has_provider=bool(key or env.get("PROVIDER_BASE_URL", "").strip()),
-            provider_http_referer=_str(env, "PROVIDER_HTTP_REFERER", ""),
-            provider_x_title=_str(env, "PROVIDER_X_TITLE", ""),
-            provider_connect_timeout_s=_float(
-                env, "PROVIDER_CONNECT_TIMEOUT_S", cls.provider_connect_timeout_s, minimum=0.1
-            ),
-            provider_read_timeout_s=_float(
-                env, "PROVIDER_READ_TIMEOUT_S", cls.provider_read_timeout_s, minimum=0.1
-            ),
-            provider_max_retries=_int(env, "PROVIDER_MAX_RETRIES", cls.provider_max_retries),
-            provider_backoff_base_s=_float(
-                env, "PROVIDER_BACKOFF_BASE_S", cls.provider_backoff_base_s
-            ),
-            provider_backoff_max_s=_float(
-                env, "PROVIDER_BACKOFF_MAX_S", cls.provider_backoff_max_s
-            ),
-            lease_ttl_s=_int(env, "LEASE_TTL_S", cls.lease_ttl_s, minimum=3),
-            max_attempts=_int(env, "MAX_ATTEMPTS", cls.max_attempts, minimum=1),
-            reaper_interval_s=_float(env, "REAPER_INTERVAL_S", cls.reaper_interval_s, minimum=0.1),
-            queued_requeue_s=_int(env, "QUEUED_REQUEUE_S", cls.queued_requeue_s, minimum=1),
-            queued_timeout_s=_int(env, "QUEUED_TIMEOUT_S", cls.queued_timeout_s, minimum=1),
-            prefill_models=_patterns(env, "PREFILL_MODELS", ""),
-            celery_queue=_str(env, "CELERY_QUEUE", cls.celery_queue),
-            worker_buffer_chunks=_int(
-                env, "WORKER_BUFFER_CHUNKS", cls.worker_buffer_chunks, minimum=1
-            ),
-            redis_outage_max_s=_float(env, "REDIS_OUTAGE_MAX_S", cls.redis_outage_max_s, minimum=1),
-            visibility_timeout_s=_int(
-                env, "VISIBILITY_TIMEOUT_S", cls.visibility_timeout_s, minimum=60
-            ),
-            worker_concurrency=_int(env, "WORKER_CONCURRENCY", cls.worker_concurrency, minimum=1),
-            xread_block_ms=_int(env, "XREAD_BLOCK_MS", cls.xread_block_ms, minimum=100),
-            sse_ping_s=_float(env, "SSE_PING_S", cls.sse_ping_s, minimum=0.1),
-            ws_ping_s=_float(env, "WS_PING_S", cls.ws_ping_s, minimum=0.1),
-            ws_send_timeout_s=_float(env, "WS_SEND_TIMEOUT_S", cls.ws_send_timeout_s, minimum=0.1),
-            redis_max_connections=_int(
-                env, "REDIS_MAX_CONNECTIONS", cls.redis_max_connections, minimum=2
-            ),
-            follower_max_connections=_int(
-                env, "FOLLOWER_MAX_CONNECTIONS", cls.follower_max_connections, minimum=2
-            ),
-            trust_proxy_headers=_bool(env, "TRUST_PROXY_HEADERS", cls.trust_proxy_headers),
-            follower_hub=_bool(env, "FOLLOWER_HUB", cls.follower_hub),
-            api_keys=api_keys,
-            stream_token_secret=_token_secret(env, bool(api_keys)),
-            stream_token_ttl_s=_int(env, "STREAM_TOKEN_TTL_S", cls.stream_token_ttl_s, minimum=1),
-            allowed_origins=_origins(env),
-            allowed_hosts=_hosts(env),
-            public_url=_public_url(env),
-            log_format=_log_format(env),
-            metrics_flush_s=_float(env, "METRICS_FLUSH_S", cls.metrics_flush_s, minimum=0.1),
-        )
-        if not settings.is_model_allowed(settings.default_model):
-            raise ConfigError(
-                f"DEFAULT_MODEL {settings.default_model!r} is not allowed by MODEL_ALLOWLIST"
-            )
-        # A follower renews its place when a third of the lease has passed, before a read
-        # (up to XREAD_BLOCK_MS) and a send (up to WS_SEND_TIMEOUT_S): both must fit in
-        # the other two thirds, or a live follower's place could lapse under it.
-        busy_s = settings.xread_block_ms / 1000 + settings.ws_send_timeout_s
-        if busy_s >= settings.follower_lease_s * 2 / 3:
-            raise ConfigError(
-                f"FOLLOWER_LEASE_S ({settings.follower_lease_s}) must be more than 1.5 times "
-                f"XREAD_BLOCK_MS / 1000 + WS_SEND_TIMEOUT_S ({busy_s:g} s)"
-            )
+        settings = load(cls, os.environ if environ is None else environ)
+        for check in (
+            _check_cluster,
+            _check_token_secret,
+            _check_default_model,
+            _check_follower_lease,
+        ):
+            check(settings)
         return settings

@@ -84,7 +84,17 @@ def ws_follow(
     if query:
         url += "?" + urlencode(query)
     ws = websocket.create_connection(url, timeout=timeout_s, header=headers or {})
-    result = WsResult() if into is None else into
+    try:
+        return ws_read(ws, WsResult() if into is None else into, max_events=max_events)
+    finally:
+        ws.close(timeout=1)
+        ws.shutdown()  # after the server's close frame, close() leaves the socket open
+
+
+def ws_read(
+    ws: websocket.WebSocket, result: WsResult, *, max_events: int | None = None
+) -> WsResult:
+    """Read into `result` until the server closes (or `result` holds `max_events`)."""
     try:
         while True:
             opcode, data = ws.recv_data(control_frame=True)
@@ -99,9 +109,6 @@ def ws_follow(
                 return result
     except websocket.WebSocketConnectionClosedException:
         return result
-    finally:
-        ws.close(timeout=1)
-        ws.shutdown()  # after the server's close frame, close() leaves the socket open
 
 
 def sse_lines(response: requests.Response) -> Iterator[str]:

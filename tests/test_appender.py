@@ -11,7 +11,7 @@ import redis
 from nanoid import generate as nanoid
 
 from rstreams.localredis import LocalRedis, free_port
-from shared import keys, streams
+from shared import keys, store
 from shared.jobs import GenerationRequest, Message, enqueue, make_celery
 from shared.settings import Settings
 from tests.conftest import STREAM_TTL_S
@@ -27,10 +27,10 @@ def start_sessions(r: redis.Redis, env: dict[str, str], n: int, chunks: int) -> 
         request = GenerationRequest(
             model="demo", messages=(Message("user", prompt_of(session_id)),), max_tokens=chunks
         )
-        streams.create_session(r, session_id, request, queue=settings.celery_queue)
+        store.create_session(r, session_id, request, queue=settings.worker.queue)
     celery = make_celery(settings)
     for session_id in ids:
-        enqueue(celery, session_id, settings.celery_queue)
+        enqueue(celery, session_id, settings.worker.queue)
     return ids
 
 
@@ -59,7 +59,7 @@ def chunk_count(r: redis.Redis, session_id: str) -> int:
 
 def assert_exactly_once_in_order(r: redis.Redis, session_id: str, chunks: int) -> None:
     """The stream holds `running`, chunks 0..chunks-1 once each in order, then `done`."""
-    events = [streams.decode_event(i, f) for i, f in r.xrange(keys.events(session_id))]
+    events = [store.decode_event(i, f) for i, f in r.xrange(keys.events(session_id))]
     types = [e["type"] for e in events]
     assert types == ["status", "status"] + ["chunk"] * chunks + ["done"], session_id
     assert [e["index"] for e in events if e["type"] == "chunk"] == list(range(chunks))
@@ -97,7 +97,7 @@ def test_cancelling_during_batched_appends_stops_those_generations_and_nothing_f
 
     cancelled, others = ids[::2], ids[1::2]
     for session_id in cancelled:
-        assert streams.cancel(r, session_id, ttl_s=STREAM_TTL_S) == (True, "cancelled")
+        assert store.cancel(r, session_id, ttl_s=STREAM_TTL_S) == (True, "cancelled")
     # Each generation sees the refusal at its next chunk and ends its task.
     wait_for(
         lambda: all(f"session {s} stopped: terminal" in worker.log() for s in cancelled),
@@ -107,7 +107,7 @@ def test_cancelling_during_batched_appends_stops_those_generations_and_nothing_f
     for session_id in cancelled:
         last_id, last = r.xrevrange(keys.events(session_id), count=1)[0]
         assert last["t"] == "cancelled"
-        events = [streams.decode_event(i, f) for i, f in r.xrange(keys.events(session_id))]
+        events = [store.decode_event(i, f) for i, f in r.xrange(keys.events(session_id))]
         indices = [e["index"] for e in events if e["type"] == "chunk"]
         assert indices == list(range(len(indices)))
         assert events[-1]["id"] == last_id and status(r, session_id) == "cancelled"
@@ -116,7 +116,7 @@ def test_cancelling_during_batched_appends_stops_those_generations_and_nothing_f
     wait_for(lambda: all(chunk_count(r, s) > counts[s] for s in others), 20, "the others")
     for session_id in others:
         assert status(r, session_id) == "running"
-        streams.cancel(r, session_id, ttl_s=STREAM_TTL_S)
+        store.cancel(r, session_id, ttl_s=STREAM_TTL_S)
     assert_no_generation_errors(worker.log())
 
 

@@ -25,7 +25,7 @@ from requests.adapters import HTTPAdapter
 
 from api.apikeys import hash_key
 from rstreams.client import _error_of
-from shared import keys, streams
+from shared import keys, store
 from shared.errors import BadCursor, ConfigError
 from shared.settings import Settings
 from tests import client
@@ -287,7 +287,7 @@ def test_a_cursor_is_ascii_digits_only(open_api: Api) -> None:
             )
             assert last_event_id.status_code == 400, (after, last_event_id.text)
     with pytest.raises(BadCursor):
-        streams.parse_cursor("1-0\n")
+        store.parse_cursor("1-0\n")
 
 
 def test_a_client_reads_a_unicode_retry_after_as_none() -> None:
@@ -467,20 +467,20 @@ def test_answers_take_urls_from_the_public_url(public_api: Api) -> None:
 
 def test_allowed_hosts_and_public_url_settings() -> None:
     default = Settings.from_env({})
-    assert default.allowed_hosts == () and default.public_url == ""
-    assert all(default.is_host_allowed(h) for h in ("localhost", "127.0.0.1", "[::1]"))
-    assert not default.is_host_allowed(REBIND)
+    assert default.api.allowed_hosts == () and default.api.public_url == ""
+    assert all(default.api.is_host_allowed(h) for h in ("localhost", "127.0.0.1", "[::1]"))
+    assert not default.api.is_host_allowed(REBIND)
     custom = Settings.from_env(
         {"ALLOWED_HOSTS": "api.example.com, .example.org", "PUBLIC_URL": "https://Pub.Example/"}
     )
-    assert custom.public_url == "https://pub.example"
+    assert custom.api.public_url == "https://pub.example"
     for host in ("api.example.com", "example.org", "a.b.example.org", "pub.example"):
-        assert custom.is_host_allowed(host), host
+        assert custom.api.is_host_allowed(host), host
     for host in ("example.com", "badexample.org", "pub.example.evil"):
-        assert not custom.is_host_allowed(host), host
+        assert not custom.api.is_host_allowed(host), host
     heroku = Settings.from_env({"HEROKU_APP_DEFAULT_DOMAIN_NAME": "my-app.herokuapp.com"})
-    assert heroku.public_url == "https://my-app.herokuapp.com"
-    assert Settings.from_env({"ALLOWED_HOSTS": "*"}).is_host_allowed(REBIND)
+    assert heroku.api.public_url == "https://my-app.herokuapp.com"
+    assert Settings.from_env({"ALLOWED_HOSTS": "*"}).api.is_host_allowed(REBIND)
     for env in (
         {"ALLOWED_HOSTS": "https://api.example.com"},
         {"ALLOWED_HOSTS": "api.example.com:443"},

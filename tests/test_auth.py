@@ -349,7 +349,7 @@ def test_keys_without_a_token_secret_fail_at_start_naming_it() -> None:
     settings = Settings.from_env(
         {"API_KEYS": f"{entry},{rotated},{entry}", "STREAM_TOKEN_SECRET": SECRET}
     )
-    assert [key_id for key_id, _ in settings.api_keys] == ["alice", "alice"]
+    assert [key_id for key_id, _ in settings.api.api_keys] == ["alice", "alice"]
     assert SECRET not in repr(settings)
 
 

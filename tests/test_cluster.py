@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 import time
@@ -13,10 +12,14 @@ from pathlib import Path
 import pytest
 import requests
 import websocket
+from celery import Celery
 from redis.cluster import RedisCluster
 
+from api import sessions
 from api.apikeys import hash_key
 from shared import keys
+from shared.jobs import GenerationRequest, Message, enqueue, make_celery
+from shared.settings import Settings
 from tests import client
 from tests.localcluster import LocalCluster, cluster_stack
 from tests.procs import Api
@@ -35,6 +38,8 @@ class ClusterStack:
     cluster: LocalCluster
     rc: RedisCluster
     api: Api
+    settings: Settings
+    celery: Celery
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +47,9 @@ def stack(logs_dir: Path) -> Iterator[ClusterStack]:
     """Everything started once for this module, stopped after it."""
     with cluster_stack(logs_dir, "cluster", SSE_PING_S="1", LEASE_TTL_S="5") as (cluster, api):
         rc = RedisCluster.from_url(cluster.url, decode_responses=True)
+        settings = Settings.from_env(api.env)
         try:
-            yield ClusterStack(cluster, rc, api)
+            yield ClusterStack(cluster, rc, api, settings, make_celery(settings, "cluster-tests"))
         finally:
             rc.close()
 
@@ -51,6 +57,39 @@ def stack(logs_dir: Path) -> Iterator[ClusterStack]:
 def node_of(rc: RedisCluster, session_id: str) -> str:
     """The master that holds a session's keys."""
     return str(rc.get_node_from_key(keys.meta(session_id)).name)
+
+
+def ids_on_every_master(rc: RedisCluster, prefix: str, per_master: int) -> list[str]:
+    """`per_master` session ids starting with `prefix` for each master, chosen by the
+    slot of their hash tag (`rs:{<id>}`): the same ids every run, the masters in turn."""
+    masters = sorted(n.name for n in rc.get_primaries())
+    chosen: dict[str, list[str]] = {name: [] for name in masters}
+    n = 0
+    while any(len(ids) < per_master for ids in chosen.values()):
+        session_id = f"{prefix}{n:0{21 - len(prefix)}d}"  # the shape of a session id
+        n += 1
+        assert keys.is_session_id(session_id)
+        ids = chosen[node_of(rc, session_id)]
+        if len(ids) < per_master:
+            ids.append(session_id)
+    return [sid for group in zip(*chosen.values(), strict=True) for sid in group]
+
+
+def start(
+    stack: ClusterStack, session_id: str, prompt: str, max_tokens: int, owner: str = ""
+) -> None:
+    """Start a demo generation under a chosen id, as `POST /api/streams/generate` does."""
+    generation = GenerationRequest(
+        model="demo", messages=(Message("user", prompt),), max_tokens=max_tokens
+    )
+    sessions.start_session(
+        stack.rc,
+        stack.settings,
+        generation,
+        session_id=session_id,
+        caller=sessions.Caller(owner, f"key:{owner}" if owner else "addr:127.0.0.1"),
+        enqueue=lambda sid: enqueue(stack.celery, sid, stack.settings.worker.queue),
+    )
 
 
 def follow_all(ws_url: str, session_ids: list[str]) -> dict[str, client.WsResult]:
@@ -71,16 +110,13 @@ def follow_all(ws_url: str, session_ids: list[str]) -> dict[str, client.WsResult
 def test_sessions_on_every_master_stream_live_to_websocket_followers(
     stack: ClusterStack,
 ) -> None:
-    # Ids are random: create sessions until every master holds some (12 at least; 12 miss
-    # a master about 2% of the time, 60 about once in ten billion).
-    masters = {n.name for n in stack.rc.get_primaries()}
+    # Ids chosen by slot: four sessions on each master.
     before = scrape(stack.api.url)
-    prompts: list[str] = []
-    ids: list[str] = []
-    while len(ids) < 12 or {node_of(stack.rc, sid) for sid in ids} != masters:
-        assert len(ids) < 60, "60 sessions should spread over all three masters"
-        prompts.append(f"cluster prompt {len(ids)}")
-        ids.append(client.create(stack.api.url, prompt=prompts[-1], max_tokens=30)["sessionId"])
+    ids = ids_on_every_master(stack.rc, "every-master-", 4)
+    prompts = [f"cluster prompt {n}" for n in range(len(ids))]
+    for session_id, prompt in zip(ids, prompts, strict=True):
+        start(stack, session_id, prompt, 30)
+    assert {node_of(stack.rc, sid) for sid in ids} == {n.name for n in stack.rc.get_primaries()}
     results = follow_all(stack.api.ws_url, ids)
     assert len(results) == len(ids)
     for i, (prompt, session_id) in enumerate(zip(prompts, ids, strict=True)):
@@ -107,24 +143,26 @@ def test_sessions_on_every_master_stream_live_to_websocket_followers(
 
 
 def test_live_chunks_arrive_as_they_are_written(stack: ClusterStack) -> None:
-    # 100 chunks at 50/s: two seconds. A follower woken only by its 1 s timeout (no
-    # notification through sharded pub/sub) would see gaps of a second.
+    # 100 chunks at 50/s: two seconds. A follower that sharded pub/sub does not notify
+    # gets nothing live: only the catch-up after the session has ended. How fast chunks
+    # arrive is the benchmark's business (docs/BENCHMARKS.md), not this test's.
     session_id = client.create(stack.api.url, prompt="live on a cluster", max_tokens=100)[
         "sessionId"
     ]
     ws = websocket.create_connection(f"{stack.api.ws_url}/api/streams/{session_id}/ws", timeout=30)
-    arrivals: list[float] = []
     events: list[dict] = []
     try:
-        while not events or events[-1]["type"] not in client.TERMINAL:
+        while len([e for e in events if e["type"] == "chunk"]) < 5:
             events.append(json.loads(ws.recv()))
-            arrivals.append(time.monotonic())
+        # Five chunks in, the session is still being written: they came live.
+        live = client.info(stack.api.url, session_id)
+        while events[-1]["type"] not in client.TERMINAL:
+            events.append(json.loads(ws.recv()))
     finally:
         ws.close()
-    assert_well_formed(events, 100)
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert max(gaps) < 0.5, f"largest gap between live events: {max(gaps):.2f} s"
-    assert arrivals[-1] - arrivals[10] > 1.0
+    assert live["status"] == "running", live
+    assert live["chunks"] < 100, live
+    assert_well_formed(events, 100)  # in order, each index once, then done
 
 
 @pytest.mark.parametrize("cut", [2, 15])
@@ -178,9 +216,10 @@ def api_connections(stack: ClusterStack) -> dict[str, int]:
 
 
 def test_thirty_followers_hold_few_connections_per_node(stack: ClusterStack) -> None:
-    prompts = [f"many followers {i}" for i in range(6)]
-    ids = [client.create(stack.api.url, prompt=p, max_tokens=120)["sessionId"] for p in prompts]
-    assert len({node_of(stack.rc, sid) for sid in ids}) >= 2
+    ids = ids_on_every_master(stack.rc, "many-followers-", 2)
+    prompts = [f"many followers {i}" for i in range(len(ids))]
+    for session_id, prompt in zip(ids, prompts, strict=True):
+        start(stack, session_id, prompt, 120)
     followed = [sid for sid in ids for _ in range(5)]  # 30 followers, 5 per session
     peak: dict[str, int] = {}
     done = threading.Event()
@@ -237,13 +276,13 @@ def test_listing_reads_sessions_across_nodes_newest_first(
     api = Api(env, logs_dir, name="cluster-api-keyed").start()
     try:
         auth = {"Authorization": f"Bearer {key}"}
-        made = [
-            client.create(api.url, auth, prompt=f"listed {n}", max_tokens=2)["sessionId"]
-            for n in range(8)
-        ]
-        assert len({node_of(stack.rc, session_id) for session_id in made}) > 1
+        # Ids chosen by slot, three on each master; started in the order of their ids, so
+        # two started in the same millisecond are still listed newest first.
+        made = sorted(ids_on_every_master(stack.rc, "listed-", 3))
+        for n, session_id in enumerate(made):
+            start(stack, session_id, f"listed {n}", 2, owner="ops")
         listed = requests.get(
-            f"{api.url}/api/streams", params={"limit": 8}, headers=auth, timeout=10
+            f"{api.url}/api/streams", params={"limit": len(made)}, headers=auth, timeout=10
         )
         assert listed.status_code == 200, listed.text
         assert [s["sessionId"] for s in listed.json()["sessions"]] == made[::-1]

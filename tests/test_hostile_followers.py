@@ -14,7 +14,7 @@ import requests
 import websocket
 from nanoid import generate as nanoid
 
-from shared import keys, streams
+from shared import keys, store
 from shared.jobs import GenerationRequest, Message
 from tests import client
 from tests.procs import Api
@@ -67,12 +67,12 @@ def live_session_with_backlog(r: redis.Redis, chunks: int = 2000, size: int = 40
     far more than the socket buffers between a reader and the API hold."""
     session_id = nanoid()
     request = GenerationRequest(model="demo", messages=(Message("user", "backlog"),))
-    streams.create_session(r, session_id, request, queue="unused")
-    _state, token = streams.acquire_lease(r, session_id, 600_000)
+    store.create_session(r, session_id, request, queue="unused")
+    _state, token = store.acquire_lease(r, session_id, 600_000)
     assert token
     text = "x" * size
     for index in range(chunks):
-        streams.append_chunk(r, session_id, index, text, token=token, maxlen=chunks + 10, ttl_s=600)
+        store.append_chunk(r, session_id, index, text, token=token, maxlen=chunks + 10, ttl_s=600)
     return session_id
 
 

@@ -1,43 +1,61 @@
-"""The per-process follower hub: one Redis reader however many followers, and slow
-followers that fall behind catch up on their own without losing anything."""
+"""The per-process fan-out: one Redis reader however many followers, slow followers
+that fall behind catch up on their own without losing anything, and the follow itself
+(replay from a cursor, a vanished session)."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
+import websocket
 from nanoid import generate as nanoid
 
-from api import hub as hubmod
+from api import fanout as fanoutmod
+from api.readers import xread_fanout
 from rstreams.localredis import LocalRedis
-from shared import streams
+from shared import keys, store
+from shared.errors import SessionNotFound
 from shared.jobs import GenerationRequest, Message
 from shared.redisconn import connect
 from tests import client
+from tests.test_metrics import scrape, value
 
 
 @pytest.fixture
 def session(r: redis.Redis) -> tuple[str, str]:
     session_id = nanoid()
     request = GenerationRequest(model="demo", messages=(Message("user", "hub"),))
-    streams.create_session(r, session_id, request, queue="unused")
-    _state, token = streams.acquire_lease(r, session_id, 60_000)
+    store.create_session(r, session_id, request, queue="unused")
+    _state, token = store.acquire_lease(r, session_id, 60_000)
     assert token
     return session_id, token
 
 
-def append(r: redis.Redis, session_id: str, token: str, start: int, n: int) -> None:
+def append(r: redis.Redis, session_id: str, token: str, start: int, n: int) -> str:
+    """Append chunks `start` to `start + n - 1`; the last one's id."""
+    last = ""
     for index in range(start, start + n):
-        streams.append_chunk(
-            r, session_id, index, f"{index} ", token=token, maxlen=10_000, ttl_s=60
+        last = str(
+            store.append_chunk(
+                r, session_id, index, f"{index} ", token=token, maxlen=10_000, ttl_s=60
+            )
         )
+    return last
 
 
-def events(batches: Iterator[streams.Batch]) -> Iterator[streams.Event]:
+def wait_for(holds: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
+    """Return once `holds()`; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not holds():
+        assert time.monotonic() < deadline, f"still not true after {timeout_s} s: {what}"
+        time.sleep(0.01)
+
+
+def events(batches: Iterator[store.Batch]) -> Iterator[store.Event]:
     """The events of a follower, one at a time."""
     for batch in batches:
         yield from batch
@@ -48,74 +66,136 @@ def test_a_follower_that_falls_behind_catches_up_in_order(
 ) -> None:
     session_id, token = session
     blocking = connect(redis_server.url, socket_timeout_s=3)
-    hub = hubmod.Hub(blocking, block_ms=200, max_queue=5)  # overflows after 5 entries
-    follower = events(hubmod.follow(hub, r, session_id, None, block_ms=200))
+    fanout = xread_fanout(blocking, block_ms=200, max_queue=5)  # overflows after 5 entries
+    subscriptions: list[fanoutmod.Subscription] = []
+    subscribe = fanout.subscribe
+
+    def subscribe_and_keep(session_id: str, cursor: str) -> fanoutmod.Subscription:
+        subscriptions.append(subscribe(session_id, cursor))
+        return subscriptions[-1]
+
+    fanout.subscribe = subscribe_and_keep  # type: ignore[method-assign]
+    follower = events(fanoutmod.follow(fanout, r, session_id, None, block_ms=200))
     seen = [next(follower)]  # the queued status
     append(r, session_id, token, 0, 3)
     seen += [next(follower) for _ in range(3)]
-    assert hub.followers() == 1
-    append(r, session_id, token, 3, 40)  # far more than the queue holds, while we sleep
-    time.sleep(0.5)
-    streams.append_done(
+    assert fanout.followers() == 1
+    append(r, session_id, token, 3, 40)  # far more than the queue holds
+    # The reader reads them while the follower takes none: its queue overflows.
+    wait_for(lambda: subscriptions[-1].is_behind, "the follower fell behind", timeout_s=10)
+    store.append_done(
         r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=43, usage=None
     )
     seen += list(follower)
     assert [e["index"] for e in seen if e["type"] == "chunk"] == list(range(43))
     assert seen[-1]["type"] == "done"
-    assert hub.followers() == 0
+    assert fanout.followers() == 0
 
 
-def test_many_followers_share_one_reader(
-    redis_server: Any, r: redis.Redis, session: tuple[str, str]
-) -> None:
-    session_id, token = session
-    blocking = connect(redis_server.url, socket_timeout_s=3)
-    hub = hubmod.Hub(blocking, block_ms=200)
-    results: list[list[Any]] = [[] for _ in range(50)]
+def xread_calls(r: redis.Redis) -> int:
+    """How many XREAD commands the server has run since its statistics were reset."""
+    stats: dict[str, Any] = r.info("commandstats")
+    return int(stats.get("cmdstat_xread", {}).get("calls", 0))
+
+
+def test_many_followers_share_one_reader(own_redis: LocalRedis) -> None:
+    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    session_id = nanoid()
+    request = GenerationRequest(model="demo", messages=(Message("user", "hub"),))
+    store.create_session(r, session_id, request, queue="unused")
+    _state, token = store.acquire_lease(r, session_id, 60_000)
+    assert token
+    blocking = connect(own_redis.url, socket_timeout_s=3)
+    fanout = xread_fanout(blocking, block_ms=200)
+    followers, chunks = 50, 20
+    results: list[list[Any]] = [[] for _ in range(followers)]
+    started = [threading.Event() for _ in range(followers)]
 
     def follow(i: int) -> None:
-        results[i] = list(events(hubmod.follow(hub, r, session_id, None, block_ms=200)))
+        for batch in fanoutmod.follow(fanout, r, session_id, None, block_ms=200):
+            results[i] += batch
+            started[i].set()
 
-    threads = [threading.Thread(target=follow, args=(i,)) for i in range(50)]
+    threads = [threading.Thread(target=follow, args=(i,)) for i in range(followers)]
     for t in threads:
         t.start()
-    for n in range(20):
+    wait_for(lambda: all(e.is_set() for e in started), "every follower has its first event")
+    r.config_resetstat()
+    for n in range(chunks):
         append(r, session_id, token, n, 1)
-        time.sleep(0.01)
-    streams.append_done(
-        r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=20, usage=None
+        time.sleep(0.01)  # spread the appends out: each may be read on its own
+    store.append_done(
+        r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=chunks, usage=None
     )
     for t in threads:
         t.join(10)
+    reads = xread_calls(r)
     assert all(res == results[0] for res in results)
-    assert [e["index"] for e in results[0] if e["type"] == "chunk"] == list(range(20))
+    assert [e["index"] for e in results[0] if e["type"] == "chunk"] == list(range(chunks))
+    # One reader for all: about one read per append, not one per follower and append.
+    assert 0 < reads < followers, f"{reads} XREAD calls for {followers} followers"
+    r.close()
+
+
+def test_follow_replays_from_a_cursor_then_stops_at_the_end(
+    redis_server: Any, r: redis.Redis, session: tuple[str, str]
+) -> None:
+    session_id, token = session
+    append(r, session_id, token, 0, 4)
+    store.append_done(
+        r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=4, usage=None
+    )
+    fanout = xread_fanout(connect(redis_server.url, socket_timeout_s=3), block_ms=100)
+
+    def events_after(cursor: str | None) -> list[store.Event]:
+        return list(events(fanoutmod.follow(fanout, r, session_id, cursor, block_ms=100)))
+
+    seen = events_after(None)
+    assert [e["type"] for e in seen] == ["status", "chunk", "chunk", "chunk", "chunk", "done"]
+    assert events_after(seen[2]["id"]) == seen[3:]
+    assert events_after(seen[-1]["id"]) == []
+
+
+def test_follow_of_a_session_that_vanishes_raises_not_found(
+    redis_server: Any, r: redis.Redis, session: tuple[str, str]
+) -> None:
+    session_id, _token = session
+    fanout = xread_fanout(connect(redis_server.url, socket_timeout_s=3), block_ms=100)
+    follower = fanoutmod.follow(fanout, r, session_id, None, block_ms=100)
+    assert [e["status"] for e in next(follower)] == ["queued"]
+    assert next(follower) == []  # nothing new: a keep-alive tick
+    r.delete(keys.meta(session_id), keys.events(session_id))
+    with pytest.raises(SessionNotFound):
+        next(follower)
+    with pytest.raises(SessionNotFound):
+        next(fanoutmod.follow(fanout, r, "N" * 21, None, block_ms=100))
 
 
 def test_redis_connections_do_not_grow_with_followers(
     make_stack: Any, own_redis: LocalRedis
 ) -> None:
     stack = make_stack(REDIS_URL=own_redis.url, CELERY_BROKER_URL=own_redis.url)
-    stack.worker()
     api = stack.api()
     watcher = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    # No worker yet: the session stays queued until every follower waits for it live.
     session_id = client.create(api.url, prompt="many watchers", max_tokens=150)["sessionId"]
 
     def api_connections() -> int:
         return sum(1 for c in watcher.client_list() if c["name"].startswith("rstreams-api"))
 
     before = api_connections()
-    results: list[Any] = [None] * 100
-
-    def follow(i: int) -> None:
-        results[i] = client.ws_follow(api.ws_url, session_id)
-
-    threads = [threading.Thread(target=follow, args=(i,)) for i in range(100)]
-    for t in threads:
-        t.start()
-    time.sleep(1.5)  # all 100 are following live now
+    url = f"{api.ws_url}/api/streams/{session_id}/ws"
+    sockets = [websocket.create_connection(url, timeout=30) for _ in range(100)]
+    results = [client.ws_read(ws, client.WsResult(), max_events=1) for ws in sockets]
+    assert all(res.events[0]["type"] == "status" for res in results)
+    # Every follower has had its backlog and waits live; /metrics counts all of them.
+    wait_for(lambda: value(scrape(api.url), "rstreams_followers", transport="ws") == 100, "100")
     during = api_connections()
-    for t in threads:
-        t.join(30)
+    stack.worker()
+    for ws, res in zip(sockets, results, strict=True):
+        client.ws_read(ws, res)
+        ws.close(timeout=1)
+        ws.shutdown()  # after the server's close frame, close() leaves the socket open
     # Not one per follower: the hub's reader and the command pool (REDIS_MAX_CONNECTIONS=2).
     assert before >= 1
     assert during <= 3

@@ -19,7 +19,7 @@ import websocket
 from api.apikeys import hash_key
 from shared import keys
 from shared.errors import ConfigError
-from shared.settings import Settings
+from shared.settings import LimitsSettings, Settings
 from tests import client
 from tests.localcluster import cluster_stack
 from tests.procs import Api
@@ -63,7 +63,9 @@ def test_prompt_and_messages_sizes_are_limited(small: Api) -> None:
 def test_size_limits_are_settings_and_in_the_document() -> None:
     from api.openapi import build
 
-    settings = Settings(max_prompt_chars=5, max_messages=2, max_messages_chars=9)
+    settings = Settings(
+        limits=LimitsSettings(max_prompt_chars=5, max_messages=2, max_messages_chars=9)
+    )
     schemas = build(settings)["components"]["schemas"]
     assert schemas["GenerateRequest"]["properties"]["prompt"]["maxLength"] == 5
     assert schemas["GenerateRequest"]["properties"]["messages"]["maxItems"] == 2
@@ -184,8 +186,8 @@ def test_running_generations_per_caller(make_stack: Any) -> None:
 
 def test_rate_and_running_settings() -> None:
     settings = Settings.from_env({})
-    assert settings.max_running_per_caller >= 100  # DESIGN.md 2.1
-    assert settings.rate_creates_per_min > 0
+    assert settings.limits.max_running_per_caller >= 100  # DESIGN.md 2.1
+    assert settings.limits.rate_creates_per_min > 0
     with pytest.raises(ConfigError, match="RATE_CREATES_PER_MIN"):
         Settings.from_env({"RATE_CREATES_PER_MIN": "-1"})
     with pytest.raises(ConfigError, match="RATE_WINDOW_S"):
@@ -348,7 +350,10 @@ def test_stream_tokens_have_a_follower_budget_of_their_own(make_stack: Any) -> N
 
 def test_follower_settings() -> None:
     settings = Settings.from_env({})
-    assert settings.max_followers_per_session > 0 and settings.max_followers_per_caller > 0
+    assert (
+        settings.limits.max_followers_per_session > 0
+        and settings.limits.max_followers_per_caller > 0
+    )
     with pytest.raises(ConfigError, match="FOLLOWER_LEASE_S"):
         Settings.from_env({"FOLLOWER_LEASE_S": "1"})
     # A follower's place must outlive the longest wait between two of its renewals.
@@ -357,7 +362,7 @@ def test_follower_settings() -> None:
     assert Settings.from_env({"FOLLOWER_LEASE_S": "30", "WS_SEND_TIMEOUT_S": "10"})
     with pytest.raises(ConfigError, match="MAX_FOLLOWERS_PER_SESSION"):
         Settings.from_env({"MAX_FOLLOWERS_PER_SESSION": "-2"})
-    assert settings.max_token_followers_per_session > 0
+    assert settings.limits.max_token_followers_per_session > 0
     with pytest.raises(ConfigError, match="MAX_TOKEN_FOLLOWERS_PER_SESSION"):
         Settings.from_env({"MAX_TOKEN_FOLLOWERS_PER_SESSION": "many"})
 

@@ -24,7 +24,7 @@ from schemathesis.specs.openapi.checks import (
 
 from api.app import create_app
 from api.openapi import build, glob_regex
-from shared.settings import Settings
+from shared.settings import ApiSettings, LimitsSettings, Settings
 from tests import client
 from tests.procs import Api
 
@@ -83,7 +83,9 @@ def test_every_route_is_documented_with_its_methods() -> None:
 
 
 def test_the_document_follows_the_settings() -> None:
-    settings = Settings(max_tokens_cap=77, model_allowlist=("demo*", "fake-?"))
+    settings = Settings(
+        limits=LimitsSettings(max_tokens_cap=77, model_allowlist=("demo*", "fake-?"))
+    )
     body = build(settings)["components"]["schemas"]["GenerateRequest"]["properties"]
     assert body["max_tokens"]["maximum"] == 77
     allowed = re.compile(body["model"]["allOf"][1]["pattern"])
@@ -93,7 +95,9 @@ def test_the_document_follows_the_settings() -> None:
 
 def test_with_api_keys_the_document_states_the_credentials() -> None:
     open_doc = build(Settings())
-    keyed = build(Settings(api_keys=(("app", "0" * 64),), stream_token_secret="s" * 32))
+    keyed = build(
+        Settings(api=ApiSettings(api_keys=(("app", "0" * 64),), stream_token_secret="s" * 32))
+    )
     assert "security" not in open_doc
     assert keyed["security"] == [{"bearer": []}]
     paths = keyed["paths"]

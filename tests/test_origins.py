@@ -335,9 +335,9 @@ def test_a_malformed_allowed_origin_fails_naming_the_variable(value: str) -> Non
 
 def test_allowed_origins_are_kept_in_normal_form() -> None:
     settings = Settings.from_env({"ALLOWED_ORIGINS": " HTTPS://App.Example:443/ ,http://a:8080,"})
-    assert settings.allowed_origins == ("https://app.example", "http://a:8080")
-    assert Settings.from_env({}).allowed_origins == ()
-    assert Settings.from_env({"ALLOWED_ORIGINS": "*"}).allowed_origins == ("*",)
+    assert settings.api.allowed_origins == ("https://app.example", "http://a:8080")
+    assert Settings.from_env({}).api.allowed_origins == ()
+    assert Settings.from_env({"ALLOWED_ORIGINS": "*"}).api.allowed_origins == ("*",)
 
 
 def test_the_openapi_document_states_the_origin_refusals() -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tomllib
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,18 @@ def test_a_wheel_install_serves_the_page_and_the_browser_client(
         timeout=120,
     )
     (wheel,) = wheels.glob("resumable_streams-*.whl")
+    # What the code reads besides Python (the page's files, the store's Lua scripts) ships
+    # only if pyproject's package-data names it.
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = set(archive.namelist())
+    data = {
+        str(path.relative_to(ROOT))
+        for package in top_level_packages()
+        for path in (ROOT / package).rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc")
+    }
+    assert {"shared/store/lua/append.lua", "api/static/rstreams.js"} <= data
+    assert data <= shipped, f"missing from the wheel: {sorted(data - shipped)}"
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"

@@ -11,7 +11,7 @@ import pytest
 
 from shared.errors import ProviderError, ProviderRateLimited
 from shared.jobs import GenerationRequest, Message
-from shared.settings import Settings
+from shared.settings import ProviderSettings, Settings
 from tests.fake_provider import FakeProvider, expected_text
 from worker.providers.base import Finished, StreamItem, TextDelta
 from worker.providers.chat_completions import ChatCompletionsProvider, sse_data
@@ -24,13 +24,10 @@ def fake() -> Iterator[FakeProvider]:
 
 
 def settings_for(fake: FakeProvider, **overrides: object) -> Settings:
-    base = Settings(
-        provider_base_url=fake.base_url,
-        provider_api_key="sk-secret-123",
-        provider_backoff_base_s=0.01,
-        provider_backoff_max_s=0.05,
+    provider = ProviderSettings(
+        base_url=fake.base_url, api_key="sk-secret-123", backoff_base_s=0.01, backoff_max_s=0.05
     )
-    return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+    return Settings(provider=dataclasses.replace(provider, **overrides))  # type: ignore[arg-type]
 
 
 def ask(
@@ -66,9 +63,7 @@ def test_streams_the_answer_then_finish_and_usage(fake: FakeProvider, model: str
 
 
 def test_sends_the_request_and_headers_a_provider_expects(fake: FakeProvider) -> None:
-    settings = settings_for(
-        fake, provider_http_referer="https://chat.example", provider_x_title="Chat"
-    )
+    settings = settings_for(fake, http_referer="https://chat.example", x_title="Chat")
     run(ChatCompletionsProvider(settings), ask("fake-ok", max_tokens=3, temperature=0.2))
     sent = fake.requests_for("fake-ok")[-1]
     assert sent["path"] == "/v1/chat/completions"
@@ -89,7 +84,7 @@ def test_sends_the_request_and_headers_a_provider_expects(fake: FakeProvider) ->
 
 
 def test_no_key_sends_no_authorization_for_local_servers(fake: FakeProvider) -> None:
-    run(ChatCompletionsProvider(settings_for(fake, provider_api_key="")), ask("local/fake-ok", 2))
+    run(ChatCompletionsProvider(settings_for(fake, api_key="")), ask("local/fake-ok", 2))
     sent = fake.requests_for("local/fake-ok")[-1]
     assert "Authorization" not in sent["headers"]
     assert "max_tokens" in sent["json"] and "temperature" not in sent["json"]
@@ -129,9 +124,7 @@ def test_429_honours_retry_after_then_gives_up(fake: FakeProvider) -> None:
     started = time.monotonic()
     with pytest.raises(ProviderRateLimited) as raised:
         run(
-            ChatCompletionsProvider(
-                settings_for(fake, provider_max_retries=1, provider_backoff_max_s=2)
-            ),
+            ChatCompletionsProvider(settings_for(fake, max_retries=1, backoff_max_s=2)),
             ask("fake-429"),
         )
     assert raised.value.retry_after_s == 1
@@ -150,7 +143,7 @@ def test_transient_failures_before_the_first_token_are_retried(
 
 def test_500_every_time_fails_as_unavailable_after_the_retries(fake: FakeProvider) -> None:
     with pytest.raises(ProviderError) as raised:
-        run(ChatCompletionsProvider(settings_for(fake, provider_max_retries=2)), ask("fake-500"))
+        run(ChatCompletionsProvider(settings_for(fake, max_retries=2)), ask("fake-500"))
     assert raised.value.code == "provider_unavailable"
     assert raised.value.retryable
     assert len(fake.requests_for("fake-500")) == 3
@@ -160,14 +153,14 @@ def test_unreachable_provider(fake: FakeProvider) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
-    settings = settings_for(fake, provider_base_url=f"http://127.0.0.1:{closed_port}/v1")
+    settings = settings_for(fake, base_url=f"http://127.0.0.1:{closed_port}/v1")
     with pytest.raises(ProviderError) as raised:
         run(ChatCompletionsProvider(settings), ask("fake-ok"))
     assert raised.value.code == "provider_unreachable"
 
 
 def test_a_silent_provider_times_out(fake: FakeProvider) -> None:
-    settings = settings_for(fake, provider_read_timeout_s=0.3, provider_max_retries=0)
+    settings = settings_for(fake, read_timeout_s=0.3, max_retries=0)
     started = time.monotonic()
     with pytest.raises(ProviderError) as raised:
         run(ChatCompletionsProvider(settings), ask("fake-silent"))

@@ -20,7 +20,7 @@ from api import examples
 from api.apikeys import hash_key
 from api.app import create_app
 from rstreams.localredis import free_port
-from shared.settings import Settings
+from shared.settings import ApiSettings, Settings
 from tests import client
 from tests.browser import screenshot_path
 from tests.node import NODE_ENV, WEB, install_web, npm, tool
@@ -97,7 +97,7 @@ def test_the_example_route_says_how_to_build_it_when_it_is_not_built(
 
 
 def test_the_example_is_public_in_keyed_mode_and_only_its_own_files(web_build: Path) -> None:
-    keyed = Settings(api_keys=(("app", "0" * 64),), stream_token_secret="s" * 32)
+    keyed = Settings(api=ApiSettings(api_keys=(("app", "0" * 64),), stream_token_secret="s" * 32))
     http = create_app(keyed).test_client()
     with http.get("/examples/react/") as page:
         assert page.status_code == 200

@@ -11,9 +11,10 @@ import pytest
 import redis
 
 from rstreams.localredis import LocalRedis
-from shared import keys, streams
+from shared import keys
 from shared.jobs import GenerationRequest, Message
 from shared.settings import Settings
+from shared.store import create_session, now_ms
 from worker.reaper import reap_locked, reap_once
 
 SETTINGS = Settings.from_env({})  # lease 15 s, requeue after 60 s, queue timeout 600 s, 3 attempts
@@ -44,14 +45,14 @@ def store(r: redis.Redis, group: str, count: int, **meta: Any) -> list[str]:
     """`count` sessions created as the API does, then given the meta fields of their state."""
     session_ids = [f"{group:_<12}{n:09d}" for n in range(count)]
     for session_id in session_ids:
-        streams.create_session(r, session_id, REQUEST, queue=f"q-{group}")
+        create_session(r, session_id, REQUEST, queue=f"q-{group}")
         if meta:
             r.hset(keys.meta(session_id), mapping=meta)
     return session_ids
 
 
 def test_a_pass_over_2000_sessions_decides_each_by_the_rules(rr: redis.Redis) -> None:
-    now = streams.now_ms()
+    now = now_ms()
     ago = {s: now - s * 1000 for s in (5, 20, 61, 100, 601)}  # seconds ago, in ms
     dead = {"status": "running", "attempt": 1, "updated_ms": ago[100], "enqueued_ms": ago[100]}
     # Given sessions in every state the reaper tells apart, 2,000 in the index:
@@ -77,7 +78,7 @@ def test_a_pass_over_2000_sessions_decides_each_by_the_rules(rr: redis.Redis) ->
     rr.config_resetstat()
     CountingConnection.sent = 0
     enqueued: list[tuple[str, str]] = []
-    started_ms = streams.now_ms()
+    started_ms = now_ms()
 
     # When one pass runs:
     counts = reap_once(rr, SETTINGS, lambda sid, queue: enqueued.append((sid, queue)))
@@ -115,7 +116,7 @@ def test_a_pass_over_2000_sessions_decides_each_by_the_rules(rr: redis.Redis) ->
 def test_a_pass_that_loses_its_lock_stops_and_says_so(
     rr: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    due = store(rr, "due", 1200, enqueued_ms=streams.now_ms() - 61_000)
+    due = store(rr, "due", 1200, enqueued_ms=now_ms() - 61_000)
     lock = rr.lock(keys.reaper_lock(), timeout=6, blocking=False)
     assert lock.acquire(blocking=False)
 
@@ -139,7 +140,7 @@ def test_a_pass_that_loses_its_lock_stops_and_says_so(
 def test_a_long_pass_extends_its_lock_page_by_page(
     rr: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    due = store(rr, "due", 1200, enqueued_ms=streams.now_ms() - 61_000)
+    due = store(rr, "due", 1200, enqueued_ms=now_ms() - 61_000)
     lock = rr.lock(keys.reaper_lock(), timeout=6, blocking=False)
     assert lock.acquire(blocking=False)
     ttls_ms: list[int] = []

@@ -8,8 +8,9 @@ import pytest
 import redis
 from nanoid import generate as nanoid
 
+from api.presentation import iso_ms
 from api.sessions import Caller, start_session
-from shared import keys, streams
+from shared import keys, store
 from shared.errors import QueueUnavailable, TooManyRequests
 from shared.jobs import GenerationRequest, Message
 from shared.settings import Settings
@@ -43,7 +44,7 @@ def test_a_started_session_is_queued_and_enqueued_once(r: redis.Redis) -> None:
     )
     assert sent == [started.session_id]
     assert (started.status, started.model, started.is_replay) == ("queued", "demo", False)
-    assert streams.info(r, started.session_id)["createdAt"] == started.created_at
+    assert iso_ms(store.read_meta(r, started.session_id).created_ms) == started.created_at
 
 
 def test_when_enqueue_fails_the_session_ends_with_an_error_and_the_key_is_free(
@@ -53,9 +54,9 @@ def test_when_enqueue_fails_the_session_ends_with_an_error_and_the_key_is_free(
     key, session_id = nanoid(), nanoid()
     with pytest.raises(QueueUnavailable):
         start(r, caller, _refuse, key, session_id)
-    info = streams.info(r, session_id)
-    assert info["status"] == "failed"
-    assert info["error"]["code"] == "enqueue_failed"
+    meta = store.read_meta(r, session_id)
+    assert meta.status == "failed"
+    assert meta.error is not None and meta.error["code"] == "enqueue_failed"
     assert not r.exists(keys.idempotency(key, "", caller.idempotency_client))
 
     # A retry with the same key starts a new session instead of replaying the failed one.

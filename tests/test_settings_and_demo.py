@@ -3,39 +3,80 @@
 from __future__ import annotations
 
 import itertools
+import re
+import runpy
+from pathlib import Path
 
 import pytest
 
 from shared.errors import ConfigError
 from shared.jobs import GenerationRequest, Message
-from shared.settings import OPENAI_BASE_URL, OPENROUTER_BASE_URL, Settings
+from shared.settings import OPENAI_BASE_URL, OPENROUTER_BASE_URL, Settings, declared
 from worker.providers.base import Finished, Resume, TextDelta
 from worker.providers.demo import DemoProvider, demo_text
+
+ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+# Read by docker compose, not by our processes.
+NOT_SETTINGS = {"FLOWER_BASIC_AUTH"}
+
+
+def test_env_example_lists_every_setting_with_its_default() -> None:
+    text = ENV_EXAMPLE.read_text()
+    listed = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", text, re.M)) - NOT_SETTINGS
+    names = {f.metadata["env"] for f in declared(Settings)}
+    others = {n for f in declared(Settings) for n in f.metadata["also"]}
+    assert names - listed == set(), "declared but not in .env.example"
+    assert listed - names - others == set(), "in .env.example but not declared"
+    # The values it sets (uncommented) are the defaults.
+    values = dict(re.findall(r"^([A-Z][A-Z0-9_]+)=(\S*)", text, re.M))
+    assert Settings.from_env(values) == Settings.from_env({}) == Settings()
+
+
+def test_gunicorn_reads_the_web_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    conf_path = str(ENV_EXAMPLE.parent / "api" / "gunicorn_conf.py")
+    for name, value in {
+        "HOST": "127.0.0.1",
+        "PORT": "9001",
+        "WEB_CONCURRENCY": "3",
+        "WEB_KEEPALIVE_S": "7",
+        "WEB_ACCESS_LOG": "-",
+        "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": " JSON",
+    }.items():
+        monkeypatch.setenv(name, value)
+    conf = runpy.run_path(conf_path)
+    assert (conf["bind"], conf["workers"], conf["keepalive"]) == ("127.0.0.1:9001", 3, 7)
+    assert (conf["accesslog"], conf["loglevel"]) == ("-", "warning")
+    assert conf["logconfig_dict"]["root"]["level"] == "WARNING"
+    monkeypatch.setenv("WEB_CONCURRENCY", "0")
+    with pytest.raises(ConfigError, match="WEB_CONCURRENCY must be at least 1"):
+        runpy.run_path(conf_path)
 
 
 def test_defaults_run_the_demo_model_without_a_key() -> None:
     settings = Settings.from_env({})
-    assert settings.default_model == "demo"
+    assert settings.limits.default_model == "demo"
     assert settings.stream_ttl_s == 86400
-    assert settings.demo_tokens_per_s == 20
-    assert settings.celery_broker_url == settings.redis_url
-    assert settings.is_model_allowed("demo") and settings.is_model_allowed("demo-fast")
-    assert not settings.is_model_allowed("openai/gpt-4o")
+    assert settings.provider.demo_tokens_per_s == 20
+    assert settings.redis.broker_url == settings.redis.url
+    assert settings.limits.is_model_allowed("demo")
+    assert settings.limits.is_model_allowed("demo-fast")
+    assert not settings.limits.is_model_allowed("openai/gpt-4o")
 
 
 def test_a_provider_key_opens_every_model_on_openrouter() -> None:
     settings = Settings.from_env({"OPENROUTER_API_KEY": "sk-or-1", "REDIS_URL": "redis://r:1/2"})
-    assert settings.provider_base_url == OPENROUTER_BASE_URL
-    assert settings.is_model_allowed("anthropic/claude-sonnet-4")
-    assert settings.default_model == "openai/gpt-4o-mini"
-    assert settings.celery_broker_url == "redis://r:1/2"
+    assert settings.provider.base_url == OPENROUTER_BASE_URL
+    assert settings.limits.is_model_allowed("anthropic/claude-sonnet-4")
+    assert settings.limits.default_model == "openai/gpt-4o-mini"
+    assert settings.redis.broker_url == "redis://r:1/2"
     assert "sk-or-1" not in repr(settings)
 
 
 def test_an_openai_key_alone_points_at_openai() -> None:
     settings = Settings.from_env({"OPENAI_API_KEY": "sk-1"})
-    assert settings.provider_base_url == OPENAI_BASE_URL
-    assert settings.default_model == "gpt-4o-mini"
+    assert settings.provider.base_url == OPENAI_BASE_URL
+    assert settings.limits.default_model == "gpt-4o-mini"
 
 
 def test_cluster_mode_with_its_own_broker() -> None:
@@ -46,9 +87,9 @@ def test_cluster_mode_with_its_own_broker() -> None:
             "CELERY_BROKER_URL": "amqp://guest@mq//",
         }
     )
-    assert settings.redis_cluster
-    assert settings.celery_broker_url == "amqp://guest@mq//"
-    assert not Settings.from_env({}).redis_cluster
+    assert settings.redis.cluster
+    assert settings.redis.broker_url == "amqp://guest@mq//"
+    assert not Settings.from_env({}).redis.cluster
 
 
 @pytest.mark.parametrize(
@@ -137,7 +178,7 @@ def test_demo_paces_chunks_at_the_configured_rate() -> None:
 
 def test_a_base_url_alone_enables_the_provider_without_a_key() -> None:
     settings = Settings.from_env({"PROVIDER_BASE_URL": "http://localhost:11434/v1"})
-    assert settings.has_provider and not settings.has_provider_key
-    assert settings.provider_base_url == "http://localhost:11434/v1"
-    assert settings.is_model_allowed("llama3.2") and settings.default_model == "demo"
-    assert not Settings.from_env({}).has_provider
+    assert settings.provider.is_configured and not settings.provider.has_key
+    assert settings.provider.base_url == "http://localhost:11434/v1"
+    assert settings.limits.is_model_allowed("llama3.2") and settings.limits.default_model == "demo"
+    assert not Settings.from_env({}).provider.is_configured

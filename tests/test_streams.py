@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import redis
 from nanoid import generate as nanoid
 
-from shared import keys, streams
+from shared import fields, keys, store
 from shared.errors import AppendRefused, BadCursor, SessionNotFound
 from shared.jobs import GenerationRequest, Message
 
@@ -19,12 +20,12 @@ TTL = 60
 def session(r: redis.Redis) -> str:
     session_id = nanoid()
     request = GenerationRequest(model="demo", messages=(Message("user", "hi"),), max_tokens=5)
-    streams.create_session(r, session_id, request, queue="unused")
+    store.create_session(r, session_id, request, queue="unused")
     return session_id
 
 
 def lease(r: redis.Redis, session_id: str) -> str:
-    state, token = streams.acquire_lease(r, session_id, 10_000)
+    state, token = store.acquire_lease(r, session_id, 10_000)
     assert state == "ok" and token
     return token
 
@@ -32,14 +33,14 @@ def lease(r: redis.Redis, session_id: str) -> str:
 def append(
     r: redis.Redis, session_id: str, index: int, token: str, maxlen: int = 1000
 ) -> str | None:
-    return streams.append_chunk(
+    return store.append_chunk(
         r, session_id, index, f"c{index}", token=token, maxlen=maxlen, ttl_s=TTL
     )
 
 
 def test_second_lease_is_refused_while_the_first_lives(r: redis.Redis, session: str) -> None:
     lease(r, session)
-    assert streams.acquire_lease(r, session, 10_000) == ("held", None)
+    assert store.acquire_lease(r, session, 10_000) == ("held", None)
 
 
 def test_writes_from_a_worker_that_lost_its_lease_are_refused(r: redis.Redis, session: str) -> None:
@@ -52,7 +53,7 @@ def test_writes_from_a_worker_that_lost_its_lease_are_refused(r: redis.Redis, se
         append(r, session, 1, old)
     assert refused.value.code == "lease_lost"
     assert append(r, session, 1, new)
-    assert streams.read_text(r, session)[1:] == ("c0c1", 2)
+    assert store.read_text(r, session)[1:] == ("c0c1", 2)
 
 
 def test_a_retried_append_does_not_write_twice(r: redis.Redis, session: str) -> None:
@@ -62,21 +63,21 @@ def test_a_retried_append_does_not_write_twice(r: redis.Redis, session: str) -> 
     with pytest.raises(AppendRefused) as gap:
         append(r, session, 2, token)
     assert gap.value.code == "gap"
-    assert streams.read_text(r, session)[1:] == ("c0", 1)
+    assert store.read_text(r, session)[1:] == ("c0", 1)
 
 
 def test_nothing_is_appended_after_a_terminal_event(r: redis.Redis, session: str) -> None:
     token = lease(r, session)
     append(r, session, 0, token)
-    assert streams.cancel(r, session, ttl_s=TTL) == (True, "cancelled")
+    assert store.cancel(r, session, ttl_s=TTL) == (True, "cancelled")
     with pytest.raises(AppendRefused) as refused:
         append(r, session, 1, token)
     assert refused.value.code == "terminal"
     with pytest.raises(AppendRefused):
-        streams.append_done(
+        store.append_done(
             r, session, token=token, ttl_s=TTL, finish_reason="stop", chunks=1, usage=None
         )
-    assert streams.cancel(r, session, ttl_s=TTL) == (False, "cancelled")
+    assert store.cancel(r, session, ttl_s=TTL) == (False, "cancelled")
     assert not r.exists(keys.lease(session))
     types = [fields["t"] for _id, fields in r.xrange(keys.events(session))]
     assert types == ["status", "chunk", "cancelled"]
@@ -90,47 +91,42 @@ def test_max_stream_length_ends_with_an_error_not_trimming(r: redis.Redis, sessi
     with pytest.raises(AppendRefused) as full:
         append(r, session, 3, token, maxlen=maxlen)
     assert full.value.code == "stream_too_long"
-    info = streams.info(r, session)
-    assert info["status"] == "failed"
-    assert info["error"]["code"] == "stream_too_long"
+    meta = store.read_meta(r, session)
+    assert meta.status == "failed"
+    assert meta.error is not None and meta.error["code"] == "stream_too_long"
     assert r.xlen(keys.events(session)) == maxlen
-    assert streams.read_text(r, session)[1] == "c0c1c2"
+    assert store.read_text(r, session)[1] == "c0c1c2"
     assert 0 < r.ttl(keys.meta(session)) <= TTL
 
 
-def test_follow_replays_from_a_cursor_then_stops_at_the_end(r: redis.Redis, session: str) -> None:
+def test_the_meta_record_names_every_field_of_the_hash() -> None:
+    names = {value for name, value in vars(fields).items() if name.isupper()}
+    assert {f.name for f in dataclasses.fields(store.SessionMeta)} == names | {"session_id"}
+
+
+def test_the_meta_record_of_a_completed_session(r: redis.Redis, session: str) -> None:
     token = lease(r, session)
-    for index in range(4):
-        append(r, session, index, token)
-    streams.append_done(
-        r, session, token=token, ttl_s=TTL, finish_reason="stop", chunks=4, usage=None
+    append(r, session, 0, token)
+    usage = {"inputTokens": 3, "outputTokens": 1}
+    store.append_done(
+        r, session, token=token, ttl_s=TTL, finish_reason="stop", chunks=1, usage=usage
     )
-
-    def events_after(cursor: str | None) -> list[streams.Event]:
-        return [e for batch in streams.follow(r, session, cursor, block_ms=100) for e in batch]
-
-    events = events_after(None)
-    assert [e["type"] for e in events] == ["status", "chunk", "chunk", "chunk", "chunk", "done"]
-    assert events_after(events[2]["id"]) == events[3:]
-    assert events_after(events[-1]["id"]) == []
-
-
-def test_follow_of_a_session_that_vanishes_raises_not_found(r: redis.Redis, session: str) -> None:
-    follower = streams.follow(r, session, block_ms=100)
-    assert [e["status"] for e in next(follower)] == ["queued"]
-    assert next(follower) == []  # nothing new: a keep-alive tick
-    r.delete(keys.meta(session), keys.events(session))
+    meta = store.read_meta(r, session)
+    assert (meta.session_id, meta.status, meta.model) == (session, store.Status.COMPLETED, "demo")
+    assert (meta.chunks, meta.attempt, meta.requeues, meta.queue) == (1, 1, 0, "unused")
+    assert (meta.finish_reason, meta.usage, meta.error) == ("stop", usage, None)
+    assert meta.created_ms is not None and meta.updated_ms is not None
+    assert meta.created_ms <= meta.updated_ms
+    assert GenerationRequest.from_json(meta.request).max_tokens == 5
     with pytest.raises(SessionNotFound):
-        next(follower)
-    with pytest.raises(SessionNotFound):
-        next(streams.follow(r, "N" * 21, block_ms=100))
+        store.read_meta(r, "N" * 21)
 
 
 @pytest.mark.parametrize(
     "text", ["plain", ' "quoted" \\ back', "new\nline\ttab", "é ✓ 😀", "\x00\x1f"]
 )
 def test_a_chunk_frame_is_the_json_of_its_event(text: str) -> None:
-    event = streams.decode_event("1700000000000-7", {"t": "chunk", "i": "41", "x": text})
+    event = store.decode_event("1700000000000-7", {"t": "chunk", "i": "41", "x": text})
     assert json.loads(event.json()) == {
         "type": "chunk",
         "id": "1700000000000-7",
@@ -143,10 +139,10 @@ def test_a_chunk_frame_is_the_json_of_its_event(text: str) -> None:
 @pytest.mark.parametrize("raw", ["x", "1", "1-x", " 1-0", "1-0 ", f"{2**64}-0", "0x1-0"])
 def test_malformed_cursors(raw: str) -> None:
     with pytest.raises(BadCursor):
-        streams.parse_cursor(raw)
+        store.parse_cursor(raw)
 
 
 def test_cursor_normalisation() -> None:
-    assert streams.parse_cursor(None) is None
-    assert streams.parse_cursor("") is None
-    assert streams.parse_cursor("0001-02") == "1-2"
+    assert store.parse_cursor(None) is None
+    assert store.parse_cursor("") is None
+    assert store.parse_cursor("0001-02") == "1-2"

@@ -100,8 +100,8 @@ def test_a_duplicate_delivery_stands_down_without_writing(make_stack: Any, r: re
     wait_for_chunks(api.url, session_id, 5)
     settings = Settings.from_env(stack.env)
     celery = make_celery(settings)
-    enqueue(celery, session_id, settings.celery_queue)  # the broker hands it out again
-    enqueue(celery, session_id, settings.celery_queue)
+    enqueue(celery, session_id, settings.worker.queue)  # the broker hands it out again
+    enqueue(celery, session_id, settings.worker.queue)
     events = client.ws_follow(api.ws_url, session_id).events
     statuses = [e["status"] for e in events if e["type"] == "status"]
     assert statuses == ["queued", "running"]

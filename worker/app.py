@@ -36,7 +36,7 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    worker_concurrency=settings.worker_concurrency,
+    worker_concurrency=settings.worker.concurrency,
     worker_pool="threads",
     # Keep generating through a broker blip: the threads pool cannot cancel a running task
     # (Celery 5.6 fails the consumer when it tries), and a copy the broker hands out again
@@ -81,20 +81,20 @@ def runtime() -> Runtime:
     with _runtime_lock:
         if _runtime is None:
             client = connect(
-                settings.redis_url,
-                max_connections=settings.worker_concurrency + 10,
+                settings.redis.url,
+                max_connections=settings.worker.concurrency + 10,
                 name="rstreams-worker",
-                cluster=settings.redis_cluster,
+                cluster=settings.redis.cluster,
             )
             _runtime = Runtime(
-                settings, client, LeaseKeeper(client, settings.lease_ttl_s), Appender(client)
+                settings, client, LeaseKeeper(client, settings.worker.lease_ttl_s), Appender(client)
             )
         return _runtime
 
 
 def hand_over(session_id: str) -> None:
     """Enqueue a session again so another worker continues it."""
-    enqueue(app, session_id, settings.celery_queue)
+    enqueue(app, session_id, settings.worker.queue)
 
 
 @worker_ready.connect

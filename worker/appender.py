@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import redis
 
-from shared import logs, metrics, streams
+from shared import logs, metrics, store
 from shared.backoff import compute_backoff, ensure_running
 from shared.errors import AppendRefused
 from shared.settings import Settings
@@ -114,7 +114,7 @@ class Appender:
         pipe = self.r.pipeline(transaction=False)
         for sink, items in batch:
             for index, text in items:
-                streams.queue_chunk(
+                store.queue_chunk(
                     pipe,
                     sink.session_id,
                     index,
@@ -128,7 +128,7 @@ class Appender:
         answers: list[object]
         try:
             if not self._script_loaded:
-                streams.load_scripts(self.r)
+                store.load_scripts(self.r)
                 self._script_loaded = True
             answers = pipe.execute(raise_on_error=False)
         except redis.RedisError as e:
@@ -191,9 +191,9 @@ class Sink:
     def chunk(self, text: str) -> None:
         """Queue the next chunk; raises what stopped an earlier one (a refusal, an outage)."""
         self._check()
-        if self.index - self.written >= self.settings.worker_buffer_chunks:
+        if self.index - self.written >= self.settings.worker.buffer_chunks:
             # The buffer is full: wait for Redis rather than grow.
-            self._wait(lambda: self.index - self.written < self.settings.worker_buffer_chunks)
+            self._wait(lambda: self.index - self.written < self.settings.worker.buffer_chunks)
         self.appender.put(self, self.index, text)
         self.index += 1
 
@@ -224,7 +224,7 @@ class Sink:
                     self.fail(e)
                 break
             try:
-                streams.chunk_result(self.r, self.session_id, answer)
+                store.chunk_result(self.r, self.session_id, answer)
             except AppendRefused as e:
                 self.fail(e)
                 break
@@ -285,9 +285,9 @@ class Sink:
                 error,
                 extra=logs.about(self.session_id),
             )
-        elif now - self._down_since > self.settings.redis_outage_max_s:
+        elif now - self._down_since > self.settings.redis.outage_max_s:
             raise StoreUnavailable(
-                f"Redis unreachable for over {self.settings.redis_outage_max_s} s"
+                f"Redis unreachable for over {self.settings.redis.outage_max_s} s"
             ) from error
         self.retry_at = now + compute_backoff(
             self._failures, start_s=BACKOFF_START_S, max_s=BACKOFF_MAX_S

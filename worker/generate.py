@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import redis
 
-from shared import fields, streams
+from shared import store
 from shared.backoff import compute_backoff
 from shared.errors import AppendRefused, ProviderError
 from shared.jobs import GenerationRequest
@@ -53,7 +53,7 @@ def patiently(fn: Callable[[], T], session_id: str, settings: Settings) -> T:
         try:
             return fn()
         except redis.ConnectionError as e:
-            if time.monotonic() - started > settings.redis_outage_max_s:
+            if time.monotonic() - started > settings.redis.outage_max_s:
                 raise StoreUnavailable(f"Redis unreachable: {e}") from e
             log.warning("session %s: Redis unreachable (%s); retrying", session_id, e)
             time.sleep(compute_backoff(failures, start_s=BACKOFF_START_S, max_s=BACKOFF_MAX_S))
@@ -62,7 +62,7 @@ def patiently(fn: Callable[[], T], session_id: str, settings: Settings) -> T:
 
 def may_resume(model: str, settings: Settings) -> bool:
     """Whether an answer of `model` can be continued by another attempt."""
-    return is_demo_model(model) or settings.may_prefill(model)
+    return is_demo_model(model) or settings.limits.may_prefill(model)
 
 
 def run(
@@ -128,16 +128,16 @@ def _generate(
     ttl_s = settings.stream_ttl_s
     token = held.token
     attempt = int(token)
-    meta = patiently(lambda: streams.read_meta(r, session_id), session_id, settings)
-    request = GenerationRequest.from_json(meta[fields.REQUEST])
-    sink = Sink(r, appender, session_id, token, int(meta.get(fields.CHUNKS, 0)), settings)
+    meta = patiently(lambda: store.read_meta(r, session_id), session_id, settings)
+    request = GenerationRequest.from_json(meta.request)
+    sink = Sink(r, appender, session_id, token, meta.chunks, settings)
     try:
         resume = None
         if attempt > 1:
             if sink.index > 0:
                 if not may_resume(request.model, settings):
                     # The text is append-only: starting over would garble it.
-                    streams.append_error(
+                    store.append_error(
                         r,
                         session_id,
                         "worker_lost",
@@ -147,13 +147,13 @@ def _generate(
                         ttl_s=ttl_s,
                     )
                     return Outcome.FAILED
-                text = patiently(lambda: streams.read_text(r, session_id)[1], session_id, settings)
+                text = patiently(lambda: store.read_text(r, session_id)[1], session_id, settings)
                 resume = Resume(sink.index, text)
             status = "resumed"
         else:
             status = "running"
         patiently(
-            lambda: streams.append_status(
+            lambda: store.append_status(
                 r, session_id, status, token=token, ttl_s=ttl_s, attempt=attempt
             ),
             session_id,
@@ -175,7 +175,7 @@ def _generate(
                 elif isinstance(item, Finished):
                     sink.terminal(
                         functools.partial(
-                            streams.append_done,
+                            store.append_done,
                             r,
                             session_id,
                             token=token,
@@ -215,7 +215,7 @@ def _generate(
 def _end_with_error(sink: Sink, code: str, message: str) -> None:
     try:
         sink.terminal(
-            lambda: streams.append_error(
+            lambda: store.append_error(
                 sink.r,
                 sink.session_id,
                 code,

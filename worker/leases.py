@@ -16,7 +16,7 @@ import time
 
 import redis
 
-from shared import logs, streams
+from shared import logs, store
 from shared.backoff import ensure_running
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class LeaseKeeper:
 
     def acquire(self, session_id: str) -> tuple[str, Held | None]:
         """Take the session's lease: ("ok", Held) or (why not: held/terminal/not_found, None)."""
-        state, token = streams.acquire_lease(self.r, session_id, self.ttl_ms, self.worker)
+        state, token = store.acquire_lease(self.r, session_id, self.ttl_ms, self.worker)
         if state != "ok" or token is None:
             return state, None
         held = Held(session_id, token)
@@ -64,7 +64,7 @@ class LeaseKeeper:
             if self._held.get(held.session_id) is held:
                 del self._held[held.session_id]
         try:
-            streams.release_lease(self.r, held.session_id, held.token)
+            store.release_lease(self.r, held.session_id, held.token)
         except redis.RedisError:
             log.warning(
                 "could not release lease of %s; it expires by itself",
@@ -82,9 +82,9 @@ class LeaseKeeper:
         # process took seconds, eating into the lease's margin.
         pipe = self.r.pipeline(transaction=False)
         for h in held:
-            streams.queue_renew(pipe, h.session_id, h.token, self.ttl_ms)
+            store.queue_renew(pipe, h.session_id, h.token, self.ttl_ms)
         try:
-            streams.load_scripts(self.r)
+            store.load_scripts(self.r)
             answers = pipe.execute(raise_on_error=False)
         except redis.RedisError as e:
             log.warning("could not renew %d leases: %s", len(held), e)

@@ -9,13 +9,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 import redis
 from redis.exceptions import LockNotOwnedError
 from redis.lock import Lock
 
-from shared import fields, keys, logs, metrics, streams
+from shared import fields, keys, logs, metrics, store
 from shared.errors import AppendRefused
 from shared.settings import Settings
 
@@ -28,19 +27,7 @@ Enqueue = Callable[[str, str], None]  # (session id, queue)
 PAGE = 500
 
 
-class _Meta(NamedTuple):
-    """The fields of a session's meta hash that the reaper decides by."""
-
-    status: str | None
-    attempt: str | None
-    enqueued_ms: str | None
-    created_ms: str | None
-    requeues: str | None
-    queue: str | None
-    updated_ms: str | None
-
-
-# In `_Meta`'s order.
+# The fields of a session's meta hash that the reaper decides by: a page reads only these.
 _META_FIELDS = (
     fields.STATUS,
     fields.ATTEMPT,
@@ -72,7 +59,7 @@ def reap_once(
             states = _read_page(r, session_ids)
             if not keep_going():
                 return counts
-            now = streams.now_ms()
+            now = store.now_ms()
             takeovers = 0
             for session_id, (meta, is_leased) in zip(session_ids, states, strict=True):
                 action = _decide(settings, meta, is_leased, now)
@@ -80,7 +67,11 @@ def reap_once(
                     _act(r, settings, enqueue, session_id, meta, action)
                     counts[action] += 1
                     # A running session handed out again: its worker died.
-                    takeovers += action == "requeued" and meta.status == streams.Status.RUNNING
+                    takeovers += (
+                        action == "requeued"
+                        and meta is not None
+                        and meta.status == store.Status.RUNNING
+                    )
             counts["seen"] += len(session_ids)
             if takeovers:
                 metrics.count(r, metrics.REAPER_TAKEOVERS, takeovers)
@@ -88,7 +79,10 @@ def reap_once(
             return counts
 
 
-def _read_page(r: redis.Redis, session_ids: list[str]) -> list[tuple[_Meta, bool]]:
+def _read_page(
+    r: redis.Redis, session_ids: list[str]
+) -> list[tuple[store.SessionMeta | None, bool]]:
+    """Each session's meta (None: gone) and whether its lease key exists."""
     # Not a transaction: each session's keys share a slot, and redis-py's cluster pipeline
     # sends each node its own part.
     pipe = r.pipeline(transaction=False)
@@ -96,36 +90,43 @@ def _read_page(r: redis.Redis, session_ids: list[str]) -> list[tuple[_Meta, bool
         pipe.hmget(keys.meta(session_id), _META_FIELDS)
         pipe.exists(keys.lease(session_id))
     answers = pipe.execute()
-    return [(_Meta(*answers[i]), bool(answers[i + 1])) for i in range(0, len(answers), 2)]
+    return [
+        (store.meta_of(session_id, dict(zip(_META_FIELDS, values, strict=True))), bool(is_leased))
+        for session_id, values, is_leased in zip(
+            session_ids, answers[::2], answers[1::2], strict=True
+        )
+    ]
 
 
-def _decide(settings: Settings, meta: _Meta, is_leased: bool, now: int) -> str | None:
+def _decide(
+    settings: Settings, meta: store.SessionMeta | None, is_leased: bool, now: int
+) -> str | None:
     """What the pass does with a session: dropped, expired, requeued, gave_up, or None."""
-    if meta.status is None or meta.status in streams.TERMINAL_STATUSES:
+    if meta is None or meta.status in store.TERMINAL_STATUSES:
         return "dropped"
     if is_leased:
         return None  # a live worker holds it
-    since_enqueued_ms = now - int(meta.enqueued_ms or meta.created_ms or now)
-    if meta.status == streams.Status.QUEUED:
-        if now - int(meta.created_ms or now) > settings.queued_timeout_s * 1000:
+    since_enqueued_ms = now - (meta.enqueued_ms or meta.created_ms or now)
+    if meta.status == store.Status.QUEUED:
+        if now - (meta.created_ms or now) > settings.worker.queued_timeout_s * 1000:
             return "expired"
         if (
-            since_enqueued_ms > settings.queued_requeue_s * 1000
-            and int(meta.requeues or 0) < settings.max_attempts
+            since_enqueued_ms > settings.worker.queued_requeue_s * 1000
+            and meta.requeues < settings.worker.max_attempts
         ):
             return "requeued"
         return None
     # Running with no lease key, but written to within a lease: its worker lives and lost
     # the key to a Redis restart (it re-creates it on its next renewal).
-    if now - int(meta.updated_ms or 0) < settings.lease_ttl_s * 1000:
+    if now - (meta.updated_ms or 0) < settings.worker.lease_ttl_s * 1000:
         return None
     # Running, and its lease expired: the worker that held it is gone. After a hand-out
     # that no worker took yet (a backlog, a broker reconnecting), wait longer each time
     # rather than pile copies into the queue.
-    wait_ms = settings.lease_ttl_s * 1000 * 2 ** min(int(meta.requeues or 0), 4)
+    wait_ms = settings.worker.lease_ttl_s * 1000 * 2 ** min(meta.requeues, 4)
     if since_enqueued_ms < wait_ms:
         return None
-    if int(meta.attempt or 0) >= settings.max_attempts:
+    if meta.attempt >= settings.worker.max_attempts:
         return "gave_up"
     return "requeued"
 
@@ -135,10 +136,10 @@ def _act(
     settings: Settings,
     enqueue: Enqueue,
     session_id: str,
-    meta: _Meta,
+    meta: store.SessionMeta | None,
     action: str,
 ) -> None:
-    if action == "dropped":
+    if action == "dropped" or meta is None:  # `_decide` drops every session that is gone
         r.zrem(keys.active(), session_id)
     elif action == "expired":
         _end(r, settings, session_id, "queue_timeout", "No worker started this answer in time.")
@@ -152,11 +153,11 @@ def _act(
             "the partial answer stays readable.",
         )
     else:
-        _requeue(r, session_id, meta.queue or settings.celery_queue, enqueue)
+        _requeue(r, session_id, meta.queue or settings.worker.queue, enqueue)
 
 
 def _requeue(r: redis.Redis, session_id: str, queue: str, enqueue: Enqueue) -> None:
-    r.hset(keys.meta(session_id), fields.ENQUEUED_MS, streams.now_ms())
+    r.hset(keys.meta(session_id), fields.ENQUEUED_MS, store.now_ms())
     r.hincrby(keys.meta(session_id), fields.REQUEUES, 1)
     enqueue(session_id, queue)
     log.warning(
@@ -166,7 +167,7 @@ def _requeue(r: redis.Redis, session_id: str, queue: str, enqueue: Enqueue) -> N
 
 def _end(r: redis.Redis, settings: Settings, session_id: str, code: str, message: str) -> None:
     try:
-        streams.append_error(r, session_id, code, message, token="", ttl_s=settings.stream_ttl_s)
+        store.append_error(r, session_id, code, message, token="", ttl_s=settings.stream_ttl_s)
         log.warning("session %s ended: %s", session_id, code, extra=logs.about(session_id))
     except AppendRefused as e:
         log.info(
@@ -242,10 +243,10 @@ class Reaper:
         # Released after each pass, so workers with different intervals never starve each
         # other; it expires by itself soon after, so a worker killed mid-pass stalls no one.
         lock = self.r.lock(
-            keys.reaper_lock(), timeout=self.settings.reaper_interval_s + 1, blocking=False
+            keys.reaper_lock(), timeout=self.settings.worker.reaper_interval_s + 1, blocking=False
         )
         while True:
-            time.sleep(self.settings.reaper_interval_s)
+            time.sleep(self.settings.worker.reaper_interval_s)
             try:
                 if lock.acquire(blocking=False):
                     reap_locked(self.r, self.settings, self.enqueue, lock)

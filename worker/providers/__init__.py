@@ -16,7 +16,7 @@ def provider_for(model: str, settings: Settings) -> Provider:
     if is_demo_model(model):
         from worker.providers.demo import DemoProvider
 
-        return DemoProvider(settings.demo_tokens_per_s, settings.demo_max_tokens)
+        return DemoProvider(settings.provider.demo_tokens_per_s, settings.provider.demo_max_tokens)
     from worker.providers.chat_completions import ChatCompletionsProvider
 
     return ChatCompletionsProvider(settings)

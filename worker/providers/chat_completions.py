@@ -146,12 +146,12 @@ class ChatCompletionsProvider:
     def _headers(self) -> dict[str, str]:
         s = self.settings
         headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
-        if s.provider_api_key:
-            headers["Authorization"] = f"Bearer {s.provider_api_key}"
-        if s.provider_http_referer:
-            headers["HTTP-Referer"] = s.provider_http_referer
-        if s.provider_x_title:
-            headers["X-Title"] = s.provider_x_title
+        if s.provider.api_key:
+            headers["Authorization"] = f"Bearer {s.provider.api_key}"
+        if s.provider.http_referer:
+            headers["HTTP-Referer"] = s.provider.http_referer
+        if s.provider.x_title:
+            headers["X-Title"] = s.provider.x_title
         return headers
 
     def stream(
@@ -173,7 +173,7 @@ class ChatCompletionsProvider:
             except _Stopped:
                 return
             except ProviderError as e:
-                if started or not e.retryable or attempt >= self.settings.provider_max_retries:
+                if started or not e.retryable or attempt >= self.settings.provider.max_retries:
                     raise
                 delay = self._backoff_s(attempt, e)
                 attempt += 1
@@ -189,11 +189,11 @@ class ChatCompletionsProvider:
     def _backoff_s(self, attempt: int, error: ProviderError) -> float:
         s = self.settings
         delay = compute_backoff(
-            attempt, start_s=s.provider_backoff_base_s, max_s=s.provider_backoff_max_s, jitter=True
+            attempt, start_s=s.provider.backoff_base_s, max_s=s.provider.backoff_max_s, jitter=True
         )
         if isinstance(error, ProviderRateLimited) and error.retry_after_s is not None:
             delay = max(delay, error.retry_after_s)
-        return min(delay, s.provider_backoff_max_s)
+        return min(delay, s.provider.backoff_max_s)
 
     @staticmethod
     def _sleep_unless_stopped(delay_s: float, should_stop: ShouldStop) -> bool:
@@ -208,14 +208,14 @@ class ChatCompletionsProvider:
         self, request: GenerationRequest, should_stop: ShouldStop, resume: Resume | None
     ) -> Iterator[StreamItem]:
         s = self.settings
-        url = f"{s.provider_base_url}/chat/completions"
+        url = f"{s.provider.base_url}/chat/completions"
         try:
             response = self.session.post(
                 url,
                 json=self._body(request, resume),
                 headers=self._headers(),
                 stream=True,
-                timeout=(s.provider_connect_timeout_s, s.provider_read_timeout_s),
+                timeout=(s.provider.connect_timeout_s, s.provider.read_timeout_s),
             )
         except requests.Timeout as e:
             raise ProviderError(
@@ -231,7 +231,7 @@ class ChatCompletionsProvider:
         # until bytes arrive (psf/requests#5372).
         with response:
             if response.status_code != 200:
-                raise _status_error(response, s.provider_api_key)
+                raise _status_error(response, s.provider.api_key)
             yield from self._read(response, should_stop)
 
     def _read(self, response: requests.Response, should_stop: ShouldStop) -> Iterator[StreamItem]:

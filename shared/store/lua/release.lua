@@ -1,0 +1,5 @@
+-- Give a lease up if the token still holds it.
+-- KEYS: lease
+-- ARGV: token
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
