@@ -54,7 +54,8 @@ def test_generate_prints_the_answer(api: Api) -> None:
 
 def test_ctrl_c_detaches_and_the_printed_command_prints_exactly_the_rest(api: Api) -> None:
     proc = subprocess.Popen(
-        [RSTREAMS, "--url", api.url, "generate", "a long one", "--max-tokens", "150"],
+        # 8 s at 50 tokens/s: still running when the Ctrl-C comes, even on a busy machine.
+        [RSTREAMS, "--url", api.url, "generate", "a long one", "--max-tokens", "400"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

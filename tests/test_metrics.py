@@ -231,16 +231,19 @@ def _kill_with_children(api: Api) -> None:
             pass
 
 
+def two_apis(make_stack: Any, own_redis: LocalRedis, **env: str) -> tuple[Api, Api]:
+    """Two APIs and a worker on a Redis of their own, as two web dynos behind a router."""
+    stack = make_stack(REDIS_URL=own_redis.url, CELERY_BROKER_URL=own_redis.url, **env)
+    stack.worker()
+    return stack.api(), stack.api()
+
+
 def test_two_web_dynos_each_report_the_followers_and_deliveries_of_both(
     make_stack: Any, own_redis: LocalRedis
 ) -> None:
     # Given two APIs on one Redis, as two web dynos behind a router (a short flush interval
     # makes a dead one's followers drop out sooner)
-    stack = make_stack(
-        REDIS_URL=own_redis.url, CELERY_BROKER_URL=own_redis.url, METRICS_FLUSH_S="0.5"
-    )
-    stack.worker()
-    a, b = stack.api(), stack.api()
+    a, b = two_apis(make_stack, own_redis, METRICS_FLUSH_S="0.5")
 
     def both() -> tuple[Samples, Samples]:
         return scrape(a.url), scrape(b.url)
@@ -327,11 +330,7 @@ def test_a_web_process_that_exits_cleanly_writes_its_last_counts(
 ) -> None:
     # Given two APIs on one Redis whose web processes write their counts rarely (a count
     # left by a dead process would stay in scrapes for 3 x 60 + 2 s)
-    stack = make_stack(
-        REDIS_URL=own_redis.url, CELERY_BROKER_URL=own_redis.url, METRICS_FLUSH_S="60"
-    )
-    stack.worker()
-    a, b = stack.api(), stack.api()
+    a, b = two_apis(make_stack, own_redis, METRICS_FLUSH_S="60")
     session_id = client.create(a.url, prompt="long one", max_tokens=2000)["sessionId"]
     # And a WebSocket follower of B that has had some chunks
     ws = websocket.create_connection(f"{b.ws_url}/api/streams/{session_id}/ws", timeout=10)
