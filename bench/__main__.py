@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import floor, followers, throughput
-from shared.localredis import LocalRedis, find_redis_server
+from rstreams.localredis import LocalRedis, find_redis_server
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 RATE = 50

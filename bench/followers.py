@@ -27,7 +27,7 @@ import redis
 from bench import NO_CALLER_LIMITS
 from bench.procstat import cpu_s, rss_mb, run_delay_s
 from bench.wsclient import Followers
-from shared.localredis import LocalRedis
+from rstreams.localredis import LocalRedis
 from tests import client
 from tests.procs import Api, Worker, child_env
 

@@ -32,8 +32,8 @@ import websocket
 
 from bench import NO_CALLER_LIMITS
 from bench.procstat import cpu_s, rss_mb
+from rstreams.localredis import LocalRedis
 from shared import keys
-from shared.localredis import LocalRedis
 from tests.procs import Api, child_env
 from tests.test_hostile_followers import live_session_with_backlog, stuck_reader
 from tests.test_outages import raw_ws

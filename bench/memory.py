@@ -21,9 +21,9 @@ import subprocess
 import redis
 
 from bench.__main__ import machine
+from rstreams.localredis import LocalRedis, find_redis_server
 from shared import keys, store
 from shared.jobs import GenerationRequest, Message
-from shared.localredis import LocalRedis, find_redis_server
 from shared.settings import Settings
 from worker.providers.demo import demo_chunk
 

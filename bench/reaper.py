@@ -12,9 +12,9 @@ import time
 
 import redis
 
+from rstreams.localredis import LocalRedis
 from shared import keys, store
 from shared.jobs import GenerationRequest, Message
-from shared.localredis import LocalRedis
 from shared.settings import Settings
 from worker.reaper import reap_once
 

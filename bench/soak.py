@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from bench import NO_CALLER_LIMITS
-from shared.localredis import LocalRedis
+from rstreams.localredis import LocalRedis
 from tests.chaos import Cluster, run_chaos
 from tests.procs import child_env
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench import NO_CALLER_LIMITS
 from bench.wsclient import open_ws
-from shared.localredis import LocalRedis
+from rstreams.localredis import LocalRedis
 from tests import client
 from tests.procs import Api, Worker, child_env
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import redis
 from nanoid import generate as nanoid
 
+from rstreams.localredis import LocalRedis
 from shared import keys, store
 from shared.jobs import GenerationRequest, Message, enqueue, make_celery
-from shared.localredis import LocalRedis
 from shared.settings import Settings
 from tests.procs import Worker, child_env
 

@@ -22,8 +22,8 @@ import urllib.request
 from types import FrameType
 
 from rstreams import devstack
+from rstreams.localredis import LocalRedis, free_port
 from shared.errors import ConfigError
-from shared.localredis import LocalRedis, free_port
 from shared.redisconn import redacted
 from shared.settings import Settings
 

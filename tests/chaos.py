@@ -15,7 +15,7 @@ from typing import Any
 import requests
 import websocket
 
-from shared.localredis import LocalRedis
+from rstreams.localredis import LocalRedis
 from tests import client
 from tests.procs import Api, Worker
 

@@ -75,15 +75,17 @@ def ws_follow(
     timeout_s: float = 30,
     headers: dict[str, str] | None = None,
     token: str | None = None,
+    into: WsResult | None = None,
 ) -> WsResult:
-    """Follow over WebSocket until the server closes (or `max_events` were read, then drop)."""
+    """Follow over WebSocket until the server closes (or `max_events` were read, then drop).
+    `into`: a result to fill as events come, for a test watching a follower in a thread."""
     url = f"{ws_base}/api/streams/{session_id}/ws"
     query = {k: v for k, v in (("after", after), ("token", token)) if v is not None}
     if query:
         url += "?" + urlencode(query)
     ws = websocket.create_connection(url, timeout=timeout_s, header=headers or {})
     try:
-        return ws_read(ws, WsResult(), max_events=max_events)
+        return ws_read(ws, WsResult() if into is None else into, max_events=max_events)
     finally:
         ws.close(timeout=1)
         ws.shutdown()  # after the server's close frame, close() leaves the socket open
@@ -139,13 +141,15 @@ def sse_follow(
     timeout_s: float = 30,
     headers: dict[str, str] | None = None,
     token: str | None = None,
+    into: SseResult | None = None,
 ) -> SseResult:
-    """Follow over SSE until the response ends (or `max_events` were read, then drop)."""
+    """Follow over SSE until the response ends (or `max_events` were read, then drop).
+    `into`: a result to fill as events come, for a test watching a follower in a thread."""
     headers = {"Accept": "text/event-stream", **(headers or {})}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
     params = {k: v for k, v in (("after", after), ("token", token)) if v is not None}
-    result = SseResult()
+    result = SseResult() if into is None else into
     with requests.get(
         f"{base_url}/api/streams/{session_id}",
         headers=headers,

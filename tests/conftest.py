@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from shared.localredis import LocalRedis, find_redis_server
+from rstreams.localredis import LocalRedis, find_redis_server
 from tests.fake_provider import FakeProvider
 from tests.procs import Api, Worker, child_env
 

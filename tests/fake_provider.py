@@ -173,12 +173,19 @@ def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict
     }
 
 
+def _prompt(body: Any) -> str:
+    """The content of a request's first message."""
+    messages = (body or {}).get("messages") or [{}]
+    return str(messages[0].get("content", ""))
+
+
 class FakeProvider:
     """The server, on 127.0.0.1 and a free port, in a daemon thread."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.disconnects: list[str] = []  # models whose client went away mid-stream
+        self.disconnected_prompts: list[str] = []  # and the first message of each
         self._seen: Counter[str] = Counter()
         self._lock = threading.Lock()
         fake = self
@@ -198,6 +205,7 @@ class FakeProvider:
                 except (BrokenPipeError, ConnectionResetError):
                     with fake._lock:
                         fake.disconnects.append(str(body.get("model")))
+                        fake.disconnected_prompts.append(_prompt(body))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -220,10 +228,15 @@ class FakeProvider:
         with self._lock:
             self.requests.append({"path": path, "headers": headers, "json": body})
 
-    def requests_for(self, model: str) -> list[dict[str, Any]]:
-        """The requests that asked for `model`."""
+    def requests_for(self, model: str, prompt: str | None = None) -> list[dict[str, Any]]:
+        """The requests that asked for `model` (with `prompt` as the first message, if given)."""
         with self._lock:
-            return [r for r in self.requests if (r["json"] or {}).get("model") == model]
+            return [
+                r
+                for r in self.requests
+                if (r["json"] or {}).get("model") == model
+                and (prompt is None or _prompt(r["json"]) == prompt)
+            ]
 
     def _answer(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         model = str(body.get("model", ""))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from shared.localredis import LocalRedis, find_redis_server, free_port
+from rstreams.localredis import LocalRedis, find_redis_server, free_port
 from tests.procs import Api, Worker, child_env
 
 SLOTS = 16384

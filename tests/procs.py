@@ -11,7 +11,7 @@ from pathlib import Path
 
 import requests
 
-from shared.localredis import free_port
+from rstreams.localredis import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -137,8 +137,40 @@ class Api(Proc):
             time.sleep(0.1)
 
 
+# What a child process may inherit from the test process: what finding programs, files,
+# the locale and the CA certificates needs. Nothing the stack reads as configuration (an
+# exported API_KEYS or REDIS_URL would change what the tests test): the tests set that.
+INHERITED = {
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TERM",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "TEMP",
+    "TMP",
+    "LD_LIBRARY_PATH",
+    "PYTHONPATH",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONUNBUFFERED",
+    "VIRTUAL_ENV",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+}
+INHERITED_PREFIXES = ("LC_", "XDG_")
+
+
 def child_env(**overrides: str) -> dict[str, str]:
-    """The test process's environment with overrides, for a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COV_"))}
+    """An environment for a child process: the allowed part of the test process's, and
+    `overrides`."""
+    env = {
+        k: v for k, v in os.environ.items() if k in INHERITED or k.startswith(INHERITED_PREFIXES)
+    }
     env.update(overrides)
     return env

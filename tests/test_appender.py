@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
+import pytest
 import redis
 from nanoid import generate as nanoid
 
+from rstreams.localredis import LocalRedis, free_port
 from shared import keys, store
 from shared.jobs import GenerationRequest, Message, enqueue, make_celery
-from shared.localredis import LocalRedis
 from shared.settings import Settings
 from tests.conftest import STREAM_TTL_S
+from worker.appender import Appender, Sink, StoreUnavailable
 from worker.providers.demo import demo_text
 
 
@@ -133,7 +136,7 @@ def test_a_redis_restart_in_the_middle_of_batches_loses_and_repeats_nothing(
     wait_for(lambda: all(chunk_count(mine, s) >= 20 for s in ids), 60, "every session to write")
 
     own_redis.stop()  # a restart forgets the append script too: the batches must load it again
-    time.sleep(2)
+    wait_for(lambda: "Redis unreachable" in worker.log(), 20, "the worker to hold chunks")
     own_redis.start()
 
     wait_for(
@@ -144,3 +147,42 @@ def test_a_redis_restart_in_the_middle_of_batches_loses_and_repeats_nothing(
     assert "Redis back" in worker.log()
     assert_no_generation_errors(worker.log())
     mine.close()
+
+
+def test_a_long_outage_holds_at_most_the_buffer_then_gives_up() -> None:
+    # Given a sink whose Redis is down (nothing listens on the port), a buffer of 5 chunks
+    # and an outage limit of 1 s
+    settings = Settings.from_env({"WORKER_BUFFER_CHUNKS": "5", "REDIS_OUTAGE_MAX_S": "1"})
+    down = redis.Redis(port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5)
+    sink = Sink(down, Appender(down), nanoid(), "1", 0, settings)
+    raised: list[Exception] = []
+
+    def generate() -> None:
+        try:
+            for i in range(10):
+                sink.chunk(f"chunk {i} ")
+        except Exception as e:
+            raised.append(e)
+
+    # When a generation queues 10 chunks
+    thread = threading.Thread(target=generate, daemon=True)
+    thread.start()
+    thread.join(20)  # bounds a hang only
+    # Then it held 5 unwritten, waited for Redis instead of queueing a sixth, and was told
+    # to give up once Redis had been unreachable for over 1 s
+    assert not thread.is_alive(), "the generation still waits for Redis"
+    assert [type(e) for e in raised] == [StoreUnavailable]
+    assert "over 1.0 s" in str(raised[0])
+    assert (sink.index, sink.written) == (5, 0)
+
+
+def test_a_final_flush_through_a_long_outage_gives_up() -> None:
+    settings = Settings.from_env({"REDIS_OUTAGE_MAX_S": "1"})
+    down = redis.Redis(port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5)
+    sink = Sink(down, Appender(down), nanoid(), "1", 0, settings)
+    for i in range(3):
+        sink.chunk(f"chunk {i} ")
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        sink.flush()
+    assert time.monotonic() - started >= 1  # it did wait out REDIS_OUTAGE_MAX_S first

@@ -11,7 +11,7 @@ import requests
 from playwright.sync_api import expect
 
 from api.apikeys import hash_key
-from shared.localredis import free_port
+from rstreams.localredis import free_port
 from tests import client
 from tests.browser import screenshot_path
 from tests.procs import Api

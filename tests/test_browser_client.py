@@ -601,3 +601,204 @@ def test_reasoning_and_tool_calls_land_in_the_state_once_each(
     reasoning, tools = finals
     assert reasoning["final"]["reasoning"] and not reasoning["final"]["toolCalls"]
     assert tools["final"]["toolCalls"] and not tools["final"]["text"]
+
+
+class SilentSse:
+    """An SSE server that answers 200, says `: connected`, then nothing, counting the
+    connections: a response that died without closing (a stuck proxy)."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        self.connections = 0
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Access-Control-Allow-Origin: *\r\nCache-Control: no-cache\r\n\r\n: connected\n\n"
+            )
+            self.connections += 1
+            self._held.append(conn)
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self._held:
+            conn.close()
+
+
+def test_a_silent_sse_response_is_taken_as_dead_and_followed_again(page: Any) -> None:
+    silent = SilentSse()
+    try:
+        result = page.evaluate(
+            """async (baseUrl) => {
+              // sseIdleMs: the 45 s watchdog, shortened for the test.
+              const client = new rs.ResumableStreams({
+                baseUrl, transport: "sse", sseIdleMs: 500, backoff: { initialMs: 50 },
+              });
+              const stream = client.resume("S".repeat(21));
+              const log = track(stream);
+              const second = new Promise((resolve) => {
+                let opens = 0;
+                stream.on("open", () => { if (++opens === 2) resolve("followed again"); });
+              });
+              const late = new Promise((r) => setTimeout(() => r("still waiting"), 20000));
+              const outcome = await Promise.race([second, late]);
+              stream.close();
+              return { outcome, events: log.events.map((e) => e.type) };
+            }""",
+            silent.url,
+        )
+    finally:
+        silent.close()
+    assert result["outcome"] == "followed again"
+    links = [e for e in result["events"] if e in ("open", "reconnecting", "error")]
+    assert links == ["open", "reconnecting", "open"]
+    assert silent.connections == 2
+
+
+def test_the_backoff_grows_with_each_failure_and_resets_when_an_event_arrives(
+    browser: Any, api: Api
+) -> None:
+    connections: list[int] = []
+
+    def flaky(ws: Any) -> None:
+        # Connections 1-4 close at once, the 5th after 5 frames, the 6th relays to the end.
+        server = ws.connect_to_server()
+        connections.append(0)
+        number = len(connections)
+        if number <= 4:
+            ws.close(code=1013, reason="try again later")
+            return
+
+        def relay(message: str | bytes) -> None:
+            ws.send(message)
+            connections[number - 1] += 1
+            if number == 5 and connections[4] == 5:
+                ws.close(code=1013, reason="try again later")
+
+        server.on_message(relay)
+
+    page = open_page(browser, api.url, ws_route=flaky)
+    try:
+        log = page.evaluate(
+            """async () => {
+              const backoff = { initialMs: 100, factor: 2, maxMs: 400 };
+              const client = new rs.ResumableStreams({ transport: "ws", backoff });
+              const stream = await client.start("backoff", { max_tokens: 20 });
+              return settle(stream, track(stream));
+            }"""
+        )
+    finally:
+        page.context.close()
+    retries = [(e["attempt"], e["delayMs"]) for e in log["events"] if e["type"] == "reconnecting"]
+    # 100 ms doubling, capped at 400, each jittered to 50-100 %; back to the first after the
+    # 5th connection's events.
+    assert [attempt for attempt, _ in retries] == [1, 2, 3, 4, 1]
+    for (attempt, delay_ms), full_ms in zip(retries, [100, 200, 400, 400, 100], strict=True):
+        assert full_ms / 2 <= delay_ms <= full_ms, (attempt, delay_ms)
+    assert log["final"]["status"] == "completed"
+    assert chunk_indexes(log) == list(range(20))
+
+
+REFUSALS = {"forbidden_origin": (4403, 403), "bad_cursor": (4400, 400)}
+
+
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+@pytest.mark.parametrize("code", sorted(REFUSALS))
+def test_a_refusal_no_retry_can_change_ends_the_stream_at_once(
+    browser: Any, api: Api, transport: str, code: str
+) -> None:
+    close_code, status = REFUSALS[code]
+    attempts: list[str] = []
+
+    def refuse_ws(ws: Any) -> None:
+        attempts.append(ws.url)
+        ws.close(code=close_code, reason=code)
+
+    page = open_page(browser, api.url, ws_route=refuse_ws)
+
+    def refuse_sse(route: Any) -> None:
+        if route.request.method != "GET":
+            route.continue_()
+            return
+        attempts.append(route.request.url)
+        body = {"error": {"code": code, "message": f"refused: {code}"}}
+        route.fulfill(status=status, json=body)
+
+    page.route(re.compile(r"/api/streams/[A-Za-z0-9_-]{21}(\\?|$)"), refuse_sse)
+    try:
+        log = page.evaluate(
+            """async (transport) => {
+              const client = new rs.ResumableStreams({ transport, backoff: { initialMs: 10 } });
+              const stream = client.resume("R".repeat(21));
+              const log = track(stream);
+              await Promise.race([stream.finished, new Promise((r) => setTimeout(r, 10000))]);
+              await new Promise((r) => setTimeout(r, 500));  // 50 first backoffs
+              stream.close();
+              log.final = log.final || stream.state;
+              return log;
+            }""",
+            transport,
+        )
+    finally:
+        page.context.close()
+    assert log["final"]["status"] == "failed" and log["final"]["error"]["code"] == code
+    assert "reconnecting" not in types(log)
+    assert len(attempts) == 1, attempts
+
+
+def test_retry_after_floors_the_reconnect_delay_and_rides_on_refused_starts(
+    browser: Any, api: Api
+) -> None:
+    follows: list[str] = []
+    page = open_page(browser, api.url)
+
+    def busy_once(route: Any) -> None:
+        if route.request.method == "GET":
+            follows.append(route.request.url)
+        if route.request.method == "GET" and len(follows) == 1:
+            body = {"error": {"code": "too_many_followers", "message": "full"}}
+            route.fulfill(status=429, json=body, headers={"Retry-After": "2"})
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/api/streams/[A-Za-z0-9_-]{21}(\\?|$)"), busy_once)
+
+    def refuse_start(route: Any) -> None:
+        body = {"error": {"code": "too_many_requests", "message": "slow down"}}
+        route.fulfill(status=429, json=body, headers={"Retry-After": "7"})
+
+    try:
+        log = page.evaluate(
+            """async () => {
+              const backoff = { initialMs: 10 };
+              const client = new rs.ResumableStreams({ transport: "sse", backoff });
+              const stream = await client.start("busy", { max_tokens: 5 });
+              return settle(stream, track(stream));
+            }"""
+        )
+        page.route(re.compile(r"/api/streams/generate$"), refuse_start)
+        refused = page.evaluate(
+            """async () => {
+              try {
+                await new rs.ResumableStreams().start("refused");
+              } catch (e) {
+                return { code: e.code, httpStatus: e.httpStatus, retryAfterS: e.retryAfterS };
+              }
+            }"""
+        )
+    finally:
+        page.context.close()
+    # The first delay would be 5-10 ms: Retry-After (2 s) is its floor.
+    assert [e["delayMs"] for e in log["events"] if e["type"] == "reconnecting"] == [2000]
+    assert log["final"]["status"] == "completed" and chunk_indexes(log) == list(range(5))
+    assert len(follows) == 2
+    assert refused == {"code": "too_many_requests", "httpStatus": 429, "retryAfterS": 7}

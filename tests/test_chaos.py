@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.localredis import LocalRedis
+from rstreams.localredis import LocalRedis
 from tests.chaos import Cluster, run_chaos
 
 

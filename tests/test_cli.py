@@ -20,8 +20,8 @@ from typing import Any
 from nanoid import generate as nanoid
 
 from rstreams import Client
-from shared.localredis import free_port
-from tests.procs import Api
+from rstreams.localredis import free_port
+from tests.procs import Api, child_env
 
 RSTREAMS = str(Path(sys.executable).parent / "rstreams")
 
@@ -29,7 +29,11 @@ RSTREAMS = str(Path(sys.executable).parent / "rstreams")
 def rstreams(url: str, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the command to its end."""
     return subprocess.run(
-        [RSTREAMS, "--url", url, *args], capture_output=True, text=True, timeout=timeout_s
+        [RSTREAMS, "--url", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=child_env(),
     )
 
 
@@ -51,10 +55,12 @@ def test_generate_prints_the_answer(api: Api) -> None:
 
 def test_ctrl_c_detaches_and_the_printed_command_prints_exactly_the_rest(api: Api) -> None:
     proc = subprocess.Popen(
-        [RSTREAMS, "--url", api.url, "generate", "a long one", "--max-tokens", "150"],
+        # 8 s at 50 tokens/s: still running when the Ctrl-C comes, even on a busy machine.
+        [RSTREAMS, "--url", api.url, "generate", "a long one", "--max-tokens", "400"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=child_env(),
     )
     assert proc.stderr is not None
     session_id = session_id_of(proc.stderr.readline())
@@ -151,7 +157,7 @@ def test_a_terminal_on_stderr_gets_a_live_progress_line(api: Api) -> None:
         [RSTREAMS, "--url", api.url, "generate", "watch it", "--max-tokens", "40"],
         stdout=subprocess.PIPE,
         stderr=follower,
-        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "100"},
+        env=child_env(TERM="xterm-256color", COLUMNS="100"),
         text=True,
         timeout=60,
     )

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from rstreams import dev
-from shared.localredis import free_port
+from rstreams.localredis import free_port
 from tests import client
 from tests.fake_provider import FakeProvider
 from tests.procs import ROOT, child_env
@@ -247,11 +247,14 @@ def test_a_second_signal_hurries_the_stop_and_leaves_nothing_behind(
     assert requests.get(url + "/readyz", timeout=10).status_code == 200
     started = stack.descendants()
     assert len(started) >= 3  # Redis, the worker, the API (and its workers)
-    for _ in range(2):
+    for said in ("stopping…", "stopping at once…"):  # what each signal makes it say
         if how == "sigterm-twice":
             stack.proc.send_signal(signal.SIGTERM)  # as `kill` does: the process alone
         else:
             stack.ctrl_c()
-        time.sleep(0.3)
+        deadline = time.monotonic() + 20  # bounds a hang only
+        while said not in stack.output:
+            assert time.monotonic() < deadline, stack.output
+            time.sleep(0.05)
     assert stack.wait_exit() == 0, stack.output
     assert_quiet_and_all_gone(stack, started)

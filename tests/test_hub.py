@@ -16,10 +16,10 @@ from nanoid import generate as nanoid
 
 from api import fanout as fanoutmod
 from api.readers import xread_fanout
+from rstreams.localredis import LocalRedis
 from shared import keys, store
 from shared.errors import SessionNotFound
 from shared.jobs import GenerationRequest, Message
-from shared.localredis import LocalRedis
 from shared.redisconn import connect
 from tests import client
 from tests.test_metrics import scrape, value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -16,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api import metrics as api_metrics
 from api.apikeys import hash_key
+from rstreams.localredis import LocalRedis
 from shared import keys, metrics
-from shared.localredis import LocalRedis
 from shared.redisconn import connect
 from tests import client
 from tests.procs import Api, Worker
@@ -95,7 +96,20 @@ def test_a_session_followed_live_counts_its_chunks_both_ways(
     assert 0 < live_batches <= 32  # the status, 30 chunks and done: at most one batch each
     assert grew("rstreams_delivery_latency_seconds_bucket", after, le="+Inf") == live_batches
     assert value(after, "rstreams_redis_up") == 1
-    assert value(after, "rstreams_active_sessions") >= 0
+    # And the one session has left the active ones (a reaper pass after it ended)
+    assert value(eventually(lambda: scrape(api.url), no_active), "rstreams_active_sessions") == 0
+    # While a long one is running, it is the one active session
+    long_id = client.create(api.url, prompt="long", max_tokens=5000)["sessionId"]
+    one_active = eventually(
+        lambda: scrape(api.url), lambda s: value(s, "rstreams_active_sessions") == 1
+    )
+    assert value(one_active, "rstreams_active_sessions") == 1
+    assert requests.delete(f"{api.url}/api/streams/{long_id}", timeout=10).status_code == 202
+    assert value(eventually(lambda: scrape(api.url), no_active), "rstreams_active_sessions") == 0
+
+
+def no_active(s: Samples) -> bool:
+    return value(s, "rstreams_active_sessions") == 0
 
 
 def test_provider_errors_are_counted_by_code(api: Api, worker: Worker) -> None:
@@ -217,16 +231,19 @@ def _kill_with_children(api: Api) -> None:
             pass
 
 
+def two_apis(make_stack: Any, own_redis: LocalRedis, **env: str) -> tuple[Api, Api]:
+    """Two APIs and a worker on a Redis of their own, as two web dynos behind a router."""
+    stack = make_stack(REDIS_URL=own_redis.url, CELERY_BROKER_URL=own_redis.url, **env)
+    stack.worker()
+    return stack.api(), stack.api()
+
+
 def test_two_web_dynos_each_report_the_followers_and_deliveries_of_both(
     make_stack: Any, own_redis: LocalRedis
 ) -> None:
     # Given two APIs on one Redis, as two web dynos behind a router (a short flush interval
     # makes a dead one's followers drop out sooner)
-    stack = make_stack(
-        REDIS_URL=own_redis.url, CELERY_BROKER_URL=own_redis.url, METRICS_FLUSH_S="0.5"
-    )
-    stack.worker()
-    a, b = stack.api(), stack.api()
+    a, b = two_apis(make_stack, own_redis, METRICS_FLUSH_S="0.5")
 
     def both() -> tuple[Samples, Samples]:
         return scrape(a.url), scrape(b.url)
@@ -306,3 +323,29 @@ def test_deliveries_a_failed_flush_could_not_write_are_written_once_by_the_next(
     r = redis.Redis.from_url(own_redis.url, decode_responses=True)
     assert r.hgetall(keys.metrics()) == {"delivered:ws": "30", "delivery_latency_s:sum": "0.5"}
     r.close()
+
+
+def test_a_web_process_that_exits_cleanly_writes_its_last_counts(
+    make_stack: Any, own_redis: LocalRedis
+) -> None:
+    # Given two APIs on one Redis whose web processes write their counts rarely (a count
+    # left by a dead process would stay in scrapes for 3 x 60 + 2 s)
+    a, b = two_apis(make_stack, own_redis, METRICS_FLUSH_S="60")
+    session_id = client.create(a.url, prompt="long one", max_tokens=2000)["sessionId"]
+    # And a WebSocket follower of B that has had some chunks
+    ws = websocket.create_connection(f"{b.ws_url}/api/streams/{session_id}/ws", timeout=10)
+    chunks = 0
+    while chunks < 5:
+        chunks += json.loads(ws.recv())["type"] == "chunk"
+    eventually(lambda: scrape(a.url), lambda s: value(s, "rstreams_followers", transport="ws") == 1)
+    # When B is stopped (SIGTERM) and has exited
+    b.terminate()
+    assert b.proc is not None
+    b.proc.wait(30)
+    # Then a scrape of A at once shows B's deliveries, and no follower of B
+    after = scrape(a.url)
+    assert value(after, "rstreams_followers", transport="ws") == 0
+    assert value(after, "rstreams_chunks_delivered_total", transport="ws") >= chunks
+    ws.close(timeout=1)
+    ws.shutdown()
+    requests.delete(f"{a.url}/api/streams/{session_id}", timeout=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import requests
@@ -12,8 +13,14 @@ from tests.fake_provider import FakeProvider, expected_text
 from tests.procs import Api, Worker
 
 
+def unique(prompt: str) -> str:
+    """A prompt no other test sends: the provider's record of it is this test's alone."""
+    return f"{prompt} {uuid.uuid4().hex[:8]}"
+
+
 def test_provider_answer_streams_to_followers(api: Api, fake_provider: FakeProvider) -> None:
-    created = client.create(api.url, prompt="Say hello", model="fake-ok", max_tokens=12)
+    prompt = unique("Say hello")
+    created = client.create(api.url, prompt=prompt, model="fake-ok", max_tokens=12)
     session_id = created["sessionId"]
     result = client.ws_follow(api.ws_url, session_id)
     assert result.close_code == 1000
@@ -22,8 +29,8 @@ def test_provider_answer_streams_to_followers(api: Api, fake_provider: FakeProvi
     assert done["type"] == "done"
     assert done["finishReason"] == "stop"
     assert done["usage"]["completion_tokens"] == 12
-    sent = fake_provider.requests_for("fake-ok")[-1]
-    assert sent["json"]["messages"] == [{"role": "user", "content": "Say hello"}]
+    [sent] = fake_provider.requests_for("fake-ok", prompt)
+    assert sent["json"]["messages"] == [{"role": "user", "content": prompt}]
     assert sent["json"]["stream"] is True
     assert sent["headers"]["Authorization"] == "Bearer sk-test-provider-key"
 
@@ -51,23 +58,30 @@ def test_provider_auth_failure_is_an_error_event_without_the_key(api: Api) -> No
 
 
 def test_cancel_closes_the_upstream_request(api: Api, fake_provider: FakeProvider) -> None:
-    session_id = client.create(api.url, prompt="long one", model="fake-slow", max_tokens=400)[
+    prompt = unique("long one")
+    session_id = client.create(api.url, prompt=prompt, model="fake-slow", max_tokens=400)[
         "sessionId"
     ]
     seen = client.ws_follow(api.ws_url, session_id, max_events=8).events
     assert requests.delete(f"{api.url}/api/streams/{session_id}", timeout=10).status_code == 202
     rest = client.ws_follow(api.ws_url, session_id, after=seen[-1]["id"]).events
     assert rest[-1]["type"] == "cancelled"
-    chunks = client.text(api.url, session_id)["chunks"]
-    time.sleep(0.5)
-    assert client.text(api.url, session_id)["chunks"] == chunks < 400
-    assert "fake-slow" in fake_provider.disconnects
+    deadline = time.monotonic() + 20  # bounds a hang only
+    while prompt not in fake_provider.disconnected_prompts:
+        assert time.monotonic() < deadline, "the upstream request was never closed"
+        time.sleep(0.05)
+    # The upstream is closed: nothing more can come. No chunk was stored after the cancel.
+    replay = client.ws_follow(api.ws_url, session_id).events
+    assert replay[-1]["type"] == "cancelled"
+    chunks = [e for e in replay if e["type"] == "chunk"]
+    assert client.text(api.url, session_id)["chunks"] == len(chunks) < 400
 
 
 def test_the_provider_key_is_in_no_log(api: Api, worker: Worker) -> None:
-    # After answers, a mid-stream error and a refused key through the shared stack above.
-    session_id = client.create(api.url, prompt="one more", model="fake-401")["sessionId"]
-    client.ws_follow(api.ws_url, session_id)
+    # After an answer, a mid-stream error and a refused key.
+    for model, last in (("fake-ok", "done"), ("fake-error-mid", "error"), ("fake-401", "error")):
+        session_id = client.create(api.url, prompt="one more", model=model)["sessionId"]
+        assert client.ws_follow(api.ws_url, session_id).events[-1]["type"] == last
     for proc in (worker, api):
         assert "sk-test-provider-key" not in proc.log(), f"the provider key is in {proc.log_path}"
 
@@ -79,11 +93,12 @@ def test_a_base_url_alone_enables_a_keyless_provider(
     stack = make_stack(PROVIDER_API_KEY="", MODEL_ALLOWLIST="", DEFAULT_MODEL="")
     stack.worker()
     api = stack.api()
-    created = client.create(api.url, prompt="no key", model="keyless/fake-ok", max_tokens=5)
+    prompt = unique("no key")
+    created = client.create(api.url, prompt=prompt, model="keyless/fake-ok", max_tokens=5)
     session_id = created["sessionId"]
     assert client.wait_terminal(api.url, session_id)["status"] == "completed"
     assert client.text(api.url, session_id)["text"] == expected_text(5)
-    sent = fake_provider.requests_for("keyless/fake-ok")[-1]
+    [sent] = fake_provider.requests_for("keyless/fake-ok", prompt)
     assert "Authorization" not in sent["headers"]
     # The demo model stays the default: which models a local server has is not ours to guess.
     assert client.create(api.url, prompt="default")["model"] == "demo"

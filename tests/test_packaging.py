@@ -18,7 +18,7 @@ import pytest
 import requests
 from setuptools import find_packages
 
-from shared.localredis import free_port
+from rstreams.localredis import free_port
 from tests.conftest import RedisUnderTest
 from tests.procs import ROOT, child_env
 

@@ -14,8 +14,8 @@ import pytest
 import redis
 import requests
 
+from rstreams.localredis import LocalRedis
 from shared.jobs import GenerationRequest, Message
-from shared.localredis import LocalRedis
 from tests import client
 from tests.fake_provider import FakeProvider
 from tests.procs import Api

@@ -165,24 +165,25 @@ def test_a_silent_provider_times_out(fake: FakeProvider) -> None:
     with pytest.raises(ProviderError) as raised:
         run(ChatCompletionsProvider(settings), ask("fake-silent"))
     assert raised.value.code == "provider_timeout"
-    assert time.monotonic() - started < 3
+    # Not a stopwatch: the bound only says it did not wait out the 30 s of silence.
+    assert time.monotonic() - started < 20
 
 
 @pytest.mark.parametrize("model", ["fake-slow", "fake-http10"])
 def test_should_stop_closes_the_upstream_response(fake: FakeProvider, model: str) -> None:
     got: list[StreamItem] = []
+    before = fake.disconnects.count(model)
     stream = ChatCompletionsProvider(settings_for(fake)).stream(
         ask(model, max_tokens=200), lambda: len(got) >= 5
     )
-    started = time.monotonic()
     for item in stream:
         got.append(item)
     assert len(got) == 5 and all(isinstance(i, TextDelta) for i in got)
-    assert time.monotonic() - started < 2
-    deadline = time.monotonic() + 3
-    while model not in fake.disconnects and time.monotonic() < deadline:
+    # The provider saw its client go away mid-answer (a read to the end would not show).
+    deadline = time.monotonic() + 20  # bounds a hang only
+    while fake.disconnects.count(model) == before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert model in fake.disconnects
+    assert fake.disconnects.count(model) == before + 1
 
 
 def test_sse_parser_handles_line_ends_comments_and_multiline_data() -> None:

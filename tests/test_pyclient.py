@@ -13,7 +13,7 @@ from nanoid import generate as nanoid
 
 from api.apikeys import hash_key
 from rstreams import Cancelled, Chunk, Client, Done, Event, RstreamsError, Status
-from shared.localredis import free_port
+from rstreams.localredis import free_port
 from tests.procs import Api, Worker
 
 API_KEY = "rsk_client-test-key-0123456789abcdefghijklmn"
@@ -61,7 +61,11 @@ def test_follow_resumes_across_an_api_kill_and_restart(make_stack: Any, logs_dir
     restarter: threading.Thread | None = None
 
     def restart_on_the_same_port() -> None:
-        time.sleep(1.0)  # the client retries against a closed port meanwhile
+        # Back once the client has found the port closed and is retrying.
+        deadline = time.monotonic() + 20  # bounds a hang only
+        while not reconnects:
+            assert time.monotonic() < deadline, "the client never saw the connection break"
+            time.sleep(0.05)
         stack.apis.append(Api(stack.env, logs_dir, name=f"{stack.name}-again", port=first.port))
         stack.apis[-1].start()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from playwright.sync_api import Page, expect
 from api import examples
 from api.apikeys import hash_key
 from api.app import create_app
-from shared.localredis import free_port
+from rstreams.localredis import free_port
 from shared.settings import ApiSettings, Settings
 from tests import client
 from tests.browser import screenshot_path
@@ -126,7 +127,23 @@ class ExamplePage:
         self.page: Page = self.context.new_page()
         self.base_url = base_url
         self.sockets: list[str] = []
-        self.page.on("websocket", lambda ws: self.sockets.append(ws.url))
+        self.socket_objects: list[Any] = []
+        self.page.on("websocket", self._opened)
+
+    def _opened(self, ws: Any) -> None:
+        self.sockets.append(ws.url)
+        self.socket_objects.append(ws)
+
+    def expect_no_retry(self) -> None:
+        """Every socket has closed, and none opened in the client's first retry delay after."""
+        deadline = time.monotonic() + 20  # bounds a hang only
+        while not all(ws.is_closed() for ws in self.socket_objects):
+            assert time.monotonic() < deadline, "a WebSocket stays open"
+            self.page.wait_for_timeout(50)
+        # A retry would open within the first backoff (at most 250 ms): wait out 4 of them.
+        count = len(self.sockets)
+        self.page.wait_for_timeout(1000)
+        assert len(self.sockets) == count, self.sockets
 
     def open(self, query: str = "") -> None:
         self.page.goto(f"{self.base_url}/examples/react/{query}")
@@ -313,4 +330,5 @@ def test_a_link_to_an_unknown_session_says_so_once(api: Api, web_build: Path, ex
     ui.expect_status("failed")
     expect(ui.page.get_by_test_id("error")).to_contain_text("not_found")
     expect(ui.page.get_by_test_id("stop")).to_be_disabled()
+    ui.expect_no_retry()
     assert len(ui.sockets_of(unknown)) == 1, ui.sockets

@@ -3,7 +3,6 @@ with the reason it is not run: a new snippet must be one or the other."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.procs import ROOT, Api
+from tests.procs import ROOT, Api, child_env
 
 SNIPPET = re.compile(r"```(\w*)\n(.*?)```", re.S)
 
@@ -62,7 +61,7 @@ def test_every_snippet_is_run_or_says_why_not() -> None:
 @pytest.mark.slow
 def test_the_shell_snippets_run_as_written(api: Api, tmp_path: Path) -> None:
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parent.parent)
-    env = {**os.environ, "RSTREAMS_URL": api.url, "XDG_RUNTIME_DIR": str(tmp_path)}
+    env = child_env(RSTREAMS_URL=api.url, XDG_RUNTIME_DIR=str(tmp_path))
     for code in to_run("sh"):
         result = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", here(code, api)],
@@ -78,7 +77,7 @@ def test_the_shell_snippets_run_as_written(api: Api, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_python_snippets_run_as_written(api: Api, tmp_path: Path) -> None:
-    env = {**os.environ, "RSTREAMS_URL": api.url, "XDG_RUNTIME_DIR": str(tmp_path)}
+    env = child_env(RSTREAMS_URL=api.url, XDG_RUNTIME_DIR=str(tmp_path))
     for code in to_run("python"):
         result = subprocess.run(
             [sys.executable, "-c", here(code, api)],

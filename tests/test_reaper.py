@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import redis
 
+from rstreams.localredis import LocalRedis
 from shared import keys
 from shared.jobs import GenerationRequest, Message
-from shared.localredis import LocalRedis
 from shared.settings import Settings
 from shared.store import create_session, now_ms
 from worker.reaper import reap_locked, reap_once

@@ -13,7 +13,7 @@ import requests
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.localredis import LocalRedis
+from rstreams.localredis import LocalRedis
 from shared.redisconn import redacted
 from tests import client
 from worker.providers.demo import demo_text

@@ -122,6 +122,10 @@ export interface ClientOptions {
   /** `auto` (default): WebSocket, falling back to SSE when WebSockets fail to connect. */
   transport?: Transport;
   backoff?: BackoffOptions;
+  /** An SSE response with neither an event nor a ping for this long, ms, is taken as dead
+   * and followed again (default 45000: three of the server's pings at the default
+   * `SSE_PING_S` of 15). Keep it above the server's `SSE_PING_S`. */
+  sseIdleMs?: number;
 }
 
 export interface StartOptions {

@@ -41,7 +41,8 @@ const TERMINAL_HTTP = new Map([
 ]);
 // A WebSocket that fails this many times in a row before opening gives way to SSE (`auto`).
 const WS_FAILURES_BEFORE_SSE = 2;
-// An SSE response that shows no sign of life (events or the server's pings) this long is dead.
+// An SSE response that shows no sign of life (events or the server's pings) this long is
+// dead: three of the server's pings at the default SSE_PING_S of 15 (option `sseIdleMs`).
 const SSE_IDLE_MS = 45000;
 
 /** The error thrown by `start`, `status`, `text` and `stop`. */
@@ -360,7 +361,8 @@ export class Stream {
     };
     const watchIdle = () => {
       stopIdle();
-      idle = setTimeout(() => abort.abort(new Error("no data for too long")), SSE_IDLE_MS);
+      const idleMs = this._client._sseIdleMs;
+      idle = setTimeout(() => abort.abort(new Error("no data for too long")), idleMs);
     };
     this._hangUp = () => {
       done = true;
@@ -625,6 +627,8 @@ export class ResumableStreams {
     if (!["auto", "ws", "sse"].includes(this._transport)) {
       throw new TypeError(`transport must be "auto", "ws" or "sse", not ${this._transport}`);
     }
+    /** @internal read by Stream */
+    this._sseIdleMs = options.sseIdleMs ?? SSE_IDLE_MS;
     const backoff = options.backoff || {};
     /** @internal read by Stream */
     this._backoff = {
