@@ -19,7 +19,6 @@ from api.backend import backend
 from api.errors import Close
 from api.routes import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, MAX_IDEMPOTENCY_KEY_LEN
 from api.websocket import MAX_MESSAGE_BYTES
-from shared.jobs import ROLES
 from shared.keys import SESSION_ID_RE
 from shared.settings import Settings
 from shared.store import EventType, Status
@@ -70,8 +69,251 @@ def glob_regex(pattern: str) -> str:
     return "^" + "".join(out) + "$"
 
 
+def _message_schemas(settings: Settings, non_blank: Schema) -> dict[str, Schema]:
+    """A request's messages (DESIGN.md 2.5): text, image parts, tool calls and results."""
+    limits = settings.limits
+    text = {**non_blank, "maxLength": limits.max_messages_chars}
+
+    def content(*parts: str) -> Schema:
+        return {
+            "oneOf": [
+                text,
+                {"type": "array", "minItems": 1, "items": {"oneOf": [_ref(p) for p in parts]}},
+            ]
+        }
+
+    def message(role: str, body: Schema, required: list[str], **more: Any) -> Schema:
+        return {
+            "type": "object",
+            "required": ["role", *required],
+            "additionalProperties": False,
+            "properties": {"role": {"const": role}, **body},
+            **more,
+        }
+
+    calls = {"type": "array", "minItems": 1, "maxItems": limits.max_tools}
+    return {
+        "TextPart": {
+            "type": "object",
+            "required": ["type", "text"],
+            "additionalProperties": False,
+            "properties": {"type": {"const": "text"}, "text": text},
+        },
+        "ImagePart": {
+            "type": "object",
+            "required": ["type", "image_url"],
+            "additionalProperties": False,
+            "description": f"At most {limits.max_images} images in all the messages.",
+            "properties": {
+                "type": {"const": "image_url"},
+                "image_url": {
+                    "type": "object",
+                    "required": ["url"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "url": {"type": "string", "pattern": validation.IMAGE_URL_PATTERN},
+                        "detail": {"enum": list(validation.IMAGE_DETAILS)},
+                    },
+                },
+            },
+        },
+        "ToolCall": {
+            "type": "object",
+            "required": ["id", "type", "function"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {**non_blank, "maxLength": validation.MAX_ID_LEN},
+                "type": {"const": "function"},
+                "function": {
+                    "type": "object",
+                    "required": ["name", "arguments"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string", "pattern": validation.TOOL_NAME_PATTERN},
+                        "arguments": {"type": "string", "description": "JSON"},
+                    },
+                },
+            },
+        },
+        "Message": {
+            "oneOf": [
+                message("system", {"content": content("TextPart")}, ["content"]),
+                message("user", {"content": content("TextPart", "ImagePart")}, ["content"]),
+                message(
+                    "assistant",
+                    {
+                        "content": {
+                            "oneOf": [
+                                *content("TextPart")["oneOf"],
+                                {"const": ""},
+                                {"type": "null"},
+                            ]
+                        },
+                        "tool_calls": {**calls, "items": _ref("ToolCall")},
+                        "reasoning": {
+                            "type": ["string", "null"],
+                            "description": "What GET /message gives back; not sent on.",
+                        },
+                    },
+                    [],
+                    # Without tool calls, text; with them, the content may be empty.
+                    anyOf=[
+                        {"required": ["tool_calls"]},
+                        {"required": ["content"], "properties": {"content": content("TextPart")}},
+                    ],
+                ),
+                message(
+                    "tool",
+                    {
+                        "tool_call_id": {
+                            **non_blank,
+                            "maxLength": validation.MAX_ID_LEN,
+                            "description": "The id of a tool call of an earlier assistant "
+                            "message (else 400).",
+                        },
+                        "content": {
+                            "oneOf": [
+                                *content("TextPart")["oneOf"],
+                                {"const": ""},
+                                {"type": "null"},
+                            ]
+                        },
+                    },
+                    ["tool_call_id"],
+                ),
+            ],
+        },
+    }
+
+
+def _option_schemas(settings: Settings, non_blank: Schema) -> dict[str, Schema]:
+    """The optional fields passed on to the provider (DESIGN.md 2.5)."""
+    limits = settings.limits
+    return {
+        "tools": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": limits.max_tools,
+            "description": f"Names unique; at most {limits.max_tools_chars} characters as JSON.",
+            "items": {
+                "type": "object",
+                "required": ["type", "function"],
+                "additionalProperties": False,
+                "properties": {
+                    "type": {"const": "function"},
+                    "function": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "pattern": validation.TOOL_NAME_PATTERN},
+                            "description": {"type": "string"},
+                            "parameters": {"type": "object"},
+                            "strict": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+        },
+        "tool_choice": {
+            "description": '"required" needs tools; a function names one of tools.',
+            "oneOf": [
+                {"enum": list(validation.TOOL_CHOICES)},
+                {
+                    "type": "object",
+                    "required": ["type", "function"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "type": {"const": "function"},
+                        "function": {
+                            "type": "object",
+                            "required": ["name"],
+                            "additionalProperties": False,
+                            "properties": {"name": {"type": "string"}},
+                        },
+                    },
+                },
+            ],
+        },
+        "response_format": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["type"],
+                    "additionalProperties": False,
+                    "properties": {"type": {"enum": ["text", "json_object"]}},
+                },
+                {
+                    "type": "object",
+                    "required": ["type", "json_schema"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "type": {"const": "json_schema"},
+                        "json_schema": {
+                            "type": "object",
+                            "required": ["name"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "name": {"type": "string"},
+                                "description": {"type": "string"},
+                                "schema": {"type": "object"},
+                                "strict": {"type": "boolean"},
+                            },
+                        },
+                    },
+                },
+            ],
+        },
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "stop": {
+            "oneOf": [
+                {"type": "string", "minLength": 1, "maxLength": validation.MAX_STOP_CHARS},
+                {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": validation.MAX_STOP,
+                    "items": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": validation.MAX_STOP_CHARS,
+                    },
+                },
+            ]
+        },
+        "seed": {
+            "type": "integer",
+            "minimum": -validation.MAX_SEED - 1,
+            "maximum": validation.MAX_SEED,
+        },
+        "reasoning": {
+            "oneOf": [
+                {
+                    "type": "object",
+                    "required": ["effort"],
+                    "additionalProperties": False,
+                    "properties": {"effort": {"enum": list(validation.REASONING_EFFORTS)}},
+                },
+                {
+                    "type": "object",
+                    "required": ["max_tokens"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "max_tokens": {
+                            "type": "integer",
+                            "minimum": validation.MIN_MAX_TOKENS,
+                            "maximum": limits.max_tokens_cap,
+                        }
+                    },
+                },
+            ]
+        },
+    }
+
+
 def _schemas(settings: Settings) -> dict[str, Schema]:
-    non_blank = {"type": "string", "minLength": 1, "pattern": r"\S"}
+    # Not only white space, as Python's str.strip() sees it: ECMA's \s leaves out the
+    # separators U+001C-U+001F and U+0085, which the validator strips.
+    non_blank = {"type": "string", "minLength": 1, "pattern": r"[^\s\x1c-\x1f\x85]"}
     status = {"type": "string", "enum": [s.value for s in Status]}
     time = {"type": ["string", "null"], "description": "ISO 8601, UTC, milliseconds"}
     allowed = "|".join(f"(?:{glob_regex(p)})" for p in settings.limits.model_allowlist)
@@ -90,15 +332,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 },
             },
         },
-        "Message": {
-            "type": "object",
-            "required": ["role", "content"],
-            "additionalProperties": False,
-            "properties": {
-                "role": {"enum": list(ROLES)},
-                "content": {**non_blank, "maxLength": settings.limits.max_messages_chars},
-            },
-        },
+        **_message_schemas(settings, non_blank),
         "GenerateRequest": {
             "type": "object",
             "description": "Exactly one of prompt or messages. A null max_tokens or "
@@ -120,7 +354,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                     "minLength": 1,
                     "maxLength": validation.MAX_MODEL_LEN,
                     "allOf": [
-                        {"pattern": r"\S"},
+                        {"pattern": non_blank["pattern"]},
                         {"pattern": allowed},
                         {"pattern": validation.MODEL_ID_PATTERN},
                     ],
@@ -138,6 +372,7 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                     "minimum": validation.MIN_TEMPERATURE,
                     "maximum": validation.MAX_TEMPERATURE,
                 },
+                **_option_schemas(settings, non_blank),
             },
         },
         "Created": {
@@ -194,6 +429,29 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 "status": status,
                 "text": {"type": "string"},
                 "chunks": {"type": "integer", "minimum": 0},
+            },
+        },
+        "AssistantMessage": {
+            "type": "object",
+            "required": ["sessionId", "status", "message"],
+            "additionalProperties": False,
+            "properties": {
+                "sessionId": _ref("SessionId"),
+                "status": status,
+                "message": {
+                    "type": "object",
+                    "required": ["role", "content", "reasoning"],
+                    "additionalProperties": False,
+                    "description": "As a request's messages take it back.",
+                    "properties": {
+                        "role": {"const": "assistant"},
+                        "content": {"type": ["string", "null"]},
+                        "reasoning": {"type": ["string", "null"]},
+                        "tool_calls": {"type": "array", "items": _ref("ToolCall")},
+                    },
+                },
+                "finishReason": {"type": "string"},
+                "usage": {"type": "object"},
             },
         },
         "Cancelled": {
@@ -477,6 +735,17 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 "responses": {
                     "101": {"description": "Switching Protocols: the WebSocket follows"},
                     "400": _error("Not an upgrade request, or a broken handshake"),
+                },
+            },
+        },
+        "/api/streams/{sessionId}/message": {
+            "parameters": [_session_param()],
+            "get": {
+                "operationId": "streamMessage",
+                "summary": "The assistant message so far: text, reasoning and tool calls",
+                "responses": {
+                    "200": _ok("The message so far", _ref("AssistantMessage")),
+                    **_errors("404", "503"),
                 },
             },
         },

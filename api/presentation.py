@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.store import SessionMeta
+from shared.store import Answer, SessionMeta
 
 
 def iso_ms(ms: int | None) -> str | None:
@@ -33,4 +33,24 @@ def stream_info(meta: SessionMeta) -> dict[str, Any]:
         out["usage"] = meta.usage
     if meta.error is not None:
         out["error"] = meta.error
+    return out
+
+
+def message(answer: Answer) -> dict[str, Any]:
+    """The assistant message generated so far, as a client appends it to `messages` to
+    continue the conversation (`GET /api/streams/<id>/message`, DESIGN.md 2.5)."""
+    meta = answer.meta
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": answer.text or None,
+        "reasoning": answer.reasoning or None,
+    }
+    if answer.tool_calls:
+        message["tool_calls"] = answer.tool_calls
+    out: dict[str, Any] = {"sessionId": meta.session_id, "status": meta.status.value}
+    out["message"] = message
+    if meta.finish_reason:
+        out["finishReason"] = meta.finish_reason
+    if meta.usage is not None:
+        out["usage"] = meta.usage
     return out

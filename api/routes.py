@@ -160,6 +160,13 @@ def text(session_id: str) -> Response:
     return jsonify(sessionId=session_id, status=status, text=body, chunks=chunks)
 
 
+@bp.get("/api/streams/<session_id>/message")
+def message(session_id: str) -> Response:
+    """The assistant message generated so far: text, reasoning and tool calls."""
+    auth.check_owner(session_id_or_404(session_id))
+    return jsonify(presentation.message(store.read_answer(backend().redis, session_id)))
+
+
 @bp.delete("/api/streams/<session_id>")
 def stop(session_id: str) -> tuple[Response, int]:
     """Cancel generation: 202 if it was live, 200 with the final status if it had ended."""

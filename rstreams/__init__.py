@@ -7,9 +7,11 @@ from rstreams.client import (
     Done,
     Error,
     Event,
+    Reasoning,
     RstreamsError,
     Session,
     Status,
+    ToolCall,
     is_terminal,
 )
 
@@ -20,8 +22,10 @@ __all__ = [
     "Done",
     "Error",
     "Event",
+    "Reasoning",
     "RstreamsError",
     "Session",
     "Status",
+    "ToolCall",
     "is_terminal",
 ]

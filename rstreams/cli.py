@@ -1,15 +1,18 @@
 """The `rstreams` command: start, follow, inspect and cancel generations; run the local stack.
 
     rstreams generate "Explain quantum computing" [--model M] [--max-tokens N] [--no-follow]
-    rstreams follow <id> [--after CURSOR]
+                      [--json]
+    rstreams follow <id> [--after CURSOR] [--json]
     rstreams status <id> [--json]
     rstreams text <id>
     rstreams cancel <id>
     rstreams dev [--port 8000]
 
 The answer goes to stdout, everything else (the session id, a live progress line when
-stderr is a terminal, errors) to stderr. Ctrl-C while following detaches: the answer keeps
-generating, and the command that resumes it is printed.
+stderr is a terminal, the model's reasoning, dimmed on a terminal, its tool calls, errors)
+to stderr; `--json` prints every event as a line of JSON on stdout instead. Ctrl-C while
+following detaches: the answer keeps generating, and the command that resumes it is
+printed.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import FrameType
 from typing import IO, Any, NoReturn
 
@@ -40,11 +43,14 @@ from rstreams.client import (
     Done,
     Error,
     Event,
+    Reasoning,
     RstreamsError,
     Status,
+    ToolCall,
     is_terminal,
 )
 
+JSON_HELP = "print every event as a line of JSON (reasoning and tool calls too), not the text"
 EXIT_OK = 0
 EXIT_FAILED = 1  # an API error, or an answer that ended with an error or was cancelled
 EXIT_DETACHED = 130  # Ctrl-C, as shells report a SIGINT
@@ -106,8 +112,13 @@ class Screen:
     overwrite each other.
     """
 
-    def __init__(self, out: IO[str], err: IO[str]) -> None:
+    def __init__(self, out: IO[str], err: IO[str], *, quiet: bool = False) -> None:
         self.out = out
+        self.err = err
+        self.quiet = quiet  # --json: the frames go to stdout, not the text
+        self.thinking = ""  # reasoning not yet printed (an unfinished line, on a terminal)
+        self.thought = False  # some reasoning was printed (its last line may be open)
+        self.calls: dict[int, list[str]] = {}  # tool calls so far: [name, arguments]
         self.chunks = 0  # chunks of the session so far (the next index)
         self.received = 0  # chunks this command received
         self.started = time.monotonic()
@@ -156,10 +167,56 @@ class Screen:
             line.append(f" · {self.note}", style="yellow")
         return Group(Text(self.partial), line) if self.partial else line
 
+    def think(self, text: str) -> None:
+        """Show a piece of reasoning on stderr: dimmed, a line at a time, on a terminal."""
+        if self.quiet or not text:
+            return
+        self.thought = True
+        if not self.err.isatty():
+            self.err.write(text)
+            self.err.flush()
+            return
+        self.thinking += text
+        if "\n" in self.thinking:
+            done, self.thinking = self.thinking.rsplit("\n", 1)
+            self._dim(done)
+
+    def _dim(self, text: str) -> None:
+        if self.live is not None:
+            self.live.console.print(Text(text, style="dim"), soft_wrap=True)
+        else:
+            self.err.write(f"\x1b[2m{text}\x1b[0m\n")
+            self.err.flush()
+
+    def end_thinking(self) -> None:
+        """The reasoning is over: print what is left of it and end its line."""
+        if not self.thought:
+            return
+        self.thought = False
+        if self.err.isatty():
+            if self.thinking:
+                self._dim(self.thinking)
+            self.thinking = ""
+        else:
+            self.err.write("\n")
+            self.err.flush()
+
+    def show_calls(self) -> None:
+        """Print the answer's tool calls on stderr, one line each."""
+        for name, arguments in (self.calls[i] for i in sorted(self.calls)):
+            line = f"tool call: {name}({arguments})"
+            if self.live is not None:
+                self.live.console.print(Text(line), soft_wrap=True)
+            else:
+                self.err.write(line + "\n")
+                self.err.flush()
+        self.calls = {}
+
     def write(self, text: str) -> None:
         """Write a piece of the answer."""
-        if not text:
+        if self.quiet or not text:
             return
+        self.end_thinking()
         self.wrote_text = True
         self.ends_with_newline = text.endswith("\n")
         if self.live is not None and self.shares_terminal:
@@ -180,13 +237,20 @@ class Screen:
 
     def on_event(self, event: Event) -> None:
         """Show one event."""
-        if isinstance(event, Chunk):
+        if isinstance(event, Chunk | Reasoning | ToolCall):
             if self.first_chunk_at is None:
                 self.first_chunk_at = time.monotonic()
             self.received += 1
             self.chunks = event.index + 1
             self.status = "running"
+        if isinstance(event, Chunk):
             self.write(event.text)
+        elif isinstance(event, Reasoning):
+            self.think(event.text)
+        elif isinstance(event, ToolCall):
+            call = self.calls.setdefault(event.call_index, ["", ""])
+            call[0] = event.name or call[0]
+            call[1] += event.arguments
         elif isinstance(event, Status):
             self.status = event.status
             if event.attempt is not None:
@@ -206,6 +270,9 @@ class Screen:
 
     def stop(self) -> None:
         """Take the progress line away and leave the terminal at the start of a line."""
+        if not self.quiet:
+            self.end_thinking()
+            self.show_calls()
         if self.live is not None and self.live.is_started:
             self.live.stop()
         if self.partial:
@@ -226,15 +293,25 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def follow_to_terminal(client: Client, session_id: str, after: str | None) -> int:
-    """Print the answer after `after` as it comes; the exit status of the command."""
+def _print_frame(frame: Mapping[str, Any]) -> None:
+    print(json.dumps(frame, ensure_ascii=False, separators=(",", ":")), flush=True)
+
+
+def follow_to_terminal(
+    client: Client, session_id: str, after: str | None, *, as_json: bool = False
+) -> int:
+    """Print the answer after `after` as it comes (with `as_json`, every event as a line of
+    JSON); the exit status of the command."""
     interrupts = _Interrupts()
     cursor = after
     last: Event | None = None
-    screen = Screen(sys.stdout, sys.stderr)
+    screen = Screen(sys.stdout, sys.stderr, quiet=as_json)
+    on_frame = _print_frame if as_json else None
     try:
         with interrupts.installed(), screen:
-            for event in client.follow(session_id, after, on_reconnect=screen.on_reconnect):
+            for event in client.follow(
+                session_id, after, on_reconnect=screen.on_reconnect, on_frame=on_frame
+            ):
                 with interrupts.held():
                     screen.on_event(event)
                     if event.id is not None:
@@ -279,12 +356,12 @@ def cmd_generate(client: Client, args: argparse.Namespace) -> int:
         print(session.session_id, flush=True)
         return EXIT_OK
     _say(f"session {session.session_id} ({session.model})")
-    return follow_to_terminal(client, session.session_id, None)
+    return follow_to_terminal(client, session.session_id, None, as_json=args.json)
 
 
 def cmd_follow(client: Client, args: argparse.Namespace) -> int:
-    """`rstreams follow ID [--after CURSOR]`."""
-    return follow_to_terminal(client, args.session_id, args.after)
+    """`rstreams follow ID [--after CURSOR] [--json]`."""
+    return follow_to_terminal(client, args.session_id, args.after, as_json=args.json)
 
 
 def _table(info: dict[str, Any]) -> str:
@@ -370,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--no-follow", action="store_true", help="print the session id and return at once"
     )
+    generate.add_argument("--json", action="store_true", help=JSON_HELP)
     generate.set_defaults(run=cmd_generate)
 
     follow = commands.add_parser(
@@ -377,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     follow.add_argument("session_id")
     follow.add_argument("--after", help="the cursor of the last event already printed")
+    follow.add_argument("--json", action="store_true", help=JSON_HELP)
     follow.set_defaults(run=cmd_follow)
 
     status = commands.add_parser("status", parents=[common], help="a session's status")

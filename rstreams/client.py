@@ -70,11 +70,35 @@ class Session:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of the answer; `index` counts chunks from 0."""
+    """A piece of the answer's text; `index` counts content events (chunks, reasoning, tool
+    calls) from 0."""
 
     id: str
     index: int
     text: str
+
+
+@dataclass(frozen=True)
+class Reasoning:
+    """A piece of the model's reasoning; `index` as `Chunk`'s."""
+
+    id: str
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A piece of a tool call: `call_index` is the call's position in the message, `call_id`
+    and `name` come on its first piece (None on the others), `arguments` is a fragment of
+    its JSON arguments; `index` as `Chunk`'s."""
+
+    id: str
+    index: int
+    call_index: int
+    call_id: str | None
+    name: str | None
+    arguments: str
 
 
 @dataclass(frozen=True)
@@ -116,7 +140,7 @@ class Error:
     message: str
 
 
-Event = Chunk | Status | Done | Cancelled | Error
+Event = Chunk | Reasoning | ToolCall | Status | Done | Cancelled | Error
 TERMINAL = (Done, Cancelled, Error)
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
@@ -131,6 +155,18 @@ def parse_event(data: Mapping[str, Any]) -> Event | None:
     kind, cursor = data.get("type"), data.get("id")
     if kind == "chunk":
         return Chunk(str(cursor), int(data["index"]), str(data["text"]))
+    if kind == "reasoning":
+        return Reasoning(str(cursor), int(data["index"]), str(data["text"]))
+    if kind == "tool_call":
+        call = data.get("call") or {}
+        return ToolCall(
+            str(cursor),
+            int(data["index"]),
+            int(call.get("index", 0)),
+            call.get("id"),
+            call.get("name"),
+            str(call.get("arguments", "")),
+        )
     if kind == "error":
         error = data.get("error") or {}
         return Error(
@@ -262,12 +298,17 @@ class Client:
         *,
         model: str | None = None,
         max_tokens: int | None = None,
-        messages: list[dict[str, str]] | None = None,
+        messages: list[dict[str, Any]] | None = None,
         temperature: float | None = None,
         idempotency_key: str | None = None,
+        **options: Any,
     ) -> Session:
-        """Start a generation of `prompt` (or of chat `messages`) and return its session."""
-        body: dict[str, Any] = {}
+        """Start a generation of `prompt` (or of chat `messages`) and return its session.
+
+        `options` are the request's other fields, sent as they are: `tools`, `tool_choice`,
+        `response_format`, `top_p`, `stop`, `seed`, `reasoning`.
+        """
+        body: dict[str, Any] = dict(options)
         if prompt is not None:
             body["prompt"] = prompt
         if messages is not None:
@@ -298,6 +339,13 @@ class Client:
         info: dict[str, Any] = response.json()
         return info
 
+    def message(self, session_id: str) -> dict[str, Any]:
+        """The assistant message generated so far, in the shape a conversation's `messages`
+        take it: `{"sessionId", "status", "message": {"role", "content", "reasoning",
+        "tool_calls"?}, "finishReason"?, "usage"?}`."""
+        answer: dict[str, Any] = self._request("GET", f"/api/streams/{session_id}/message").json()
+        return answer
+
     def text(self, session_id: str) -> str:
         """Everything generated so far as one string."""
         return str(self._request("GET", f"/api/streams/{session_id}/text").json()["text"])
@@ -317,6 +365,7 @@ class Client:
         after: str | None = None,
         *,
         on_reconnect: Callable[[int, RstreamsError], None] | None = None,
+        on_frame: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> Iterator[Event]:
         """The session's events after the cursor `after` (from the start if None), live, until
         a terminal event, which is the last one yielded; nothing if `after` is the terminal
@@ -327,6 +376,8 @@ class Client:
         each retry. Raises `RstreamsError` for an answer no retry can change (`not_found`,
         `unauthorized`, `bad_cursor`, ...), when the API cannot be reached at the first
         attempt, or once `reconnect_for_s` has passed without a connection.
+        `on_frame(frame)` sees each event's JSON as the server sent it, types this client
+        does not know included.
         """
         cursor = after
         attempt = 0
@@ -340,7 +391,7 @@ class Client:
                 if response.status_code == 204:  # ended, and nothing after the cursor
                     response.close()
                     return
-                for event in self._events_of(response):
+                for event in self._events_of(response, on_frame):
                     has_connected, attempt, failing_since = True, 0, None
                     is_empty, empty_ends = False, 0
                     if event.id is not None:
@@ -392,14 +443,21 @@ class Client:
             timeout=(self.timeout, self.read_timeout_s),
         )
 
-    def _events_of(self, response: requests.Response) -> Iterator[Event]:
+    def _events_of(
+        self,
+        response: requests.Response,
+        on_frame: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> Iterator[Event]:
         """One SSE connection's events; raises `RstreamsError` when it breaks."""
         with response:
             try:
                 for fields in iter_sse(response.iter_content(chunk_size=None)):
                     if fields.get("event") == "stream_error":
                         continue  # the `error` event before it again, for EventSource users
-                    event = parse_event(json.loads(fields["data"]))
+                    frame = json.loads(fields["data"])
+                    if on_frame is not None:
+                        on_frame(frame)
+                    event = parse_event(frame)
                     if event is not None:
                         yield event
             except (requests.RequestException, OSError) as e:

@@ -7,7 +7,8 @@ lives in Redis (`rs:{<id>}:meta`, field `request`), so the broker carries no pro
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from celery import Celery
 
@@ -15,15 +16,42 @@ from shared.settings import Settings
 
 GENERATE = "rstreams.generate"
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+
+# A message's content: text, OpenAI content parts (`{"type": "text", "text"}`,
+# `{"type": "image_url", "image_url": {"url"}}`), or None (an assistant message that only
+# calls tools). Validated by the API; the worker passes it on as it is.
+Content = str | list[dict[str, Any]] | None
+
+# The optional request fields passed to the provider as they are, after validation.
+PASSED_ON = ("tools", "tool_choice", "response_format", "top_p", "stop", "seed", "reasoning")
 
 
 @dataclass(frozen=True)
 class Message:
-    """One chat message."""
+    """One chat message; `tool_calls` on an assistant message, `tool_call_id` on a tool's."""
 
     role: str
-    content: str
+    content: Content
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The message's text: its content, or its text parts joined."""
+        if isinstance(self.content, str):
+            return self.content
+        parts = self.content or []
+        return "\n".join(str(p.get("text", "")) for p in parts if p.get("type") == "text")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The message as a chat-completions request carries it (no empty fields)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls is not None:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 @dataclass(frozen=True)
@@ -34,19 +62,26 @@ class GenerationRequest:
     messages: tuple[Message, ...]
     max_tokens: int | None = None
     temperature: float | None = None
+    # PASSED_ON's fields that the request set, by name.
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def prompt(self) -> str:
-        """The last user message: what the demo provider answers."""
+        """The last user message's text: what the demo provider answers."""
         for message in reversed(self.messages):
             if message.role == "user":
-                return message.content
-        return self.messages[-1].content
+                return message.text
+        return self.messages[-1].text
 
     def to_json(self) -> str:
         """Encode for storage in the session's meta hash."""
-        data = asdict(self)
-        data["messages"] = [asdict(m) for m in self.messages]
+        data: dict[str, Any] = {
+            "model": self.model,
+            "messages": [m.to_dict() for m in self.messages],
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+        }
+        data.update(self.options)
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
@@ -55,9 +90,13 @@ class GenerationRequest:
         data = json.loads(raw)
         return cls(
             model=data["model"],
-            messages=tuple(Message(m["role"], m["content"]) for m in data["messages"]),
+            messages=tuple(
+                Message(m["role"], m.get("content"), m.get("tool_calls"), m.get("tool_call_id"))
+                for m in data["messages"]
+            ),
             max_tokens=data.get("max_tokens"),
             temperature=data.get("temperature"),
+            options={name: data[name] for name in PASSED_ON if name in data},
         )
 
 

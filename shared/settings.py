@@ -509,6 +509,13 @@ class LimitsSettings:
     max_messages_chars: int = setting(
         "MAX_MESSAGES_CHARS", 200_000, "characters of all the messages", minimum=1
     )
+    max_tools: int = setting(
+        "MAX_TOOLS", 128, "tools of a request, tool calls of one message", minimum=1
+    )
+    max_tools_chars: int = setting(
+        "MAX_TOOLS_CHARS", 100_000, "the tools' definitions as JSON", minimum=100
+    )
+    max_images: int = setting("MAX_IMAGES", 20, "image parts in a request's messages")
     # Per caller (API key id; client address in open mode); 0 turns a limit off.
     rate_creates_per_min: int = setting(
         "RATE_CREATES_PER_MIN", 120, "sessions created per RATE_WINDOW_S"

@@ -13,6 +13,11 @@ The behaviour follows the request's model name (after any `vendor/` prefix):
 - `fake-401`, `fake-429` (`Retry-After: 1`), `fake-500`: that status before any event.
 - `fake-429-once`, `fake-500-once`: that status the first time, then as `fake-ok`.
 - `fake-silent`: the headers and a comment, then nothing for 30 s.
+- `fake-tools-slow`: one call of `get_weather` whose arguments come in 60 pieces, 50 ms
+  apart, then `tool_calls`.
+- `QUIRKS`' scenarios: reasoning and tool calls as OpenRouter, OpenAI, vLLM and others
+  stream them, written as those servers write them; a `-split` suffix writes any scenario
+  a few bytes at a time.
 
 A trailing assistant message (a prefill) makes every scenario continue after its words.
 """
@@ -40,6 +45,122 @@ def expected_text(n: int) -> str:
 def _word(i: int) -> str:
     word = FAKE_WORDS[i % len(FAKE_WORDS)]
     return word if i == 0 else " " + word
+
+
+def _raw(delta: str, finish: str = "null", extra: str = "") -> str:
+    """A chunk's JSON text, written by hand so that a string can be cut anywhere."""
+    return (
+        '{"id":"gen-2","object":"chat.completion.chunk","created":1,"model":"m",'
+        f'"choices":[{{"index":0,"delta":{delta},"finish_reason":{finish}}}]{extra}}}'
+    )
+
+
+_OPENAI_USAGE = (
+    '{"id":"gen-2","object":"chat.completion.chunk","created":1,"model":"m","choices":[],'
+    '"usage":{"prompt_tokens":9,"completion_tokens":30,"total_tokens":39,'
+    '"completion_tokens_details":{"reasoning_tokens":0}}}'
+)
+
+# The `data:` of each event, in order, then `[DONE]`; tests/test_provider_client.py
+# says what each must read as.
+QUIRKS: dict[str, list[str]] = {
+    # OpenRouter: `reasoning` and `reasoning_details` carry the same text; Anthropic's
+    # signature comes as a detail without text; the usage chunk has an empty delta.
+    "fake-openrouter-reasoning": [
+        _raw(
+            '{"role":"assistant","content":"","reasoning":"Two","reasoning_details":'
+            '[{"type":"reasoning.text","text":"Two","format":"anthropic-claude-v1","index":0}]}'
+        ),
+        _raw(
+            '{"role":"assistant","content":"","reasoning":" and two.","reasoning_details":'
+            '[{"type":"reasoning.text","text":" and two.","index":0}]}'
+        ),
+        _raw(
+            '{"role":"assistant","content":"","reasoning":null,"reasoning_details":'
+            '[{"type":"reasoning.text","signature":"EqQBCkYIBRgCKkD","index":0}]}'
+        ),
+        _raw('{"role":"assistant","content":"It is"}'),
+        _raw('{"role":"assistant","content":" 4."}'),
+        _raw('{"role":"assistant","content":""}', '"stop"', ',"native_finish_reason":"end_turn"'),
+        _raw(
+            '{"role":"assistant","content":""}',
+            "null",
+            ',"usage":{"prompt_tokens":10,"completion_tokens":20,"total_tokens":30,'
+            '"completion_tokens_details":{"reasoning_tokens":12},"cost":0.0001}',
+        ),
+    ],
+    # OpenAI's o-series through OpenRouter: summaries and encrypted details only.
+    "fake-details-only": [
+        _raw(
+            '{"role":"assistant","content":null,"reasoning_details":'
+            '[{"type":"reasoning.summary","summary":"Adding.","index":0}]}'
+        ),
+        _raw(
+            '{"content":null,"reasoning_details":'
+            '[{"type":"reasoning.encrypted","data":"gAAAAB","index":1}]}'
+        ),
+        _raw('{"content":"4"}', '"stop"'),
+        _OPENAI_USAGE,
+    ],
+    # vLLM, DeepSeek, llama.cpp's server: `reasoning_content`, the other field null.
+    "fake-vllm-reasoning": [
+        _raw('{"role":"assistant","content":"","reasoning_content":null}'),
+        _raw('{"content":null,"reasoning_content":"Hmm, "}'),
+        _raw('{"content":null,"reasoning_content":"caf\\u00e9 \\ud83d"}'),
+        _raw('{"content":null,"reasoning_content":"\\ude00."}'),
+        _raw('{"content":"Done","reasoning_content":null}', "null", ',"stop_reason":null'),
+        _raw('{"content":"","reasoning_content":null}', '"stop"', ',"stop_reason":null'),
+        _OPENAI_USAGE,
+    ],
+    # OpenAI: two calls, interleaved; arguments cut inside a surrogate pair and a word.
+    "fake-tools": [
+        _raw('{"role":"assistant","content":"Checking \\ud83d"}'),
+        _raw('{"content":"\\ude00"}'),
+        _raw(
+            '{"content":null,"tool_calls":[{"index":0,"id":"call_a","type":"function",'
+            '"function":{"name":"get_weather","arguments":""}}],"refusal":null}'
+        ),
+        _raw(
+            '{"tool_calls":[{"index":1,"id":"call_b","type":"function",'
+            '"function":{"name":"get_time","arguments":""}}]}'
+        ),
+        _raw('{"tool_calls":[{"index":0,"function":{"arguments":"{\\"ci"}}]}'),
+        _raw('{"tool_calls":[{"index":1,"function":{"arguments":"{\\"zone\\": \\"C"}}]}'),
+        _raw('{"tool_calls":[{"index":0,"function":{"arguments":"ty\\": \\"Paris \\ud83d"}}]}'),
+        _raw('{"tool_calls":[{"index":0,"function":{"arguments":"\\udcf7 na\\u00efve\\"}"}}]}'),
+        _raw('{"tool_calls":[{"index":1,"function":{"arguments":"ET\\"}"}}]}'),
+        _raw("{}", '"tool_calls"'),
+        _OPENAI_USAGE,
+    ],
+    # vLLM (some versions, and some OpenRouter upstreams): the id on every piece, text
+    # before the call, the finish reason on the last piece.
+    "fake-tools-vllm": [
+        _raw('{"role":"assistant","content":"Let me look."}'),
+        _raw(
+            '{"content":"","tool_calls":[{"id":"chatcmpl-tool-1","type":"function","index":0,'
+            '"function":{"name":"search","arguments":"{\\"q\\": "}}]}'
+        ),
+        _raw(
+            '{"content":"","tool_calls":[{"id":"chatcmpl-tool-1","index":0,'
+            '"function":{"arguments":"\\"redis\\"}"}}]}',
+            '"tool_calls"',
+        ),
+        _OPENAI_USAGE,
+    ],
+    # Gemini's and Ollama's OpenAI layers: each call whole, no `index`, arguments once as
+    # an object, and `stop` as the finish reason.
+    "fake-tools-whole": [
+        _raw(
+            '{"role":"assistant","tool_calls":[{"id":"c1","type":"function",'
+            '"function":{"name":"get_weather","arguments":"{\\"city\\":\\"Oslo\\"}"}}]}'
+        ),
+        _raw(
+            '{"role":"assistant","tool_calls":[{"id":"c2","type":"function",'
+            '"function":{"name":"get_time","arguments":{"zone":"CET"}}}]}'
+        ),
+        _raw("{}", '"stop"'),
+    ],
+}
 
 
 def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -152,7 +273,7 @@ class FakeProvider:
 
         def write(text: str) -> None:
             data = text.replace("\n", eol).encode()
-            step = 3 if scenario == "fake-split" else len(data)
+            step = 3 if scenario.endswith("-split") else len(data)
             for i in range(0, len(data), step):
                 send(data[i : i + step])
 
@@ -170,6 +291,24 @@ class FakeProvider:
                 h.wfile.write(b"0\r\n\r\n")
 
     def _events(self, h: Any, model: str, scenario: str, body: Any, event: Any, write: Any) -> None:
+        if scenario == "fake-tools-slow":
+            first = {"index": 0, "id": "call_slow", "type": "function"}
+            event(_chunk(model, {"tool_calls": [{**first, "function": {"name": "get_weather"}}]}))
+            for i in range(60):
+                time.sleep(0.05)
+                piece = '{"day": ' if i == 0 else ("0}" if i == 59 else "0")
+                event(
+                    _chunk(model, {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+                )
+            event(_chunk(model, {}, "tool_calls"))
+            write("data: [DONE]\n\n")
+            return None
+        quirk = QUIRKS.get(scenario.removesuffix("-split"))
+        if quirk is not None:
+            for data in quirk:
+                write(f"data: {data}\n\n")
+            write("data: [DONE]\n\n")
+            return None
         n = body.get("max_tokens") or 8
         if scenario in ("fake-error-mid", "fake-truncated"):
             n = 3

@@ -160,7 +160,7 @@ def test_a_long_outage_holds_at_most_the_buffer_then_gives_up() -> None:
     def generate() -> None:
         try:
             for i in range(10):
-                sink.chunk(f"chunk {i} ")
+                sink.add(store.Part(store.EventType.CHUNK, f"chunk {i} "))
         except Exception as e:
             raised.append(e)
 
@@ -181,7 +181,7 @@ def test_a_final_flush_through_a_long_outage_gives_up() -> None:
     down = redis.Redis(port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5)
     sink = Sink(down, Appender(down), nanoid(), "1", 0, settings)
     for i in range(3):
-        sink.chunk(f"chunk {i} ")
+        sink.add(store.Part(store.EventType.CHUNK, f"chunk {i} "))
     started = time.monotonic()
     with pytest.raises(StoreUnavailable):
         sink.flush()

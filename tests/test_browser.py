@@ -26,11 +26,11 @@ def open_demo(browser: Any, url: str, **context_options: Any) -> Any:
     return page
 
 
-def ask(page: Any, prompt: str, max_tokens: int = 60) -> str:
+def ask(page: Any, prompt: str, max_tokens: int = 60, model: str = "demo") -> str:
     """Type a prompt, send it, and return the new session's id (from the page's URL)."""
     before = page.url
     page.get_by_test_id("prompt").fill(prompt)
-    page.get_by_test_id("model").select_option("demo")
+    page.get_by_test_id("model").select_option(model)
     page.get_by_test_id("max-tokens").fill(str(max_tokens))
     page.get_by_test_id("send").click()
     page.wait_for_url(lambda url: "session=" in url and url != before, timeout=10_000)
@@ -86,6 +86,43 @@ def test_reloading_mid_answer_continues_it_to_the_end(browser: Any, api: Api) ->
         assert session_of(page.url) == session_id
         expect_completed_with_text(page, api.url, session_id)
         page.screenshot(path=screenshot_path("demo-reloaded"), full_page=True)
+    finally:
+        page.context.close()
+
+
+def test_reasoning_shows_in_a_thinking_block_and_survives_a_reload(browser: Any, api: Api) -> None:
+    page = open_demo(browser, api.url)
+    try:
+        session_id = ask(page, "Think about rivers first", max_tokens=200, model="demo-reasoning")
+        wait_chunks(page, 10)  # within the reasoning: the first 50 events
+        page.reload()
+        assert session_of(page.url) == session_id
+        expect_completed_with_text(page, api.url, session_id)
+        answer = requests.get(f"{api.url}/api/streams/{session_id}/message", timeout=10).json()
+        reasoning = page.get_by_test_id("reasoning")
+        expect(reasoning).to_have_text(answer["message"]["reasoning"])
+        page.locator("#reasoning-box summary").click()  # open the collapsed block
+        expect(reasoning).to_be_visible()
+        expect(page.get_by_test_id("tool-calls")).to_be_hidden()
+        page.screenshot(path=screenshot_path("demo-reasoning"), full_page=True)
+    finally:
+        page.context.close()
+
+
+def test_a_tool_call_shows_with_its_arguments(browser: Any, api: Api) -> None:
+    page = open_demo(browser, api.url)
+    try:
+        session_id = ask(page, "Weather in Oslo tomorrow?", model="demo-tools")
+        expect(page.get_by_test_id("status")).to_have_text("completed", timeout=30_000)
+        answer = requests.get(f"{api.url}/api/streams/{session_id}/message", timeout=10).json()
+        (call,) = answer["message"]["tool_calls"]
+        assert call["function"]["arguments"] == '{"city": "Weather in Oslo tomorrow?"}'
+        expect(page.get_by_test_id("tool-calls")).to_have_text(
+            f"get_weather({call['function']['arguments']})"
+        )
+        expect(page.get_by_test_id("reasoning")).to_be_hidden()
+        expect(page.get_by_test_id("answer")).to_be_hidden()  # no text, no empty text box
+        page.screenshot(path=screenshot_path("demo-tool-call"), full_page=True)
     finally:
         page.context.close()
 

@@ -541,6 +541,68 @@ def test_a_chunk_delivered_twice_is_shown_once(browser: Any, api: Api) -> None:
     assert types(log).count("done") == 1
 
 
+@pytest.mark.parametrize("transport", ["ws", "sse"])
+def test_reasoning_and_tool_calls_land_in_the_state_once_each(
+    browser: Any, api: Api, transport: str
+) -> None:
+    def deliver_everything_twice(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def twice(message: str | bytes) -> None:
+            ws.send(message)
+            ws.send(message)
+
+        server.on_message(twice)
+
+    weather = {
+        "type": "function",
+        "function": {"name": "get_weather", "parameters": {"properties": {"city": {}}}},
+    }
+    page = open_page(browser, api.url, ws_route=deliver_everything_twice)
+    try:
+        finals = page.evaluate(
+            """async ({ transport, weather }) => {
+              const client = new rs.ResumableStreams({ transport });
+              const out = [];
+              for (const options of [
+                { model: "demo-reasoning", max_tokens: 24 },
+                { model: "demo-tools", tools: [weather] },
+              ]) {
+                const stream = await client.start("Weather in Oslo?", options);
+                const log = track(stream);
+                for (const type of ["reasoning", "toolCall"]) {
+                  stream.on(type, (e) => log.events.push({ type, ...e }));
+                }
+                out.push(await settle(stream, log));
+              }
+              return out;
+            }""",
+            {"transport": transport, "weather": weather},
+        )
+    finally:
+        page.context.close()
+    for log in finals:
+        final = log["final"]
+        message = requests.get(
+            f"{api.url}/api/streams/{final['sessionId']}/message", timeout=10
+        ).json()["message"]
+        indexes = [
+            e["index"] for e in log["events"] if e["type"] in ("chunk", "reasoning", "toolCall")
+        ]
+        assert indexes == list(range(final["chunks"]))  # every part once, in order
+        assert final["status"] == "completed"
+        assert final["text"] == (message["content"] or "")
+        assert final["reasoning"] == (message["reasoning"] or "")
+        calls = message.get("tool_calls", [])
+        assert final["toolCalls"] == [
+            {"id": c["id"], "name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+            for c in calls
+        ]
+    reasoning, tools = finals
+    assert reasoning["final"]["reasoning"] and not reasoning["final"]["toolCalls"]
+    assert tools["final"]["toolCalls"] and not tools["final"]["text"]
+
+
 class SilentSse:
     """An SSE server that answers 200, says `: connected`, then nothing, counting the
     connections: a response that died without closing (a stuck proxy)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -220,3 +221,68 @@ def test_dev_runs_the_local_stack_and_ctrl_c_stops_it(stack_env: dict[str, str])
     assert dev.returncode == 0
     down = rstreams(f"http://127.0.0.1:{port}", "status", nanoid())
     assert "cannot reach the API" in down.stderr  # the API it started is gone with it
+
+
+def test_reasoning_goes_to_stderr_and_json_prints_every_event(api: Api) -> None:
+    done = rstreams(api.url, "generate", "think first", "--model", "demo-reasoning")
+    assert done.returncode == 0, done.stderr
+    session_id = session_id_of(done.stderr)
+    with Client(api.url) as client:
+        message = client.message(session_id)["message"]
+        assert done.stdout == client.text(session_id) == message["content"]  # the text alone
+    assert message["reasoning"] in done.stderr  # to a pipe: plain, whole
+    assert "\x1b[" not in done.stderr
+
+    as_json = rstreams(api.url, "follow", session_id, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    frames = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [f["type"] for f in frames][:2] == ["status", "status"]
+    assert "".join(f["text"] for f in frames if f["type"] == "reasoning") == message["reasoning"]
+    assert frames[-1]["type"] == "done"
+    assert message["reasoning"] not in as_json.stderr
+
+
+def test_tool_calls_are_shown_on_stderr(api: Api) -> None:
+    weather = {"type": "function", "function": {"name": "get_weather"}}
+    with Client(api.url) as client:
+        session_id = client.generate("Weather in Oslo?", model="demo-tools", tools=[weather])
+        done = rstreams(api.url, "follow", session_id.session_id)
+        call = client.message(session_id.session_id)["message"]["tool_calls"][0]
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert f"tool call: get_weather({call['function']['arguments']})" in done.stderr
+
+
+def test_reasoning_is_dimmed_on_a_terminal(api: Api) -> None:
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    seen = bytearray()
+
+    def read_terminal() -> None:
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            seen.extend(data)
+
+    reader = threading.Thread(target=read_terminal)
+    reader.start()
+    proc = subprocess.run(
+        [RSTREAMS, "--url", api.url, "generate", "dim thoughts", "--model", "demo-reasoning"],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "100"},
+        text=True,
+        timeout=60,
+    )
+    os.close(follower)
+    reader.join(timeout=10)
+    os.close(leader)
+    terminal = seen.decode(errors="replace")
+    assert proc.returncode == 0, terminal
+    assert "\x1b[2mThinking about dim thoughts." in terminal
+    with Client(api.url) as client:
+        assert proc.stdout == client.text(session_id_of(terminal.replace("\r\n", "\n")))

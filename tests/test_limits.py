@@ -69,7 +69,7 @@ def test_size_limits_are_settings_and_in_the_document() -> None:
     schemas = build(settings)["components"]["schemas"]
     assert schemas["GenerateRequest"]["properties"]["prompt"]["maxLength"] == 5
     assert schemas["GenerateRequest"]["properties"]["messages"]["maxItems"] == 2
-    assert schemas["Message"]["properties"]["content"]["maxLength"] == 9
+    assert schemas["TextPart"]["properties"]["text"]["maxLength"] == 9
     with pytest.raises(ConfigError, match="MAX_PROMPT_CHARS"):
         Settings.from_env({"MAX_PROMPT_CHARS": "0"})
     with pytest.raises(ConfigError, match="MAX_MESSAGES"):

@@ -64,6 +64,27 @@ BODIES = JSON_VALUES | st.dictionaries(
 )
 
 
+def cross_field_rule_broken(body: Any) -> str | None:
+    """Which rule between fields (documented in the descriptions, beyond what JSON Schema
+    states) a schema-valid body breaks: what the 400's message names; None if none."""
+    if not isinstance(body, dict):
+        return None
+    ids: set[str] = set()
+    for n, message in enumerate(body.get("messages") or []):
+        ids.update(c["id"] for c in message.get("tool_calls") or [])
+        if message.get("role") == "tool" and message["tool_call_id"] not in ids:
+            return f"messages[{n}].tool_call_id"
+    names = [t["function"]["name"] for t in body.get("tools") or []]
+    if len(set(names)) < len(names):
+        return "declared twice"
+    choice = body.get("tool_choice")
+    if choice == "required" and not names:
+        return "tool_choice"
+    if isinstance(choice, dict) and choice["function"]["name"] not in names:
+        return "tool_choice"
+    return None
+
+
 def _shape(path: str) -> str:
     """`/a/<x>` and `/a/{y}` alike: `/a/{}`."""
     return re.sub(r"<[^>]+>|\{[^}]+\}", "{}", path)
@@ -117,7 +138,7 @@ def test_the_documented_limits_are_the_ones_the_validator_enforces() -> None:
     )
     schemas = build(settings)["components"]["schemas"]
     body = schemas["GenerateRequest"]["properties"]
-    content = schemas["Message"]["properties"]["content"]
+    content = schemas["TextPart"]["properties"]["text"]
     for name, step in [("max_tokens", 1), ("temperature", 0.5)]:
         low, high = body[name]["minimum"], body[name]["maximum"]
         assert not _refuses({"prompt": "x", name: low}, settings)
@@ -247,6 +268,14 @@ def test_generated_requests_get_documented_answers_and_no_5xx(
             created.append(response.json()["sessionId"])
         if case.path.endswith("/ws"):  # a plain GET, never the upgrade: a 400 is right
             checks = [c for c in checks if c is not positive_data_acceptance]
+        positive = positive_data_acceptance in checks and case.method == "POST"
+        broken = cross_field_rule_broken(case.body) if positive else None
+        if broken is not None:
+            # Valid field by field, but against a rule between fields: a 400 naming it.
+            checks = [c for c in checks if c is not positive_data_acceptance]
+            named = response.status_code == 400 and broken in response.json()["error"]["message"]
+            if not named:
+                failures.append(f"{case.body!r} breaks {broken}: {response.text[:300]}")
         try:
             case.validate_response(response, checks=checks)
         except BaseExceptionGroup as e:  # schemathesis's FailureGroup: collect them all
@@ -328,3 +357,13 @@ def test_generated_requests_get_documented_answers_and_no_5xx(
     assert requests.get(f"{api.url}/healthz", timeout=10).status_code == 200
     assert counts["5xx"] == 0
     assert not failures, "\n".join(failures[:20])
+
+
+def test_every_request_field_and_role_the_validator_takes_is_documented() -> None:
+    from shared.jobs import ROLES
+
+    schemas = build(Settings())["components"]["schemas"]
+    assert set(schemas["GenerateRequest"]["properties"]) == set(validation.FIELDS)
+    roles = {m["properties"]["role"]["const"] for m in schemas["Message"]["oneOf"]}
+    assert roles == set(ROLES)
+    assert "/api/streams/{sessionId}/message" in build(Settings())["paths"]

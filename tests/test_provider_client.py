@@ -13,7 +13,7 @@ from shared.errors import ProviderError, ProviderRateLimited
 from shared.jobs import GenerationRequest, Message
 from shared.settings import ProviderSettings, Settings
 from tests.fake_provider import FakeProvider, expected_text
-from worker.providers.base import Finished, StreamItem, TextDelta
+from worker.providers.base import Finished, ReasoningDelta, StreamItem, TextDelta, ToolCallDelta
 from worker.providers.chat_completions import ChatCompletionsProvider, sse_data
 
 
@@ -193,3 +193,122 @@ def test_sse_parser_handles_line_ends_comments_and_multiline_data() -> None:
         b": 1}\n\nevent: x\ndata: last",
     ]
     assert list(sse_data(iter(raw), lambda: False)) == ["a\nb", '{"x": 1}', "last"]
+
+
+def calls_of(items: list[StreamItem]) -> list[dict[str, str]]:
+    """The tool calls the deltas build, in order, as a client assembles them."""
+    calls: list[dict[str, str]] = []
+    for item in items:
+        if not isinstance(item, ToolCallDelta):
+            continue
+        if item.index == len(calls):  # its first piece
+            assert item.id and item.name is not None, item
+            calls.append({"id": item.id, "name": item.name, "arguments": ""})
+        else:
+            assert item.id is None and item.name is None, item
+        calls[item.index]["arguments"] += item.arguments
+    return calls
+
+
+WEATHER = {"id": "call_a", "name": "get_weather", "arguments": '{"city": "Paris 📷 naïve"}'}
+TIME = {"id": "call_b", "name": "get_time", "arguments": '{"zone": "CET"}'}
+PARTS = {
+    "fake-openrouter-reasoning": ("Two and two.", "It is 4.", [], "stop", 12),
+    "fake-details-only": ("Adding.", "4", [], "stop", 0),
+    "fake-vllm-reasoning": ("Hmm, café 😀.", "Done", [], "stop", 0),
+    "fake-tools": ("", "Checking 😀", [WEATHER, TIME], "tool_calls", 0),
+    "fake-tools-vllm": (
+        "",
+        "Let me look.",
+        [{"id": "chatcmpl-tool-1", "name": "search", "arguments": '{"q": "redis"}'}],
+        "tool_calls",
+        0,
+    ),
+    "fake-tools-whole": (
+        "",
+        "",
+        [
+            {"id": "c1", "name": "get_weather", "arguments": '{"city":"Oslo"}'},
+            {"id": "c2", "name": "get_time", "arguments": '{"zone":"CET"}'},
+        ],
+        "tool_calls",  # the server said `stop`
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("split", ["", "-split"])
+@pytest.mark.parametrize("scenario", sorted(PARTS))
+def test_reasoning_and_tool_calls_as_each_server_streams_them(
+    fake: FakeProvider, scenario: str, split: str
+) -> None:
+    reasoning, text, calls, finish_reason, reasoning_tokens = PARTS[scenario]
+    items = run(ChatCompletionsProvider(settings_for(fake)), ask(scenario + split))
+    assert "".join(i.text for i in items if isinstance(i, ReasoningDelta)) == reasoning
+    assert text_of(items) == text
+    assert calls_of(items) == calls
+    finished = items[-1]
+    assert isinstance(finished, Finished) and finished.finish_reason == finish_reason
+    if reasoning_tokens is not None:
+        assert finished.usage is not None
+        assert finished.usage["completion_tokens_details"]["reasoning_tokens"] == reasoning_tokens
+    for item in items[:-1]:
+        # Every piece is whole characters: it can be stored and sent as UTF-8 on its own.
+        assert not isinstance(item, Finished)
+        piece = item.arguments if isinstance(item, ToolCallDelta) else item.text
+        piece.encode()
+        assert piece or isinstance(item, ToolCallDelta), item
+    # Reasoning comes before the answer's text, and text before the calls it announces.
+    kinds = [type(i).__name__ for i in items[:-1]]
+    assert kinds == sorted(kinds, key=["ReasoningDelta", "TextDelta", "ToolCallDelta"].index)
+
+
+def test_a_call_is_a_first_piece_even_before_its_arguments_stream(fake: FakeProvider) -> None:
+    items = run(ChatCompletionsProvider(settings_for(fake)), ask("fake-tools"))
+    firsts = [i for i in items if isinstance(i, ToolCallDelta) and i.id]
+    assert firsts == [
+        ToolCallDelta(0, "call_a", "get_weather", ""),
+        ToolCallDelta(1, "call_b", "get_time", ""),
+    ]
+
+
+def test_tool_conversations_images_and_options_reach_the_provider_as_sent(
+    fake: FakeProvider,
+) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    options = {
+        "tools": tools,
+        "tool_choice": "auto",
+        "response_format": {"type": "json_object"},
+        "top_p": 0.5,
+        "stop": ["\n\n"],
+        "seed": 7,
+        "reasoning": {"effort": "low"},
+    }
+    image = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]
+    call = {
+        "id": "call_a",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": "{}"},
+    }
+    request = GenerationRequest(
+        model="fake-ok",
+        messages=(
+            Message("user", image),
+            Message("assistant", None, tool_calls=[call]),
+            Message("tool", "Sunny", tool_call_id="call_a"),
+        ),
+        options=options,
+    )
+    run(ChatCompletionsProvider(settings_for(fake)), request)
+    sent = fake.requests_for("fake-ok")[-1]["json"]
+    assert sent["messages"] == [
+        {"role": "user", "content": image},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "Sunny", "tool_call_id": "call_a"},
+    ]
+    assert {name: sent[name] for name in options} == options
+    assert GenerationRequest.from_json(request.to_json()) == request

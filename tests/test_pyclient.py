@@ -146,3 +146,27 @@ def test_the_api_key_comes_from_the_environment_as_a_bearer(keyed: Api) -> None:
         events = list(client.follow(session.session_id))
         assert [c.index for c in chunks_of(events)] == list(range(5))
         assert client.status(session.session_id)["status"] == "completed"
+
+
+def test_reasoning_and_tool_calls_are_typed_events_and_message_assembles_them(api: Api) -> None:
+    from rstreams import Reasoning, ToolCall
+
+    weather = {"type": "function", "function": {"name": "get_weather"}}
+    with Client(api.url) as client:
+        thinking = client.generate("think", model="demo-reasoning", max_tokens=20).session_id
+        events = list(client.follow(thinking))
+        parts = [e for e in events if isinstance(e, Chunk | Reasoning)]
+        assert [p.index for p in parts] == list(range(20))
+        assert isinstance(parts[0], Reasoning) and isinstance(parts[-1], Chunk)
+        message = client.message(thinking)["message"]
+        assert message["reasoning"] == "".join(p.text for p in parts if isinstance(p, Reasoning))
+        assert message["content"] == "".join(c.text for c in chunks_of(events))
+
+        calling = client.generate("Oslo?", model="demo-tools", tools=[weather]).session_id
+        pieces = [e for e in client.follow(calling) if isinstance(e, ToolCall)]
+        first, rest = pieces[0], pieces[1:]
+        assert (first.call_index, first.name) == (0, "get_weather") and first.call_id
+        assert all(p.call_id is None and p.name is None for p in rest)
+        (call,) = client.message(calling)["message"]["tool_calls"]
+        assert call["id"] == first.call_id
+        assert call["function"]["arguments"] == "".join(p.arguments for p in pieces)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import runpy
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from shared.errors import ConfigError
 from shared.jobs import GenerationRequest, Message
 from shared.settings import OPENAI_BASE_URL, OPENROUTER_BASE_URL, Settings, declared
-from worker.providers.base import Finished, Resume, TextDelta
+from worker.providers.base import Finished, ReasoningDelta, Resume, TextDelta, ToolCallDelta
 from worker.providers.demo import DemoProvider, demo_text
 
 ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
@@ -152,6 +153,71 @@ def test_demo_is_deterministic_and_counts_chunks() -> None:
         "".join(i.text for i in started if isinstance(i, TextDelta))
         == demo_text("Why is the sky blue?", 30)[len(demo_text("Why is the sky blue?", 10)) :]
     )
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"days": {"type": "integer"}, "city": {"type": "string"}},
+        },
+    },
+}
+
+
+def test_demo_reasoning_thinks_then_answers_and_resumes_where_it_stopped() -> None:
+    provider = DemoProvider(tokens_per_s=0, default_max_tokens=200)
+    ask = GenerationRequest("demo-reasoning", (Message("user", "Why is the sky blue?"),), 20)
+    items = list(provider.stream(ask, lambda: False))
+    kinds = [type(i) for i in items]
+    assert kinds == [ReasoningDelta] * 5 + [TextDelta] * 15 + [Finished]
+    assert "".join(i.text for i in items if isinstance(i, ReasoningDelta)).startswith(
+        "Thinking about Why is the sky"
+    )
+    assert "".join(i.text for i in items if isinstance(i, TextDelta)) == demo_text(
+        "Why is the sky blue?", 15
+    )
+    assert items[-1] == Finished(
+        "stop",
+        {
+            "prompt_tokens": 5,
+            "completion_tokens": 20,
+            "total_tokens": 25,
+            "completion_tokens_details": {"reasoning_tokens": 5},
+        },
+    )
+    assert list(provider.stream(ask, lambda: False, Resume(3, ""))) == items[3:]
+
+
+def test_demo_tools_calls_the_first_tool_then_quotes_its_result() -> None:
+    provider = DemoProvider(tokens_per_s=0, default_max_tokens=200)
+    question = Message("user", "Weather in Oslo tomorrow?")
+    ask = GenerationRequest("demo-tools", (question,), options={"tools": [WEATHER_TOOL]})
+    items = list(provider.stream(ask, lambda: False))
+    first, *pieces = [i for i in items if isinstance(i, ToolCallDelta)]
+    assert first.index == 0 and first.id and first.name == "get_weather"
+    assert len(pieces) > 1 and all(p.id is None and p.name is None for p in pieces)
+    assert json.loads("".join(p.arguments for p in pieces)) == {"city": "Weather in Oslo tomorrow?"}
+    assert isinstance(items[-1], Finished) and items[-1].finish_reason == "tool_calls"
+    assert list(provider.stream(ask, lambda: False)) == items  # the same call every time
+
+    call = {"id": first.id, "type": "function", "function": {"name": "get_weather"}}
+    answered = GenerationRequest(
+        "demo-tools",
+        (
+            question,
+            Message("assistant", None, tool_calls=[call]),
+            Message("tool", "Sunny, 21 degrees", tool_call_id=first.id),
+        ),
+        options={"tools": [WEATHER_TOOL]},
+    )
+    items = list(provider.stream(answered, lambda: False))
+    assert "".join(i.text for i in items if isinstance(i, TextDelta)) == (
+        "The tool answered: Sunny, 21 degrees."
+    )
+    assert isinstance(items[-1], Finished) and items[-1].finish_reason == "stop"
 
 
 def test_demo_stops_when_asked() -> None:

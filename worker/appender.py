@@ -31,6 +31,7 @@ from shared import logs, metrics, store
 from shared.backoff import compute_backoff, ensure_running
 from shared.errors import AppendRefused
 from shared.settings import Settings
+from shared.store import Part
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ BACKOFF_MAX_S = 2.0
 # outage, when every session has a buffer to write.
 BATCH_MAX = 2000
 
-Batch = list[tuple["Sink", list[tuple[int, str]]]]
+Batch = list[tuple["Sink", list[tuple[int, Part]]]]
 
 
 class Appender:
@@ -52,19 +53,19 @@ class Appender:
         self.r = r
         # The process's metrics: what is pending rides on each pipeline of chunks.
         self.tally = tally or metrics.Tally()
-        self._queued: queue.SimpleQueue[tuple[Sink, int, str]] = queue.SimpleQueue()
+        self._queued: queue.SimpleQueue[tuple[Sink, int, Part]] = queue.SimpleQueue()
         # Chunks not yet written, per sink; only the appender's thread touches it.
-        self._unsent: dict[Sink, deque[tuple[int, str]]] = {}
+        self._unsent: dict[Sink, deque[tuple[int, Part]]] = {}
         self._script_loaded = False
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
-    def put(self, sink: Sink, index: int, text: str) -> None:
+    def put(self, sink: Sink, index: int, part: Part) -> None:
         """Queue chunk `index` of `sink`'s session."""
         if self._thread is None:
             with self._start_lock:
                 self._thread = ensure_running(self._thread, self._run, "appender")
-        self._queued.put((sink, index, text))
+        self._queued.put((sink, index, part))
 
     def _run(self) -> None:
         while True:
@@ -90,8 +91,8 @@ class Appender:
             else:
                 item = self._queued.get(timeout=max(0.0, retry_at - now))
             while True:
-                sink, index, text = item
-                self._unsent.setdefault(sink, deque()).append((index, text))
+                sink, index, part = item
+                self._unsent.setdefault(sink, deque()).append((index, part))
                 item = self._queued.get_nowait()
         except queue.Empty:
             pass
@@ -113,12 +114,12 @@ class Appender:
     def _send(self, batch: Batch) -> None:
         pipe = self.r.pipeline(transaction=False)
         for sink, items in batch:
-            for index, text in items:
-                store.queue_chunk(
+            for index, part in items:
+                store.queue_content(
                     pipe,
                     sink.session_id,
                     index,
-                    text,
+                    part,
                     token=sink.token,
                     maxlen=sink.settings.stream_maxlen,
                     ttl_s=sink.settings.stream_ttl_s,
@@ -188,13 +189,14 @@ class Sink:
         self._closed = False
         self._changed = threading.Condition()
 
-    def chunk(self, text: str) -> None:
-        """Queue the next chunk; raises what stopped an earlier one (a refusal, an outage)."""
+    def add(self, part: Part) -> None:
+        """Queue the next content event (a chunk, reasoning, a tool call's piece); raises
+        what stopped an earlier one (a refusal, an outage)."""
         self._check()
         if self.index - self.written >= self.settings.worker.buffer_chunks:
             # The buffer is full: wait for Redis rather than grow.
             self._wait(lambda: self.index - self.written < self.settings.worker.buffer_chunks)
-        self.appender.put(self, self.index, text)
+        self.appender.put(self, self.index, part)
         self.index += 1
 
     def flush(self) -> None:
@@ -224,7 +226,7 @@ class Sink:
                     self.fail(e)
                 break
             try:
-                store.chunk_result(self.r, self.session_id, answer)
+                store.content_result(self.r, self.session_id, answer)
             except AppendRefused as e:
                 self.fail(e)
                 break

@@ -21,7 +21,14 @@ from shared.settings import Settings
 from worker.appender import BACKOFF_MAX_S, BACKOFF_START_S, Appender, Sink, StoreUnavailable
 from worker.leases import Held, LeaseKeeper
 from worker.providers import is_demo_model
-from worker.providers.base import Finished, Provider, Resume, TextDelta
+from worker.providers.base import (
+    Delta,
+    Finished,
+    Provider,
+    ReasoningDelta,
+    Resume,
+    TextDelta,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +67,16 @@ def patiently(fn: Callable[[], T], session_id: str, settings: Settings) -> T:
             failures += 1
 
 
-def may_resume(model: str, settings: Settings) -> bool:
-    """Whether an answer of `model` can be continued by another attempt."""
-    return is_demo_model(model) or settings.limits.may_prefill(model)
+def _why_not_resumable(model: str, answer: store.Answer, settings: Settings) -> str:
+    """Why another attempt cannot continue `answer` ("" when it can)."""
+    if is_demo_model(model):
+        return ""  # deterministic: it goes on from any event
+    if not settings.limits.may_prefill(model):
+        return "this model cannot continue it"
+    if answer.tool_calls:
+        # A prefill continues text, never a call: the calls so far may be incomplete.
+        return "it was calling tools, which cannot be continued"
+    return ""
 
 
 def run(
@@ -135,20 +149,21 @@ def _generate(
         resume = None
         if attempt > 1:
             if sink.index > 0:
-                if not may_resume(request.model, settings):
-                    # The text is append-only: starting over would garble it.
+                answer = patiently(lambda: store.read_answer(r, session_id), session_id, settings)
+                why = _why_not_resumable(request.model, answer, settings)
+                if why:
+                    # The answer is append-only: starting over would garble it.
                     store.append_error(
                         r,
                         session_id,
                         "worker_lost",
-                        "The worker generating this answer stopped and this model cannot "
-                        "continue it; the partial answer stays readable.",
+                        f"The worker generating this answer stopped and {why}; the partial "
+                        "answer stays readable.",
                         token=token,
                         ttl_s=ttl_s,
                     )
                     return Outcome.FAILED
-                text = patiently(lambda: store.read_text(r, session_id)[1], session_id, settings)
-                resume = Resume(sink.index, text)
+                resume = Resume(sink.index, answer.text)
             status = "resumed"
         else:
             status = "running"
@@ -170,9 +185,7 @@ def _generate(
         provider = provider_for(request.model, settings)
         with contextlib.closing(provider.stream(request, should_stop, resume)) as items:
             for item in items:
-                if isinstance(item, TextDelta):
-                    sink.chunk(item.text)
-                elif isinstance(item, Finished):
+                if isinstance(item, Finished):
                     sink.terminal(
                         functools.partial(
                             store.append_done,
@@ -187,6 +200,7 @@ def _generate(
                     )
                     log.info("session %s completed: %d chunks", session_id, sink.index)
                     return Outcome.COMPLETED
+                sink.add(part_of(item))
         sink.flush()
         if stopping.is_set() and not held.is_lost() and can_hand_over:
             log.info("session %s handed over at chunk %d (shutdown)", session_id, sink.index)
@@ -210,6 +224,21 @@ def _generate(
         raise
     finally:
         sink.close()
+
+
+def part_of(delta: Delta) -> store.Part:
+    """The content event a provider's delta is stored as."""
+    if isinstance(delta, TextDelta):
+        return store.Part(store.EventType.CHUNK, delta.text)
+    if isinstance(delta, ReasoningDelta):
+        return store.Part(store.EventType.REASONING, delta.text)
+    call: dict[str, object] = {"index": delta.index}
+    if delta.id is not None:
+        call["id"] = delta.id
+    if delta.name is not None:
+        call["name"] = delta.name
+    call["arguments"] = delta.arguments
+    return store.Part(store.EventType.TOOL_CALL, call=call)
 
 
 def _end_with_error(sink: Sink, code: str, message: str) -> None:

@@ -75,19 +75,63 @@ function render(state) {
   }
 }
 
-function appendText(text) {
-  const answer = $("answer");
-  const atBottom = answer.scrollHeight - answer.scrollTop - answer.clientHeight < 24;
-  answer.append(text);
-  if (atBottom) answer.scrollTop = answer.scrollHeight;
+function appendText(text, id = "answer") {
+  const box = $(id);
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 24;
+  box.append(text);
+  if (atBottom) box.scrollTop = box.scrollHeight;
 }
+
+function appendReasoning(text) {
+  $("reasoning-box").hidden = false;
+  appendText(text, "reasoning");
+}
+
+/** The answer's tool calls, each as `name(arguments)`. */
+function renderToolCalls(calls) {
+  const list = $("tool-calls");
+  list.hidden = calls.length === 0;
+  // An answer that only calls tools has no text: no "answer appears here" box for it.
+  $("answer").classList.toggle("calls-only", calls.length > 0);
+  list.replaceChildren(
+    ...calls.map((call) => {
+      const item = document.createElement("li");
+      const name = document.createElement("code");
+      name.className = "tool-name";
+      name.textContent = call.name;
+      const args = document.createElement("code");
+      args.textContent = call.arguments;
+      item.append(name, "(", args, ")");
+      return item;
+    }),
+  );
+}
+
+function clearAnswer() {
+  $("answer").textContent = "";
+  $("reasoning").textContent = "";
+  $("reasoning-box").hidden = true;
+  renderToolCalls([]);
+}
+
+/** A tool for `demo-tools` to call, so the page shows a call without writing any. */
+const DEMO_TOOLS = [
+  {
+    type: "function",
+    function: {
+      name: "get_weather",
+      description: "The weather in a city",
+      parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] },
+    },
+  },
+];
 
 /** Follow a session: from the start, replaying what was generated, then live. */
 function follow(sessionId, token, { title, push } = {}) {
   if (stream) stream.close();
   unsubscribe.forEach((off) => off());
   showError("");
-  $("answer").textContent = "";
+  clearAnswer();
   const url = sessionUrl(sessionId, token);
   if (push) history.pushState(null, "", url);
   else if (location.href !== url) history.replaceState(null, "", url);
@@ -108,6 +152,8 @@ function follow(sessionId, token, { title, push } = {}) {
   render(current.state);
   unsubscribe = [
     current.on("chunk", (e) => appendText(e.text)),
+    current.on("reasoning", (e) => appendReasoning(e.text)),
+    current.on("toolCall", () => renderToolCalls(current.state.toolCalls)),
     current.on("state", render),
     current.on("status", ({ status }) => {
       if (status !== "reconnecting" && status !== "connecting") {
@@ -166,9 +212,11 @@ async function send(event) {
   $("send").disabled = true;
   try {
     const maxTokens = Number($("max-tokens").value) || undefined;
+    const model = modelChoice() || undefined;
     const started = await client().start(prompt, {
-      model: modelChoice() || undefined,
+      model,
       max_tokens: maxTokens,
+      tools: model === "demo-tools" ? DEMO_TOOLS : undefined,
     });
     // `start` already follows it; the page follows through `follow` to keep one path.
     started.close();
@@ -204,7 +252,7 @@ function openFromUrl() {
   stream = null;
   unsubscribe.forEach((off) => off());
   unsubscribe = [];
-  $("answer").textContent = "";
+  clearAnswer();
   $("share").hidden = true;
   render({ status: "idle", chunks: 0, reconnecting: false, attempt: 0, transport: null });
   renderRecent();

@@ -42,13 +42,26 @@ export interface StreamError {
   retryAfterS?: number;
 }
 
+/** A tool call of the answer, as far as it has come: `arguments` is JSON once the call is
+ * complete (the session finished with `tool_calls`). */
+export interface ToolCall {
+  id: string;
+  name: string;
+  arguments: string;
+}
+
 /** A snapshot of a stream; a new object on every change (safe as React state). */
 export interface StreamState {
   sessionId: string;
   status: StreamStatus;
-  /** The answer so far. */
+  /** The answer's text so far. */
   text: string;
-  /** Chunks received (the index of the last chunk + 1). */
+  /** The model's reasoning so far ("" for a model that does not stream any). */
+  reasoning: string;
+  /** The answer's tool calls so far, in order. */
+  toolCalls: ToolCall[];
+  /** Content events received: text chunks, reasoning and tool-call pieces together (the
+   * index of the last one + 1). */
   chunks: number;
   /** The id of the last event received: resume after it. */
   cursor: string | null;
@@ -68,6 +81,13 @@ export interface StreamState {
 
 export interface StreamEventMap {
   chunk: { text: string; index: number; id: string };
+  reasoning: { text: string; index: number; id: string };
+  /** A piece of tool call `call.index`; `call.id` and `call.name` come on its first piece. */
+  toolCall: {
+    index: number;
+    id: string;
+    call: { index: number; id?: string; name?: string; arguments: string };
+  };
   /** The status changed (including to and from `reconnecting`). */
   status: { status: StreamStatus };
   /** The session completed. */
@@ -112,8 +132,16 @@ export interface StartOptions {
   model?: string;
   max_tokens?: number;
   temperature?: number;
-  /** Chat messages instead of a single prompt. */
-  messages?: { role: string; content: string }[];
+  /** Chat messages instead of a single prompt (with tool calls, tool results and image
+   * parts: DESIGN 2.5). */
+  messages?: { role: string; content: unknown; tool_calls?: unknown[]; tool_call_id?: string }[];
+  tools?: unknown[];
+  tool_choice?: unknown;
+  response_format?: unknown;
+  top_p?: number;
+  stop?: string | string[];
+  seed?: number;
+  reasoning?: { effort: "low" | "medium" | "high" } | { max_tokens: number };
   /** Sent as the `Idempotency-Key` header: a retried start returns the same session. */
   idempotencyKey?: string;
 }

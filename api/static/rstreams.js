@@ -123,6 +123,8 @@ export class Stream {
       sessionId,
       status: /** @type {StreamStatus} */ ("connecting"),
       text: "",
+      reasoning: "",
+      toolCalls: [],
       chunks: 0,
       cursor: options.after || null,
       reconnecting: false,
@@ -174,8 +176,8 @@ export class Stream {
   }
 
   /**
-   * Subscribe to `chunk`, `status`, `done`, `cancelled`, `error`, `reconnecting`, `open` or
-   * `state`; returns the unsubscribe function.
+   * Subscribe to `chunk`, `reasoning`, `toolCall`, `status`, `done`, `cancelled`, `error`,
+   * `reconnecting`, `open` or `state`; returns the unsubscribe function.
    * @param {string} type
    * @param {(event: any) => void} listener
    * @returns {() => void}
@@ -538,19 +540,37 @@ export class Stream {
         this._set(patch);
         return;
       }
-      case "chunk": {
+      case "chunk":
+      case "reasoning":
+      case "tool_call": {
         const index = Number(event.index);
         this._serverStatus = "running";
         patch.status = "running";
         if (!(index >= this._state.chunks)) {
-          this._set(patch); // a chunk already received: never twice
+          this._set(patch); // a content event already received: never twice
+          return;
+        }
+        patch.chunks = index + 1;
+        if (event.type === "tool_call") {
+          const call = event.call || {};
+          const at = Number(call.index);
+          const calls = this._state.toolCalls.slice();
+          const known = calls[at] || { id: "", name: "", arguments: "" };
+          calls[at] = {
+            id: call.id ?? known.id,
+            name: call.name ?? known.name,
+            arguments: known.arguments + String(call.arguments ?? ""),
+          };
+          patch.toolCalls = calls;
+          this._set(patch);
+          this._emit("toolCall", { index, id: event.id, call: { ...call, index: at } });
           return;
         }
         const text = String(event.text ?? "");
-        patch.text = this._state.text + text;
-        patch.chunks = index + 1;
+        const field = event.type === "chunk" ? "text" : "reasoning";
+        patch[field] = this._state[field] + text;
         this._set(patch);
-        this._emit("chunk", { text, index, id: event.id });
+        this._emit(event.type, { text, index, id: event.id });
         return;
       }
       case "done": {

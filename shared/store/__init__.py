@@ -3,23 +3,26 @@
 One module per concern (docs/ARCHITECTURE.md, "Where things live"): `events` (statuses,
 event frames, cursors), `sessions` (creation, Idempotency-Keys, the meta record),
 `append` (every write to a stream), `leases`, `read`, and `scripts` (the Lua scripts of
-`lua/`, read once at import). Callers use the names exported here: `store.append_chunk(...)`.
+`lua/`, read once at import). Callers use the names exported here: `store.append_content(...)`.
 """
 
 from shared.store.append import (
     append_chunk,
+    append_content,
     append_done,
     append_error,
     append_status,
     cancel,
-    chunk_result,
-    queue_chunk,
+    content_result,
+    queue_content,
 )
 from shared.store.events import (
+    CONTENT_EVENTS,
     TERMINAL_STATUSES,
     Batch,
     Event,
     EventType,
+    Part,
     Status,
     decode_batch,
     decode_event,
@@ -27,7 +30,7 @@ from shared.store.events import (
     until_terminal,
 )
 from shared.store.leases import acquire_lease, queue_renew, release_lease
-from shared.store.read import has_nothing_after, read_text
+from shared.store.read import Answer, has_nothing_after, read_answer, read_text
 from shared.store.scripts import load_scripts
 from shared.store.sessions import (
     SessionMeta,
@@ -41,21 +44,25 @@ from shared.store.sessions import (
 )
 
 __all__ = [
+    "CONTENT_EVENTS",
     "TERMINAL_STATUSES",
+    "Answer",
     "Batch",
     "Event",
     "EventType",
+    "Part",
     "SessionMeta",
     "Status",
     "acquire_lease",
     "append_chunk",
+    "append_content",
     "append_done",
     "append_error",
     "append_status",
     "cancel",
     "check_owner",
-    "chunk_result",
     "claim_idempotency_key",
+    "content_result",
     "create_session",
     "decode_batch",
     "decode_event",
@@ -64,8 +71,9 @@ __all__ = [
     "meta_of",
     "now_ms",
     "parse_cursor",
-    "queue_chunk",
+    "queue_content",
     "queue_renew",
+    "read_answer",
     "read_meta",
     "read_text",
     "release_idempotency_key",

@@ -15,7 +15,7 @@ from shared import fields, keys
 from shared.errors import AppendRefused, SessionNotFound
 from shared.redisconn import is_cluster
 from shared.store import scripts
-from shared.store.events import TERMINAL_STATUSES, EventType, Status, dumps
+from shared.store.events import TERMINAL_STATUSES, EventType, Part, Status, dumps
 from shared.store.sessions import now_ms
 
 
@@ -84,38 +84,47 @@ def _result(r: redis.Redis, session_id: str, new_status: Status | None, answer: 
     return result
 
 
-def append_chunk(
-    r: redis.Redis, session_id: str, index: int, text: str, *, token: str, maxlen: int, ttl_s: int
-) -> str | None:
-    """Append chunk `index`; `None` if that index was written already (a retried append)."""
-    return _append(
-        r,
-        session_id,
-        EventType.CHUNK,
-        token=token,
-        maxlen=maxlen,
-        ttl_s=ttl_s,
-        text=text,
-        index=index,
+def _content_args(index: int, part: Part, *, token: str, maxlen: int, ttl_s: int) -> list[Any]:
+    data = {"call": part.call} if part.call is not None else None
+    return _args(
+        part.type, token=token, maxlen=maxlen, ttl_s=ttl_s, text=part.text, index=index, data=data
     )
 
 
-def queue_chunk(
-    pipe: Any, session_id: str, index: int, text: str, *, token: str, maxlen: int, ttl_s: int
+def append_content(
+    r: redis.Redis, session_id: str, index: int, part: Part, *, token: str, maxlen: int, ttl_s: int
+) -> str | None:
+    """Append content event `index` (a chunk, reasoning or a tool call's piece); `None` if
+    that index was written already (a retried append)."""
+    args = _content_args(index, part, token=token, maxlen=maxlen, ttl_s=ttl_s)
+    return _result(r, session_id, None, scripts.APPEND.run(r, _keys(r, session_id), args))
+
+
+def append_chunk(
+    r: redis.Redis, session_id: str, index: int, text: str, *, token: str, maxlen: int, ttl_s: int
+) -> str | None:
+    """`append_content` of a text chunk."""
+    part = Part(EventType.CHUNK, text)
+    return append_content(r, session_id, index, part, token=token, maxlen=maxlen, ttl_s=ttl_s)
+
+
+def queue_content(
+    pipe: Any, session_id: str, index: int, part: Part, *, token: str, maxlen: int, ttl_s: int
 ) -> None:
-    """Queue the append of chunk `index` into `pipe`; read its answer with `chunk_result`.
+    """Queue the append of content event `index` into `pipe`; read its answer with
+    `content_result`.
 
     `pipe` is a non-transactional pipeline: each call is the same atomic script on one
     session's keys, so a pipeline of many sessions' chunks also works on Redis Cluster.
     Run `load_scripts` first (again after a `NoScriptError` answer): a pipeline cannot
     load a missing script by itself.
     """
-    args = _args(EventType.CHUNK, token=token, maxlen=maxlen, ttl_s=ttl_s, text=text, index=index)
+    args = _content_args(index, part, token=token, maxlen=maxlen, ttl_s=ttl_s)
     scripts.APPEND.queue(pipe, _keys(pipe, session_id), args)
 
 
-def chunk_result(r: redis.Redis, session_id: str, answer: Any) -> str | None:
-    """What `append_chunk` returns for a queued chunk's `answer`; raises `AppendRefused`."""
+def content_result(r: redis.Redis, session_id: str, answer: Any) -> str | None:
+    """What `append_content` returns for a queued event's `answer`; raises `AppendRefused`."""
     return _result(r, session_id, None, answer)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -29,6 +30,8 @@ class EventType(StrEnum):
 
     STATUS = "status"
     CHUNK = "chunk"
+    REASONING = "reasoning"
+    TOOL_CALL = "tool_call"
     DONE = "done"
     ERROR = "error"
     CANCELLED = "cancelled"
@@ -36,6 +39,8 @@ class EventType(StrEnum):
 
 TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
 TERMINAL_EVENTS = frozenset({EventType.DONE, EventType.ERROR, EventType.CANCELLED})
+# The parts of the answer: one `index` sequence counts them together (DESIGN.md 2.5).
+CONTENT_EVENTS = frozenset({EventType.CHUNK, EventType.REASONING, EventType.TOOL_CALL})
 
 # Stream entry fields: short, spelled only here (and in the Lua scripts).
 F_TYPE, F_INDEX, F_TEXT, F_DATA = "t", "i", "x", "d"
@@ -76,6 +81,16 @@ class Event(dict[str, Any]):
 Batch = list[Event]
 
 
+@dataclass(frozen=True)
+class Part:
+    """What a content event carries: the text of a `chunk` or of `reasoning`, or the piece
+    `call` of a `tool_call` (`{"index", "id"?, "name"?, "arguments"}`)."""
+
+    type: EventType
+    text: str = ""
+    call: dict[str, Any] | None = None
+
+
 def parse_cursor(raw: str | None) -> str | None:
     """Validate a client's cursor (`<ms>-<seq>`); `None` or empty means the beginning."""
     if raw is None or raw == "":
@@ -89,16 +104,19 @@ def parse_cursor(raw: str | None) -> str | None:
 def decode_event(entry_id: str, entry_fields: dict[str, str]) -> Event:
     """A stream entry as the contract's event frame."""
     etype = entry_fields.get(F_TYPE, "")
-    if etype == EventType.CHUNK:
+    if etype == EventType.CHUNK or etype == EventType.REASONING:
         index, text = int(entry_fields.get(F_INDEX, 0)), entry_fields.get(F_TEXT, "")
         event = Event(type=etype, id=entry_id, index=index, text=text)
         # Nearly every event is a chunk: spelled out it encodes several times faster, to
         # the same text `json.dumps` gives.
         event._utf8 = (
-            f'{{"type":"chunk","id":"{entry_id}","index":{index:d},"text":{_quote(text)}}}'
+            f'{{"type":"{etype}","id":"{entry_id}","index":{index:d},"text":{_quote(text)}}}'
         ).encode()
         return event
-    event = Event(type=etype, id=entry_id)
+    if F_INDEX in entry_fields:  # a content event of another kind: its index before its data
+        event = Event(type=etype, id=entry_id, index=int(entry_fields[F_INDEX]))
+    else:
+        event = Event(type=etype, id=entry_id)
     if F_DATA in entry_fields:
         event.update(json.loads(entry_fields[F_DATA]))
     event._utf8 = dumps(event).encode()

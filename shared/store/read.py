@@ -1,15 +1,23 @@
-"""Reading a session's stream: the whole text, and whether it has ended. (Followers read
-in `api/fanout.py` and `api/readers.py`.)"""
+"""Reading a session's stream: the whole text, catch-up reads, and whether it has ended."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import redis
 
 from shared import keys
-from shared.store.events import F_TEXT, F_TYPE, TERMINAL_STATUSES, EventType
-from shared.store.sessions import read_meta
+from shared.store.events import (
+    CONTENT_EVENTS,
+    F_DATA,
+    F_TEXT,
+    F_TYPE,
+    TERMINAL_STATUSES,
+    EventType,
+)
+from shared.store.sessions import SessionMeta, read_meta
 
 
 def _id_key(entry_id: str) -> tuple[int, int]:
@@ -28,21 +36,58 @@ def has_nothing_after(r: redis.Redis, session_id: str, status: str, after: str |
     return after is not None and _id_key(str(last[0][0])) <= _id_key(after)
 
 
-def read_text(r: redis.Redis, session_id: str, page: int = 1000) -> tuple[str, str, int]:
-    """Everything generated so far: (status, text, chunks).
+@dataclass
+class Answer:
+    """What a session has generated so far, assembled from its content events."""
 
-    Reads the status first: if it is terminal, the text read after it is the whole answer.
-    """
-    status = read_meta(r, session_id).status
-    parts: list[str] = []
+    # Read before the events: when its status is terminal, the events are the whole answer.
+    meta: SessionMeta
+    text: str = ""
+    reasoning: str = ""
+    # As a chat message carries them: `{"id", "type": "function", "function": {"name",
+    # "arguments"}}`, in order.
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    # Content events: chunks, reasoning and tool-call pieces together.
+    chunks: int = 0
+
+
+def read_answer(r: redis.Redis, session_id: str, page: int = 1000) -> Answer:
+    """Everything generated so far, assembled."""
+    answer = Answer(read_meta(r, session_id))
+    text: list[str] = []
+    reasoning: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
     start = "-"
     key = keys.events(session_id)
     while True:
         entries: list[tuple[str, dict[str, str]]] = cast(Any, r.xrange(key, start, "+", count=page))
-        for _entry_id, entry_fields in entries:
-            if entry_fields.get(F_TYPE) == EventType.CHUNK:
-                parts.append(entry_fields.get(F_TEXT, ""))
+        for _entry_id, entry in entries:
+            kind = entry.get(F_TYPE)
+            if kind not in CONTENT_EVENTS:
+                continue
+            answer.chunks += 1
+            if kind == EventType.CHUNK:
+                text.append(entry.get(F_TEXT, ""))
+            elif kind == EventType.REASONING:
+                reasoning.append(entry.get(F_TEXT, ""))
+            else:
+                piece = json.loads(entry[F_DATA])["call"]
+                call = calls.setdefault(
+                    piece["index"],
+                    {"id": "", "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                call["id"] = piece.get("id") or call["id"]
+                call["function"]["name"] = piece.get("name") or call["function"]["name"]
+                call["function"]["arguments"] += piece["arguments"]
         if len(entries) < page:
             break
         start = "(" + entries[-1][0]
-    return status, "".join(parts), len(parts)
+    answer.text, answer.reasoning = "".join(text), "".join(reasoning)
+    answer.tool_calls = [calls[i] for i in sorted(calls)]
+    return answer
+
+
+def read_text(r: redis.Redis, session_id: str) -> tuple[str, str, int]:
+    """Everything generated so far: (status, text, content events)."""
+    answer = read_answer(r, session_id)
+    return answer.meta.status, answer.text, answer.chunks

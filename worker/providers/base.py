@@ -1,4 +1,4 @@
-"""What a provider is: something that streams text for a request until it finishes."""
+"""What a provider is: something that streams an answer's parts for a request until it finishes."""
 
 from __future__ import annotations
 
@@ -17,6 +17,25 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning, in order."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call: `index` is the call's position in the answer; its first
+    piece carries `id` and `name` (None on the others), every piece a fragment of the
+    JSON `arguments`."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Finished:
     """The provider ended the answer normally."""
 
@@ -32,7 +51,8 @@ class Resume:
     text: str
 
 
-StreamItem = TextDelta | Finished
+Delta = TextDelta | ReasoningDelta | ToolCallDelta
+StreamItem = Delta | Finished
 ShouldStop = Callable[[], bool]
 
 
@@ -42,7 +62,7 @@ class Provider(Protocol):
     def stream(
         self, request: GenerationRequest, should_stop: ShouldStop, resume: Resume | None = None
     ) -> Generator[StreamItem, None, None]:
-        """Yield `TextDelta`s then one `Finished`; return early once `should_stop()` is true.
+        """Yield deltas then one `Finished`; return early once `should_stop()` is true.
 
         With `resume`, yield only what comes after the text an earlier attempt wrote.
         """

@@ -20,7 +20,8 @@ from shared.backoff import compute_backoff
 from shared.errors import ProviderError, ProviderRateLimited
 from shared.jobs import GenerationRequest
 from shared.settings import Settings
-from worker.providers.base import Finished, Resume, ShouldStop, StreamItem, TextDelta
+from worker.providers.base import Finished, Resume, ShouldStop, StreamItem
+from worker.providers.deltas import DeltaReader
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class ChatCompletionsProvider:
         self.session = session or requests.Session()
 
     def _body(self, request: GenerationRequest, resume: Resume | None) -> dict[str, Any]:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        messages = [m.to_dict() for m in request.messages]
         if resume and resume.text:
             # Assistant prefill: the model continues this text instead of starting over.
             messages.append({"role": "assistant", "content": resume.text})
@@ -141,6 +142,7 @@ class ChatCompletionsProvider:
             body["max_tokens"] = request.max_tokens
         if request.temperature is not None:
             body["temperature"] = request.temperature
+        body.update(request.options)
         return body
 
     def _headers(self) -> dict[str, str]:
@@ -157,7 +159,8 @@ class ChatCompletionsProvider:
     def stream(
         self, request: GenerationRequest, should_stop: ShouldStop, resume: Resume | None = None
     ) -> Generator[StreamItem, None, None]:
-        """Yield the answer's text deltas, then `Finished`; retry only before the first one.
+        """Yield the answer's deltas (text, reasoning, tool calls), then `Finished`; retry only
+        before the first one.
 
         With `resume`, the text written so far goes as a trailing assistant message, which
         models that support prefill continue (`PREFILL_MODELS` says which).
@@ -167,7 +170,7 @@ class ChatCompletionsProvider:
             started = False
             try:
                 for item in self._attempt(request, should_stop, resume):
-                    started = started or isinstance(item, TextDelta)
+                    started = started or not isinstance(item, Finished)
                     yield item
                 return
             except _Stopped:
@@ -237,38 +240,22 @@ class ChatCompletionsProvider:
     def _read(self, response: requests.Response, should_stop: ShouldStop) -> Iterator[StreamItem]:
         finish_reason: str | None = None
         usage: dict[str, Any] | None = None
-        produced = False
+        reader = DeltaReader()
+        produced = done = False
         try:
             for data in sse_data(_pieces(response), should_stop):
                 if data.strip() == "[DONE]":
-                    yield Finished(finish_reason or "stop", usage)
-                    return
-                try:
-                    event = json.loads(data)
-                except ValueError as e:
-                    raise ProviderError(
-                        "The provider sent an event that is not JSON.", code="provider_bad_response"
-                    ) from e
-                if not isinstance(event, dict):
-                    continue
-                error = event.get("error")
-                if error:
-                    message = error.get("message") if isinstance(error, dict) else str(error)
-                    code = error.get("code") if isinstance(error, dict) else None
-                    raise ProviderError(
-                        f"The provider failed mid-answer: {message}",
-                        code="provider_error",
-                        status=code if isinstance(code, int) else None,
-                    )
+                    done = True
+                    break
+                event = _event(data)
                 if isinstance(event.get("usage"), dict):
                     usage = event["usage"]
                 for choice in event.get("choices") or []:
                     if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                         continue
-                    content = (choice.get("delta") or {}).get("content")
-                    if isinstance(content, str) and content:
+                    for item in reader.items(choice.get("delta")):
                         produced = True
-                        yield TextDelta(content)
+                        yield item
                     if choice.get("finish_reason"):
                         finish_reason = str(choice["finish_reason"])
         except (urllib3.exceptions.HTTPError, OSError) as e:
@@ -280,11 +267,37 @@ class ChatCompletionsProvider:
                 code="provider_timeout" if timed_out else "provider_unreachable",
                 retryable=not produced,
             ) from e
-        if finish_reason is not None:
-            yield Finished(finish_reason, usage)
-            return
+        if finish_reason is None and not done:
+            raise ProviderError(
+                "The provider's stream ended before the answer was finished.",
+                code="provider_incomplete",
+                retryable=not produced,
+            )
+        yield from reader.flush()
+        # Some servers say `stop` for an answer that calls tools (OpenAI itself when
+        # `tool_choice` names the function): a tool loop waits for `tool_calls`.
+        if reader.has_tool_calls and finish_reason in (None, "stop", "function_call"):
+            finish_reason = "tool_calls"
+        yield Finished(finish_reason or "stop", usage)
+
+
+def _event(data: str) -> dict[str, Any]:
+    """One event's JSON; a provider's error object raises."""
+    try:
+        event = json.loads(data)
+    except ValueError as e:
         raise ProviderError(
-            "The provider's stream ended before the answer was finished.",
-            code="provider_incomplete",
-            retryable=not produced,
+            "The provider sent an event that is not JSON.", code="provider_bad_response"
+        ) from e
+    if not isinstance(event, dict):
+        return {}
+    error = event.get("error")
+    if error:
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        code = error.get("code") if isinstance(error, dict) else None
+        raise ProviderError(
+            f"The provider failed mid-answer: {message}",
+            code="provider_error",
+            status=code if isinstance(code, int) else None,
         )
+    return event

@@ -8,6 +8,8 @@
 -- slots, so the API's followers learn of new entries this way. The channel shares the
 -- session's hash tag, so the same slot (Redis 7+).
 local TERMINAL = {completed = true, failed = true, cancelled = true}
+-- The parts of the answer, counted together by one index (`chunks` in the meta).
+local CONTENT = {chunk = true, reasoning = true, tool_call = true}
 
 local function append()
   local status = redis.call('HGET', KEYS[1], 'status')
@@ -22,7 +24,7 @@ local function append()
     redis.call('EXPIRE', KEYS[2], ARGV[8])
     redis.call('DEL', KEYS[3])
   end
-  if ARGV[2] == 'chunk' then
+  if CONTENT[ARGV[2]] then
     local chunks = tonumber(redis.call('HGET', KEYS[1], 'chunks') or '0')
     local index = tonumber(ARGV[4])
     if index < chunks then return '!duplicate' end
@@ -36,7 +38,12 @@ local function append()
       finish()
       return '!stream_too_long'
     end
-    local id = redis.call('XADD', KEYS[2], '*', 't', 'chunk', 'i', ARGV[4], 'x', ARGV[3])
+    local id
+    if ARGV[5] == '' then
+      id = redis.call('XADD', KEYS[2], '*', 't', ARGV[2], 'i', ARGV[4], 'x', ARGV[3])
+    else  -- a tool call's piece: its JSON
+      id = redis.call('XADD', KEYS[2], '*', 't', ARGV[2], 'i', ARGV[4], 'd', ARGV[5])
+    end
     redis.call('HSET', KEYS[1], 'chunks', chunks + 1, 'updated_ms', now, 'last_id', id)
     return id
   end

@@ -28,6 +28,7 @@ export type {
   StreamEventMap,
   StreamState,
   StreamStatus,
+  ToolCall,
   Transport,
   Usage,
 } from "../../../api/static/rstreams.js";

@@ -13,6 +13,7 @@ import type {
   StreamError,
   StreamState,
   StreamStatus,
+  ToolCall,
   Transport,
 } from "../../../api/static/rstreams.js";
 import { recentSessions, rememberSession, updateRecentSession } from "./recent.js";
@@ -55,8 +56,12 @@ export interface UseResumableStreamResult {
   stopStream: () => Promise<void>;
   /** Stop following without cancelling (generation goes on on the server). */
   closeStream: () => void;
-  /** The answer so far. */
+  /** The answer's text so far. */
   content: string;
+  /** The model's reasoning so far ("" for a model that streams none). */
+  reasoning: string;
+  /** The answer's tool calls so far; their `arguments` are whole JSON once it ends. */
+  toolCalls: ToolCall[];
   status: ResumableStreamStatus;
   /** Chunks received. */
   chunks: number;
@@ -270,6 +275,8 @@ export function useResumableStream(
     stopStream,
     closeStream,
     content: state?.text ?? "",
+    reasoning: state?.reasoning ?? "",
+    toolCalls: state?.toolCalls ?? NO_CALLS,
     status,
     chunks: state?.chunks ?? 0,
     isStreaming: ACTIVE.has(status) && !state?.ended,
@@ -281,8 +288,11 @@ export function useResumableStream(
   };
 }
 
+const NO_CALLS: ToolCall[] = [];
+
 function titleOf(prompt: string, options: StartOptions): string {
-  const text = prompt || options.messages?.at(-1)?.content || "";
+  const last = options.messages?.at(-1)?.content;
+  const text = prompt || (typeof last === "string" ? last : "");
   const line = text.trim().replace(/\s+/g, " ");
   return line.length > 60 ? `${line.slice(0, 59)}…` : line;
 }

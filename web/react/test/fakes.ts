@@ -29,6 +29,8 @@ export class FakeStream {
       sessionId,
       status: "connecting",
       text: "",
+      reasoning: "",
+      toolCalls: [],
       chunks: 0,
       cursor: null,
       reconnecting: false,

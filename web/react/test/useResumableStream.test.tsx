@@ -22,6 +22,8 @@ describe("useResumableStream", () => {
     expect(hook.result.current).toMatchObject({
       status: "idle",
       content: "",
+      reasoning: "",
+      toolCalls: [],
       chunks: 0,
       isStreaming: false,
       isReconnecting: false,
@@ -75,6 +77,27 @@ describe("useResumableStream", () => {
     expect(recent.items).toEqual([
       expect.objectContaining({ sessionId: id, title: "Explain quantum computing", status: "completed" }),
     ]);
+  });
+
+  it("returns the reasoning and the tool calls beside the content", async () => {
+    const { client, hook } = setup();
+    await act(async () => {
+      await hook.result.current.startStream("Weather?", { model: "demo-tools", tools: [] });
+    });
+    const stream = client.streams[0];
+    act(() => stream.update({ status: "running", reasoning: "Hmm.", chunks: 1 }));
+    expect(hook.result.current).toMatchObject({ reasoning: "Hmm.", toolCalls: [], content: "" });
+    const call = { id: "call_1", name: "get_weather", arguments: '{"city":"Oslo"}' };
+    act(() => stream.update({ toolCalls: [call], chunks: 3 }));
+    act(() => stream.update({ status: "completed", finishReason: "tool_calls", ended: true }));
+    expect(hook.result.current).toMatchObject({
+      status: "completed",
+      reasoning: "Hmm.",
+      toolCalls: [call],
+      chunks: 3,
+      isStreaming: false,
+    });
+    expect(hook.result.current.state?.finishReason).toBe("tool_calls");
   });
 
   it("passes start options and resume options through to the client", async () => {
