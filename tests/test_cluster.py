@@ -110,8 +110,11 @@ def follow_all(ws_url: str, session_ids: list[str]) -> dict[str, client.WsResult
 def test_sessions_on_every_master_stream_live_to_websocket_followers(
     stack: ClusterStack,
 ) -> None:
-    # Ids chosen by slot: four sessions on each master.
-    before = scrape(stack.api.url)
+    # Ids chosen by slot: four sessions on each master. The stack is the module's: wait
+    # until the sessions earlier tests left are done, so that the counts below are ours.
+    before = eventually(
+        lambda: scrape(stack.api.url), lambda s: value(s, "rstreams_active_sessions") == 0
+    )
     ids = ids_on_every_master(stack.rc, "every-master-", 4)
     prompts = [f"cluster prompt {n}" for n in range(len(ids))]
     for session_id, prompt in zip(ids, prompts, strict=True):
