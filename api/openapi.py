@@ -186,6 +186,24 @@ def _message_schemas(settings: Settings, non_blank: Schema) -> dict[str, Schema]
     }
 
 
+def _function(**function: Schema) -> Schema:
+    """`{"type": "function", "function": {...}}` with `function`'s fields, `name` required."""
+    return {
+        "type": "object",
+        "required": ["type", "function"],
+        "additionalProperties": False,
+        "properties": {
+            "type": {"const": "function"},
+            "function": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "properties": function,
+            },
+        },
+    }
+
+
 def _option_schemas(settings: Settings, non_blank: Schema) -> dict[str, Schema]:
     """The optional fields passed on to the provider (DESIGN.md 2.5)."""
     limits = settings.limits
@@ -195,44 +213,18 @@ def _option_schemas(settings: Settings, non_blank: Schema) -> dict[str, Schema]:
             "minItems": 1,
             "maxItems": limits.max_tools,
             "description": f"Names unique; at most {limits.max_tools_chars} characters as JSON.",
-            "items": {
-                "type": "object",
-                "required": ["type", "function"],
-                "additionalProperties": False,
-                "properties": {
-                    "type": {"const": "function"},
-                    "function": {
-                        "type": "object",
-                        "required": ["name"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": {"type": "string", "pattern": validation.TOOL_NAME_PATTERN},
-                            "description": {"type": "string"},
-                            "parameters": {"type": "object"},
-                            "strict": {"type": "boolean"},
-                        },
-                    },
-                },
-            },
+            "items": _function(
+                name={"type": "string", "pattern": validation.TOOL_NAME_PATTERN},
+                description={"type": "string"},
+                parameters={"type": "object"},
+                strict={"type": "boolean"},
+            ),
         },
         "tool_choice": {
             "description": '"required" needs tools; a function names one of tools.',
             "oneOf": [
                 {"enum": list(validation.TOOL_CHOICES)},
-                {
-                    "type": "object",
-                    "required": ["type", "function"],
-                    "additionalProperties": False,
-                    "properties": {
-                        "type": {"const": "function"},
-                        "function": {
-                            "type": "object",
-                            "required": ["name"],
-                            "additionalProperties": False,
-                            "properties": {"name": {"type": "string"}},
-                        },
-                    },
-                },
+                _function(name={"type": "string"}),
             ],
         },
         "response_format": {

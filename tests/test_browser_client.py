@@ -515,16 +515,18 @@ def test_back_online_reconnects_without_waiting_out_the_backoff(browser: Any, ap
     assert result["events"].count("reconnecting") == 1
 
 
+def deliver_everything_twice(ws: Any) -> None:
+    """A WebSocket route that hands the page every server frame twice."""
+    server = ws.connect_to_server()
+
+    def twice(message: str | bytes) -> None:
+        ws.send(message)
+        ws.send(message)
+
+    server.on_message(twice)
+
+
 def test_a_chunk_delivered_twice_is_shown_once(browser: Any, api: Api) -> None:
-
-    def deliver_everything_twice(ws: Any) -> None:
-        server = ws.connect_to_server()
-
-        def twice(message: str | bytes) -> None:
-            ws.send(message)
-            ws.send(message)
-
-        server.on_message(twice)
 
     page = open_page(browser, api.url, ws_route=deliver_everything_twice)
     try:
@@ -545,15 +547,6 @@ def test_a_chunk_delivered_twice_is_shown_once(browser: Any, api: Api) -> None:
 def test_reasoning_and_tool_calls_land_in_the_state_once_each(
     browser: Any, api: Api, transport: str
 ) -> None:
-    def deliver_everything_twice(ws: Any) -> None:
-        server = ws.connect_to_server()
-
-        def twice(message: str | bytes) -> None:
-            ws.send(message)
-            ws.send(message)
-
-        server.on_message(twice)
-
     weather = {
         "type": "function",
         "function": {"name": "get_weather", "parameters": {"properties": {"city": {}}}},

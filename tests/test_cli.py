@@ -136,7 +136,8 @@ def test_errors_are_one_line_and_a_nonzero_exit(api: Api) -> None:
     assert down.stderr.count("\n") == 1 and "cannot reach the API" in down.stderr
 
 
-def test_a_terminal_on_stderr_gets_a_live_progress_line(api: Api) -> None:
+def on_a_terminal(api: Api, *args: str) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run the command with stderr on a terminal (100 columns); what the terminal showed."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     seen = bytearray()
@@ -154,7 +155,7 @@ def test_a_terminal_on_stderr_gets_a_live_progress_line(api: Api) -> None:
     reader = threading.Thread(target=read_terminal)
     reader.start()
     proc = subprocess.run(
-        [RSTREAMS, "--url", api.url, "generate", "watch it", "--max-tokens", "40"],
+        [RSTREAMS, "--url", api.url, *args],
         stdout=subprocess.PIPE,
         stderr=follower,
         env=child_env(TERM="xterm-256color", COLUMNS="100"),
@@ -164,8 +165,11 @@ def test_a_terminal_on_stderr_gets_a_live_progress_line(api: Api) -> None:
     os.close(follower)
     reader.join(timeout=10)
     os.close(leader)
+    return proc, seen.decode(errors="replace")
 
-    terminal = seen.decode(errors="replace")
+
+def test_a_terminal_on_stderr_gets_a_live_progress_line(api: Api) -> None:
+    proc, terminal = on_a_terminal(api, "generate", "watch it", "--max-tokens", "40")
     assert proc.returncode == 0, terminal
     session_id = session_id_of(terminal.replace("\r\n", "\n"))
     with Client(api.url) as client:
@@ -254,34 +258,7 @@ def test_tool_calls_are_shown_on_stderr(api: Api) -> None:
 
 
 def test_reasoning_is_dimmed_on_a_terminal(api: Api) -> None:
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    seen = bytearray()
-
-    def read_terminal() -> None:
-        while True:
-            try:
-                data = os.read(leader, 4096)
-            except OSError:
-                return
-            if not data:
-                return
-            seen.extend(data)
-
-    reader = threading.Thread(target=read_terminal)
-    reader.start()
-    proc = subprocess.run(
-        [RSTREAMS, "--url", api.url, "generate", "dim thoughts", "--model", "demo-reasoning"],
-        stdout=subprocess.PIPE,
-        stderr=follower,
-        env={**os.environ, "TERM": "xterm-256color", "COLUMNS": "100"},
-        text=True,
-        timeout=60,
-    )
-    os.close(follower)
-    reader.join(timeout=10)
-    os.close(leader)
-    terminal = seen.decode(errors="replace")
+    proc, terminal = on_a_terminal(api, "generate", "dim thoughts", "--model", "demo-reasoning")
     assert proc.returncode == 0, terminal
     assert "\x1b[2mThinking about dim thoughts." in terminal
     with Client(api.url) as client:
