@@ -9,6 +9,14 @@ same events for every follower. A follower whose queue overflows leaves, catches
 Redis with its own cursor and subscribes again, so a slow client never holds the others
 back. Redis connections per process stay at the reader's few, plus the pool's few for
 catch-up reads, however many followers there are.
+
+A follower that hands the fan-out a `Direct` (a plain WebSocket under gevent, see
+api/follow.py) is written to by the reader itself while it is live and keeps up: the
+batch's frames are built once and written to each such socket without blocking, with no
+wake-up of the follower's own greenlet, which was the largest cost of a delivery (the
+profile in docs/BENCHMARKS.md). The follower's greenlet runs again only for what the
+direct path cannot do: the rest of a partial write, a queue (a write that could not start,
+a terminal event), a fall behind, a keep-alive tick.
 """
 
 from __future__ import annotations
@@ -41,24 +49,57 @@ def id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+class Direct(Protocol):
+    """A follower's client that the reader may write to itself (api/follow.py).
+
+    `frames` turns a batch into the bytes to write: a plain function, not a method, so
+    that followers with the same one share one encoding of each batch. `last_id` is kept
+    by the fan-out: the last event written through `write`, which the follower's
+    generator never yields.
+    """
+
+    last_id: str | None
+
+    @property
+    def frames(self) -> Callable[[store.Batch], bytes]:
+        """The function that encodes a batch for this kind of client."""
+
+    def write(self, data: bytes) -> int:
+        """Write without blocking: `len(data)` if it all went, 0 if none could (the caller
+        keeps the batch), in between if part went and the client holds the rest, which it
+        sends before anything else."""
+
+    def wrote(self, batch: store.Batch) -> None:
+        """Count a batch written through `write` (the follower's metrics)."""
+
+
 class Subscription:
-    """One follower's queue of events from the fan-out.
+    """One follower's queue of events from the fan-out, or its direct writes.
 
     No lock: the reader only appends (`deque.extend`) and the follower only pops
     (`deque.popleft`), each atomic on its own. A lock here cost a fifth of the API's time
-    at a thousand followers.
+    at a thousand followers. The direct path (`is_direct`) relies on gevent: the reader
+    and the follower never run at the same time, so a follower that finds its queue empty
+    and turns `is_direct` on cannot miss a batch queued in between.
     """
 
-    def __init__(self, session_id: str, max_entries: int) -> None:
+    def __init__(self, session_id: str, max_entries: int, direct: Direct | None = None) -> None:
         self.session_id = session_id
         self.key = keys.events(session_id)
         self.max_entries = max_entries
         self.entries: deque[store.Event] = deque()
         self.is_behind = False
         self.ready = threading.Event()
+        self.direct = direct
+        # On while the follower is live, has sent all it took and wants the reader to
+        # write to its client; the reader turns it off when it queues anything.
+        self.is_direct = False
+        # The last event the client has (sent by the follower or written by the reader).
+        self.written_key = (0, 0)
 
     def push(self, entries: store.Batch) -> None:
         """Called by the reader's thread: queue a batch, or mark the follower behind."""
+        self.is_direct = False  # what follows must wait behind what is queued
         if self.is_behind:
             return
         if len(self.entries) + len(entries) > self.max_entries:
@@ -68,17 +109,42 @@ class Subscription:
         self.ready.set()
 
     def take(self, timeout_s: float) -> store.Batch | object | None:
-        """Everything queued; `_BEHIND` if the queue overflowed; None after `timeout_s`."""
+        """Everything queued; `_BEHIND` if the queue overflowed; None after `timeout_s`
+        with no wake-up; an empty list on a wake-up with nothing queued (the reader left
+        part of a write to the follower)."""
         if not self.entries and not self.is_behind:
             self.ready.clear()
             # A push between the check and the clear set `ready` before the clear: look
             # again before waiting.
-            if not self.entries and not self.is_behind:
-                self.ready.wait(timeout_s)
+            if not self.entries and not self.is_behind and not self.ready.wait(timeout_s):
+                return None
         if self.is_behind:
             return _BEHIND
         popleft = self.entries.popleft
-        return [popleft() for _ in range(len(self.entries))] or None
+        return [popleft() for _ in range(len(self.entries))]
+
+    def write(
+        self, events: store.Batch, first_key: tuple[int, int], cache: dict[object, bytes]
+    ) -> bool:
+        """Called by the reader's thread: write `events` to the client itself; False if
+        they must be queued instead (nothing was written)."""
+        direct = self.direct
+        if direct is None or first_key <= self.written_key:
+            return False  # the follower read past the reader's position: it filters
+        data = cache.get(direct.frames)
+        if data is None:
+            data = cache[direct.frames] = direct.frames(events)
+        written = direct.write(data)
+        if not written:
+            return False
+        last_id = events[-1]["id"]
+        direct.last_id = last_id
+        self.written_key = id_key(last_id)
+        direct.wrote(events)
+        if written < len(data):
+            self.is_direct = False
+            self.ready.set()  # the follower's greenlet sends the rest, blocking
+        return True
 
 
 class Reader(Protocol):
@@ -108,14 +174,14 @@ class Fanout:
         self._membership = threading.Lock()
         self.reader = make_reader(self)
 
-    def subscribe(self, session_id: str, cursor: str) -> Subscription:
+    def subscribe(self, session_id: str, cursor: str, direct: Direct | None = None) -> Subscription:
         """Start receiving the entries read from now on for a session.
 
         A stream already followed keeps its position; a new one is read from `cursor`.
         The follower reads once more from its own cursor after subscribing, so nothing
         between its last read and the reader's position is missed.
         """
-        sub = Subscription(session_id, self.max_queue)
+        sub = Subscription(session_id, self.max_queue, direct)
         with self._membership:
             with self._lock:
                 is_new = sub.key not in self._subs
@@ -187,8 +253,16 @@ class Fanout:
             self._confirmed.add(key)
             subs = list(self._subs[key])
         events = [store.decode_event(entry_id, values) for entry_id, values in entries]
+        # A terminal event goes through every follower's own greenlet, which then ends.
+        if store.until_terminal(events)[1]:
+            for sub in subs:
+                sub.push(events)
+            return True
+        first_key = id_key(events[0]["id"])
+        frames: dict[object, bytes] = {}  # one encoding per `Direct.frames` function
         for sub in subs:
-            sub.push(events)
+            if not (sub.is_direct and sub.write(events, first_key, frames)):
+                sub.push(events)
         return True
 
 
@@ -216,15 +290,23 @@ def _catch_up(
 
 
 def follow(
-    fanout: Fanout, r: redis.Redis, session_id: str, after: str | None, *, block_ms: int
+    fanout: Fanout,
+    r: redis.Redis,
+    session_id: str,
+    after: str | None,
+    *,
+    block_ms: int,
+    direct: Direct | None = None,
 ) -> Iterator[store.Batch]:
     """Yield the session's events after `after` in batches, then live ones (through the
     process's fan-out), until the terminal event.
 
     A batch is what one read returned, so a relay can write it to its client in one go.
     Yields an empty batch each time `block_ms` passes with nothing new (a chance to send
-    a keep-alive). Raises `SessionNotFound` if the session does not exist or vanishes
-    while followed.
+    a keep-alive), and when `direct` holds the rest of a partial write (the relay sends
+    it). With `direct`, live batches may go to the client through it instead of being
+    yielded. Raises `SessionNotFound` if the session does not exist or vanishes while
+    followed.
     """
     key = keys.events(session_id)
     cursor = after or "0-0"
@@ -236,13 +318,21 @@ def follow(
         cursor, ended = yield from _catch_up(r, key, cursor)
         if ended or status in store.TERMINAL_STATUSES:
             return
-        sub = fanout.subscribe(session_id, cursor)
+        sub = fanout.subscribe(session_id, cursor, direct)
         try:
             cursor, ended = yield from _catch_up(r, key, cursor)
             if ended:
                 return
             while True:
+                if direct is not None and not sub.entries and not sub.is_behind:
+                    sub.written_key = id_key(cursor)
+                    sub.is_direct = True
                 taken = sub.take(block_ms / 1000)
+                if direct is not None and direct.last_id and sub.written_key > id_key(cursor):
+                    cursor = direct.last_id  # the reader wrote up to here itself
+                    if taken is None:
+                        yield []  # live through the direct path: the session goes on
+                        continue
                 if taken is _BEHIND:
                     break  # catch up on our own, then join again
                 if taken is None:
@@ -254,6 +344,9 @@ def follow(
                     yield []
                     continue
                 assert isinstance(taken, list)
+                if not taken:
+                    yield []  # the relay sends the rest of the reader's partial write
+                    continue
                 if id_key(taken[0]["id"]) <= id_key(cursor):
                     # Skip what we already read while catching up.
                     taken = [e for e in taken if id_key(e["id"]) > id_key(cursor)]
@@ -276,6 +369,7 @@ def follow_reconnecting(
     block_ms: int,
     outage_max_s: float,
     sleep: Callable[[float], None] = time.sleep,
+    direct: Direct | None = None,
 ) -> Iterator[store.Batch]:
     """`follow`, riding out Redis restarts: on a connection error it waits with capped
     backoff (yielding empty batches meanwhile) and follows again from the last event it
@@ -285,8 +379,11 @@ def follow_reconnecting(
     down_since: float | None = None
     failures = 0
     while True:
+        if direct is not None and direct.last_id:
+            if cursor is None or id_key(direct.last_id) > id_key(cursor):
+                cursor = direct.last_id  # written by the reader, never yielded
         try:
-            for batch in follow(fanout, r, session_id, cursor, block_ms=block_ms):
+            for batch in follow(fanout, r, session_id, cursor, block_ms=block_ms, direct=direct):
                 if down_since is not None:
                     log.info("follower of %s: Redis back", session_id)
                     down_since, failures = None, 0

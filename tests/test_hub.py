@@ -70,8 +70,8 @@ def test_a_follower_that_falls_behind_catches_up_in_order(
     subscriptions: list[fanoutmod.Subscription] = []
     subscribe = fanout.subscribe
 
-    def subscribe_and_keep(session_id: str, cursor: str) -> fanoutmod.Subscription:
-        subscriptions.append(subscribe(session_id, cursor))
+    def subscribe_and_keep(session_id: str, cursor: str, *args: Any) -> fanoutmod.Subscription:
+        subscriptions.append(subscribe(session_id, cursor, *args))
         return subscriptions[-1]
 
     fanout.subscribe = subscribe_and_keep  # type: ignore[method-assign]
