@@ -21,12 +21,13 @@ a terminal event), a fall behind, a keep-alive tick.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 import redis
 
@@ -96,6 +97,9 @@ class Subscription:
         self.is_direct = False
         # The last event the client has (sent by the follower or written by the reader).
         self.written_key = (0, 0)
+        # Set by `Fanout.subscribe`: the stream's read position was past the follower's
+        # cursor, so what lies between must be read from Redis once more.
+        self.must_read_again = False
 
     def push(self, entries: store.Batch) -> None:
         """Called by the reader's thread: queue a batch, or mark the follower behind."""
@@ -147,6 +151,20 @@ class Subscription:
         return True
 
 
+_T = TypeVar("_T")
+
+
+class _SharedRead:
+    """A read in flight and, once `done`, its result or error."""
+
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: object = None
+        self.error: Exception | None = None
+
+
 class Reader(Protocol):
     """What feeds a `Fanout`: told which sessions are followed, it reads their streams
     from `Fanout.cursors` and hands what it read to `Fanout.deliver`."""
@@ -172,22 +190,52 @@ class Fanout:
         # Serializes joins and leaves with telling the reader, so that a leave and a join
         # of the same session reach the reader (and Redis) in the order they happened.
         self._membership = threading.Lock()
+        # Catch-up reads in flight, by (stream, cursor): followers that join together
+        # wait for one read and share its events.
+        self._reads: dict[tuple[str, str], _SharedRead] = {}
         self.reader = make_reader(self)
 
     def subscribe(self, session_id: str, cursor: str, direct: Direct | None = None) -> Subscription:
         """Start receiving the entries read from now on for a session.
 
         A stream already followed keeps its position; a new one is read from `cursor`.
-        The follower reads once more from its own cursor after subscribing, so nothing
-        between its last read and the reader's position is missed.
+        When the position is already past `cursor`, `must_read_again` tells the follower
+        to read once more from its own cursor, so nothing between its last read and the
+        reader's position is missed; otherwise the reader brings everything after it.
         """
         sub = Subscription(session_id, self.max_queue, direct)
         with self._membership:
             with self._lock:
                 is_new = sub.key not in self._subs
                 must_read = self._add(sub, cursor)
+                sub.must_read_again = id_key(self._cursors[sub.key]) > id_key(cursor)
             self.reader.watch(session_id, is_new=is_new, must_read=must_read)
         return sub
+
+    def read_shared(self, key: str, cursor: str, read: Callable[[], _T]) -> _T:
+        """`read()`, or the result of the same read (stream and cursor) that another
+        follower started and has not finished: one round trip for a crowd that joins
+        together (a reconnect storm, a page opened in many tabs)."""
+        with self._lock:
+            shared = self._reads.get((key, cursor))
+            is_first = shared is None
+            if shared is None:
+                shared = self._reads[key, cursor] = _SharedRead()
+        if not is_first:
+            shared.done.wait()
+            if shared.error is not None:
+                raise shared.error
+            return cast(_T, shared.result)
+        try:
+            shared.result = read()
+            return shared.result
+        except Exception as e:
+            shared.error = e
+            raise
+        finally:
+            with self._lock:
+                del self._reads[key, cursor]
+            shared.done.set()
 
     def _add(self, sub: Subscription, cursor: str) -> bool:
         """Add `sub` and place the stream's read position (called with `_lock` held);
@@ -274,18 +322,52 @@ def read_after(r: redis.Redis, key: str, cursor: str, count: int = READ_COUNT) -
     return cast(Entries, r.xrange(key, f"({cursor}", "+", count=count))
 
 
+Page = tuple[store.Batch, bool, bool]  # events, whether they ended, whether more may follow
+
+
+def _page(entries: Entries) -> Page:
+    batch, ended = store.decode_batch(entries)
+    return batch, ended, len(entries) == READ_COUNT
+
+
+def _read_page(r: redis.Redis, key: str, cursor: str) -> Page:
+    return _page(read_after(r, key, cursor))
+
+
+def _first_page(
+    fanout: Fanout, r: redis.Redis, session_id: str, cursor: str
+) -> tuple[str | None, Page]:
+    """The session's status and its first page after `cursor`, in one round trip shared
+    with the followers that ask for the same at the same time."""
+    key = keys.events(session_id)
+
+    def read() -> tuple[str | None, Page]:
+        pipe = r.pipeline(transaction=False)
+        pipe.hget(keys.meta(session_id), fields.STATUS)
+        if cursor != _LAST_ID:
+            pipe.xrange(key, f"({cursor}", "+", count=READ_COUNT)
+        status, *entries = pipe.execute()
+        return status, _page(cast(Entries, entries[0]) if entries else [])
+
+    return fanout.read_shared(key, f"first:{cursor}", read)
+
+
 def _catch_up(
-    r: redis.Redis, key: str, cursor: str
+    fanout: Fanout, r: redis.Redis, key: str, cursor: str, first: Page | None = None
 ) -> Generator[store.Batch, None, tuple[str, bool]]:
-    """Yield what Redis has after `cursor`, a read's page at a time; returns (the new
-    cursor, whether a terminal event came)."""
+    """Yield what Redis has after `cursor` (starting with `first`, already read), a
+    read's page at a time; returns (the new cursor, whether a terminal event came)."""
     while True:
-        entries = read_after(r, key, cursor)
-        batch, ended = store.decode_batch(entries)
+        if first is None:
+            batch, ended, is_full = fanout.read_shared(
+                key, cursor, functools.partial(_read_page, r, key, cursor)
+            )
+        else:
+            (batch, ended, is_full), first = first, None
         if batch:
             cursor = batch[-1]["id"]
             yield batch
-        if ended or len(entries) < READ_COUNT:
+        if ended or not is_full:
             return cursor, ended
 
 
@@ -310,19 +392,22 @@ def follow(
     """
     key = keys.events(session_id)
     cursor = after or "0-0"
-    status = r.hget(keys.meta(session_id), fields.STATUS)
+    first: Page | None
+    status, first = _first_page(fanout, r, session_id, cursor)
     if status is None:
         raise SessionNotFound(f"no session {session_id}")
     while True:
         # The backlog, or what we missed after falling behind: from Redis, our own cursor.
-        cursor, ended = yield from _catch_up(r, key, cursor)
+        cursor, ended = yield from _catch_up(fanout, r, key, cursor, first)
+        first = None
         if ended or status in store.TERMINAL_STATUSES:
             return
         sub = fanout.subscribe(session_id, cursor, direct)
         try:
-            cursor, ended = yield from _catch_up(r, key, cursor)
-            if ended:
-                return
+            if sub.must_read_again:
+                cursor, ended = yield from _catch_up(fanout, r, key, cursor)
+                if ended:
+                    return
             while True:
                 if direct is not None and not sub.entries and not sub.is_behind:
                     sub.written_key = id_key(cursor)
@@ -336,7 +421,7 @@ def follow(
                 if taken is _BEHIND:
                     break  # catch up on our own, then join again
                 if taken is None:
-                    status = r.hget(keys.meta(session_id), fields.STATUS)
+                    status = cast(str | None, r.hget(keys.meta(session_id), fields.STATUS))
                     if status is None:
                         raise SessionNotFound(f"session {session_id} expired or was deleted")
                     if status in store.TERMINAL_STATUSES:

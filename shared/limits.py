@@ -198,12 +198,24 @@ def join_followers(r: redis.Redis, budgets: list[FollowerBudget], *, lease_s: in
     `too_many_followers`) when one is full."""
     lease_ms = lease_s * 1000
     place = FollowerPlace(r, [], uuid.uuid4().hex, lease_ms, time.monotonic() + lease_s / 3)
-    for budget in budgets:
-        if budget.limit <= 0:
-            continue
-        now = now_ms()
-        argv = [now, now + lease_ms, place.member, budget.limit, lease_ms]
-        if not run_script(r, _JOIN, [budget.key], argv):
+    counted = [budget for budget in budgets if budget.limit > 0]
+    now = now_ms()
+    argvs = [[now, now + lease_ms, place.member, b.limit, lease_ms] for b in counted]
+    if isinstance(r, redis.Redis) and len(counted) > 1:
+        # One round trip for every budget: a join storm pays per follower (redis-py loads
+        # a pipeline's scripts itself; a cluster pipeline does not, so it goes one by one).
+        pipe = r.pipeline(transaction=False)
+        for budget, argv in zip(counted, argvs, strict=True):
+            run_script(pipe, _JOIN, [budget.key], argv)
+        joined = pipe.execute()
+    else:
+        joined = [
+            run_script(r, _JOIN, [budget.key], argv)
+            for budget, argv in zip(counted, argvs, strict=True)
+        ]
+    place.keys = [budget.key for budget, ok in zip(counted, joined, strict=True) if ok]
+    for budget, ok in zip(counted, joined, strict=True):
+        if not ok:
             place.leave()
             raise TooManyRequests(
                 f"{budget.limit} followers of {budget.whose} are connected already "
@@ -211,5 +223,4 @@ def join_followers(r: redis.Redis, budgets: list[FollowerBudget], *, lease_s: in
                 retry_after_s=FOLLOWERS_RETRY_AFTER_S,
                 code="too_many_followers",
             )
-        place.keys.append(budget.key)
     return place
