@@ -6,12 +6,13 @@ one hash tag, so each script touches one slot and the limits work on Redis Clust
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -202,12 +203,9 @@ def join_followers(r: redis.Redis, budgets: list[FollowerBudget], *, lease_s: in
     now = now_ms()
     argvs = [[now, now + lease_ms, place.member, b.limit, lease_ms] for b in counted]
     if isinstance(r, redis.Redis) and len(counted) > 1:
-        # One round trip for every budget: a join storm pays per follower (redis-py loads
-        # a pipeline's scripts itself; a cluster pipeline does not, so it goes one by one).
-        pipe = r.pipeline(transaction=False)
-        for budget, argv in zip(counted, argvs, strict=True):
-            run_script(pipe, _JOIN, [budget.key], argv)
-        joined = pipe.execute()
+        # One round trip for every budget: a join storm pays it per follower. (A cluster
+        # pipeline goes one by one: its keys live in different slots.)
+        joined = _join_in_one_trip(r, counted, argvs)
     else:
         joined = [
             run_script(r, _JOIN, [budget.key], argv)
@@ -224,3 +222,28 @@ def join_followers(r: redis.Redis, budgets: list[FollowerBudget], *, lease_s: in
                 code="too_many_followers",
             )
     return place
+
+
+_JOIN_SHA = hashlib.sha1(_JOIN.encode(), usedforsecurity=False).hexdigest()  # as Redis names it
+
+
+def _join_in_one_trip(
+    r: redis.Redis, budgets: list[FollowerBudget], argvs: list[list[Any]]
+) -> list[Any]:
+    """Run `_JOIN` for every budget in one pipeline.
+
+    By EVALSHA: redis-py's pipeline would first ask `SCRIPT EXISTS`, a round trip of its
+    own on every call. A Redis that lost its scripts (a restart) refuses them all; the
+    script is loaded and the pipeline sent again.
+    """
+    for attempt in range(2):
+        pipe = r.pipeline(transaction=False)
+        for budget, argv in zip(budgets, argvs, strict=True):
+            pipe.evalsha(_JOIN_SHA, 1, budget.key, *argv)
+        try:
+            return cast(list[Any], pipe.execute())
+        except redis.exceptions.NoScriptError:
+            if attempt:
+                raise
+            r.script_load(_JOIN)
+    raise AssertionError("unreachable")
