@@ -38,6 +38,7 @@ from openai.types.responses import (
 
 from tests.procs import Api, Worker
 from tests.test_limits import keyed
+from tests.test_parts import port_closed
 
 # Every event type the service sends, and the SDK model it must parse into.
 EVENT_TYPES: dict[str, type] = {
@@ -141,7 +142,11 @@ def test_resume_across_an_api_kill_and_on_a_second_api(
     try:
         client = sdk(first_api)
         stream = client.responses.create(
-            model="demo", input="survive a kill", background=True, stream=True, max_output_tokens=60
+            model="demo",
+            input="survive a kill",
+            background=True,
+            stream=True,
+            max_output_tokens=150,
         )
         events = read_until(stream, 10)
         response_id = events[0].response.id
@@ -154,6 +159,7 @@ def test_resume_across_an_api_kill_and_on_a_second_api(
             other.responses.retrieve(response_id, stream=True, starting_after=10), 30
         )
         # ... and the killed one, back on its port, gives the rest.
+        port_closed(first_api.port)  # its orphaned worker notices and exits
         restarted = Api(stack_env, logs_dir, name="responses-restarted", port=first_api.port)
         restarted.start()
         events += typed(client.responses.retrieve(response_id, stream=True, starting_after=30))
