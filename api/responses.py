@@ -184,12 +184,6 @@ def cancel(resp_id: str) -> Response:
     return jsonify(_stored(b.redis, session_id).response())
 
 
-@bp.route("/v1/<path:rest>", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-def unknown(rest: str) -> Response:
-    """The rest of OpenAI's API is not served here: a 404 in its error shape."""
-    return _openai_error(404, f"/v1/{rest[:100]} is not served here.", "not_found", None)
-
-
 def _event_stream(b: Backend, session_id: str, starting_after: int) -> Response:
     """The session's Responses events after `starting_after`, live until the end."""
     meta = store.read_meta(b.redis, session_id)  # 404 before any event
