@@ -21,9 +21,11 @@ from openai.types.responses import (
     ResponseContentPartAddedEvent,
     ResponseContentPartDoneEvent,
     ResponseCreatedEvent,
+    ResponseFailedEvent,
     ResponseFunctionCallArgumentsDeltaEvent,
     ResponseFunctionCallArgumentsDoneEvent,
     ResponseFunctionToolCall,
+    ResponseIncompleteEvent,
     ResponseInProgressEvent,
     ResponseOutputItemAddedEvent,
     ResponseOutputItemDoneEvent,
@@ -56,6 +58,8 @@ EVENT_TYPES: dict[str, type] = {
     "response.function_call_arguments.delta": ResponseFunctionCallArgumentsDeltaEvent,
     "response.function_call_arguments.done": ResponseFunctionCallArgumentsDoneEvent,
     "response.completed": ResponseCompletedEvent,
+    "response.incomplete": ResponseIncompleteEvent,
+    "response.failed": ResponseFailedEvent,
 }
 ITEM_TYPES = {
     "message": ResponseOutputMessage,
@@ -215,6 +219,23 @@ def test_cancel_mid_answer_ends_the_stream_cancelled(api: Api) -> None:
     assert after.status == "cancelled"
     assert after.output_text == deltas(seen)
     assert len(after.output_text.split()) < 2000
+
+
+def test_a_provider_error_fails_and_a_length_finish_is_incomplete(api: Api) -> None:
+    client = sdk(api)
+    failed = typed(client.responses.create(model="fake-error-mid", input="x", stream=True))
+    assert isinstance(failed[-1], ResponseFailedEvent)
+    assert [e.sequence_number for e in failed] == list(range(len(failed)))
+    response = client.responses.retrieve(failed[-1].response.id)
+    assert response.status == "failed" and response.error is not None
+    assert "Upstream model overloaded" in response.error.message
+    assert response.output_text == deltas(failed) != ""  # the partial answer stays
+
+    cut = typed(client.responses.create(model="fake-length", input="x", stream=True))
+    assert isinstance(cut[-1], ResponseIncompleteEvent)
+    response = client.responses.retrieve(cut[-1].response.id)
+    assert response.status == "incomplete" and response.incomplete_details is not None
+    assert response.incomplete_details.reason == "max_output_tokens"
 
 
 def test_reasoning_model_gives_a_reasoning_item_then_the_message(api: Api) -> None:
