@@ -128,6 +128,8 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         messages.append({"role": "system", "content": instructions})
     raw = body.get("input")
     if isinstance(raw, str):
+        if not raw.strip():
+            raise ParamError("input", "input must not be empty")
         messages.append({"role": "user", "content": raw})
         return messages
     if not isinstance(raw, list) or not raw:
@@ -138,7 +140,8 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             raise ParamError(at, f"{at} must be an input item (an object)")
         kind = item.get("type", "message")
         if kind == "message":
-            role = INPUT_ROLES.get(item.get("role"))  # type: ignore[arg-type]
+            role = item.get("role")
+            role = INPUT_ROLES.get(role) if isinstance(role, str) else None
             if role is None:
                 raise ParamError(f"{at}.role", f"{at}.role must be one of {', '.join(INPUT_ROLES)}")
             if role == "assistant":
