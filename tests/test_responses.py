@@ -43,7 +43,7 @@ from tests.test_limits import keyed
 from tests.test_parts import port_closed
 
 # Every event type the service sends, and the SDK model it must parse into.
-EVENT_TYPES: dict[str, type] = {
+EVENT_TYPES: dict[str, Any] = {
     "response.created": ResponseCreatedEvent,
     "response.queued": ResponseQueuedEvent,
     "response.in_progress": ResponseInProgressEvent,
@@ -84,6 +84,9 @@ def typed(events: Iterable[Any]) -> list[Any]:
     out = []
     for event in events:
         assert isinstance(event, EVENT_TYPES[event.type]), (event.type, type(event))
+        # The SDK builds its models without validation: validate what came, field by field
+        # (required fields, literals), as the SDK's types declare them.
+        EVENT_TYPES[event.type].model_validate(event.to_dict(warnings=False))
         item = getattr(event, "item", None)
         if item is not None:
             assert isinstance(item, ITEM_TYPES[item.type]), type(item)
@@ -100,6 +103,12 @@ def read_until(stream: Any, sequence_number: int) -> list[Any]:
             break
     stream.close()
     return typed(seen)
+
+
+def valid(response: Response) -> Response:
+    """A Response object, validated against the SDK's type."""
+    assert isinstance(response, Response)
+    return Response.model_validate(response.to_dict(warnings=False))
 
 
 def deltas(events: list[Any]) -> str:
@@ -126,8 +135,8 @@ def test_background_stream_dropped_at_10_resumes_with_starting_after(api: Api) -
     rest = typed(client.responses.retrieve(response_id, stream=True, starting_after=10))
     events = first + rest
     assert_whole(events)
-    final = client.responses.retrieve(response_id)
-    assert isinstance(final, Response) and final.status == "completed"
+    final = valid(client.responses.retrieve(response_id))
+    assert final.status == "completed"
     assert deltas(events) == final.output_text != ""
     assert events[-1].response.output_text == final.output_text
     assert final.usage is not None and final.usage.output_tokens == 30
@@ -191,7 +200,7 @@ def test_background_polled_to_completed(api: Api) -> None:
     while response.status in ("queued", "in_progress"):
         assert time.monotonic() < deadline, "the response never completed"
         time.sleep(0.05)
-        response = client.responses.retrieve(response.id)
+        response = valid(client.responses.retrieve(response.id))
     assert response.status == "completed"
     assert response.metadata == {"order": "42"} and response.instructions == "Be brief."
     assert response.output_text.startswith("You asked: poll me.")
@@ -215,7 +224,7 @@ def test_cancel_mid_answer_ends_the_stream_cancelled(api: Api) -> None:
     typed(seen)
     assert seen[-1].type == "response.output_item.done"
     assert seen[-1].item.status == "incomplete"
-    after = client.responses.retrieve(seen[0].response.id)
+    after = valid(client.responses.retrieve(seen[0].response.id))
     assert after.status == "cancelled"
     assert after.output_text == deltas(seen)
     assert len(after.output_text.split()) < 2000
@@ -226,14 +235,14 @@ def test_a_provider_error_fails_and_a_length_finish_is_incomplete(api: Api) -> N
     failed = typed(client.responses.create(model="fake-error-mid", input="x", stream=True))
     assert isinstance(failed[-1], ResponseFailedEvent)
     assert [e.sequence_number for e in failed] == list(range(len(failed)))
-    response = client.responses.retrieve(failed[-1].response.id)
+    response = valid(client.responses.retrieve(failed[-1].response.id))
     assert response.status == "failed" and response.error is not None
     assert "Upstream model overloaded" in response.error.message
     assert response.output_text == deltas(failed) != ""  # the partial answer stays
 
     cut = typed(client.responses.create(model="fake-length", input="x", stream=True))
     assert isinstance(cut[-1], ResponseIncompleteEvent)
-    response = client.responses.retrieve(cut[-1].response.id)
+    response = valid(client.responses.retrieve(cut[-1].response.id))
     assert response.status == "incomplete" and response.incomplete_details is not None
     assert response.incomplete_details.reason == "max_output_tokens"
 
@@ -262,7 +271,7 @@ def test_tool_model_calls_the_function_and_answers_its_output(api: Api) -> None:
     client = sdk(api)
     asked = [{"role": "user", "content": "Paris weather please"}]
     # Neither background nor stream: the answer comes back once it is complete.
-    response = client.responses.create(model="demo-tools", input=asked, tools=[WEATHER])
+    response = valid(client.responses.create(model="demo-tools", input=asked, tools=[WEATHER]))
     assert response.status == "completed"
     [call] = response.output
     assert isinstance(call, ResponseFunctionToolCall)
