@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("responses", __name__)
 
+# A `starting_after` no event passes: the projection only builds the Response object.
+NO_EVENTS = 2**63
+
 # OpenAI's error `type` for each status (the SDKs pick their exception by status alone).
 ERROR_TYPES = {
     401: "authentication_error",
@@ -95,7 +98,7 @@ def _session_of(resp_id: str) -> str:
 def _stored(r: redis.Redis, session_id: str) -> Projection:
     """The projection of everything the session has stored."""
     meta = store.read_meta(r, session_id)
-    projection = Projection(meta)
+    projection = Projection(meta, starting_after=NO_EVENTS)
     cursor = "0-0"
     while True:
         entries = fanout.read_after(r, keys.events(session_id), cursor)
@@ -141,7 +144,7 @@ def create() -> Response:
 
 def _wait(b: Backend, session_id: str) -> dict[str, Any]:
     """The Response once the session has ended (as it stands if this process stops first)."""
-    projection = Projection(store.read_meta(b.redis, session_id))
+    projection = Projection(store.read_meta(b.redis, session_id), starting_after=NO_EVENTS)
     following = _Following(session_id, "sse")
     try:
         for batch in following.batches(b, None):
@@ -193,7 +196,7 @@ def _event_stream(b: Backend, session_id: str, starting_after: int) -> Response:
     def body() -> Iterator[bytes]:
         # The body runs after the request's teardown, in the same greenlet.
         logs.bind(session_id)
-        projection = Projection(meta)
+        projection = Projection(meta, starting_after)
         last_write = time.monotonic()
         try:
             # The whole stream from its start: sequence numbers count from the first event.
@@ -201,8 +204,7 @@ def _event_stream(b: Backend, session_id: str, starting_after: int) -> Response:
                 out = [
                     sse(etype, data)
                     for event in batch
-                    for seq, etype, data in projection.feed(event)
-                    if seq > starting_after
+                    for _seq, etype, data in projection.feed(event)
                 ]
                 now = time.monotonic()
                 if out:

@@ -113,13 +113,16 @@ def _usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
 class Projection:
     """The Responses API's view of one session, built event by event.
 
-    `feed(event)` returns the Responses events the stored event makes, each as
-    `(sequence_number, type, JSON bytes)`, encoded at once (a later event changes the
-    objects an earlier one showed); `response()` is the Response object so far.
+    `feed(event)` returns the Responses events the stored event makes after
+    `starting_after`, each as `(sequence_number, type, JSON bytes)`, encoded at once (a
+    later event changes the objects an earlier one showed); `response()` is the Response
+    object so far. Events up to `starting_after` are numbered but not built.
     """
 
-    def __init__(self, meta: SessionMeta) -> None:
+    def __init__(self, meta: SessionMeta, starting_after: int = -1) -> None:
         self.session_id = meta.session_id
+        # Events numbered up to this are counted, not encoded (nobody will send them).
+        self.starting_after = starting_after
         echo = meta.response or {}
         self._response: dict[str, Any] = {
             "id": response_id(meta.session_id),
@@ -184,12 +187,16 @@ class Projection:
         return self._out
 
     def _emit(self, etype: str, **data: Any) -> None:
-        body = {"type": etype, "sequence_number": self._seq, **data}
-        self._out.append((self._seq, etype, dumps(body).encode()))
+        if self._seq > self.starting_after:
+            body = {"type": etype, "sequence_number": self._seq, **data}
+            self._out.append((self._seq, etype, dumps(body).encode()))
         self._seq += 1
 
     def _emit_response(self, etype: str) -> None:
-        self._emit(etype, response=self.response())
+        if self._seq > self.starting_after:
+            self._emit(etype, response=self.response())
+        else:
+            self._seq += 1
 
     def _status(self, status: str) -> None:
         if status == Status.QUEUED and self._seq == 0:
@@ -318,14 +325,6 @@ class Projection:
         # OpenAI's error codes are a closed set; ours goes into the message.
         self._response["error"] = {"code": "server_error", "message": f"{message} ({code})"}
         self._emit_response("response.failed")
-
-
-def project(meta: SessionMeta, events: list[store.Event]) -> Projection:
-    """A projection fed with `events`."""
-    projection = Projection(meta)
-    for event in events:
-        projection.feed(event)
-    return projection
 
 
 def sse(etype: str, data: bytes) -> bytes:
