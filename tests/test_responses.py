@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +74,20 @@ WEATHER = {
 }
 
 
-def sdk(api: Api, key: str = "sk-unused-in-open-mode") -> OpenAI:
-    """The official client against this service; no retries, so a refusal raises at once."""
-    return OpenAI(base_url=api.url + "/v1", api_key=key, max_retries=0, timeout=30)
+@pytest.fixture
+def sdk() -> Iterator[Callable[..., OpenAI]]:
+    """`sdk(api, key)`: the official client against this service, without retries (so a
+    refusal raises at once); closed after the test."""
+    clients: list[OpenAI] = []
+
+    def make(api: Api, key: str = "sk-unused-in-open-mode") -> OpenAI:
+        client = OpenAI(base_url=api.url + "/v1", api_key=key, max_retries=0, timeout=30)
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
 
 
 def typed(events: Iterable[Any]) -> list[Any]:
@@ -122,7 +133,7 @@ def assert_whole(events: list[Any]) -> None:
     assert events[-1].type == "response.completed"
 
 
-def test_background_stream_dropped_at_10_resumes_with_starting_after(api: Api) -> None:
+def test_background_stream_dropped_at_10_resumes_with_starting_after(api: Api, sdk: Any) -> None:
     client = sdk(api)
     stream = client.responses.create(
         model="demo", input="resume me exactly", background=True, stream=True, max_output_tokens=30
@@ -146,7 +157,7 @@ def test_background_stream_dropped_at_10_resumes_with_starting_after(api: Api) -
 
 
 def test_resume_across_an_api_kill_and_on_a_second_api(
-    stack_env: dict[str, str], logs_dir: Path, worker: Worker
+    stack_env: dict[str, str], logs_dir: Path, worker: Worker, sdk: Any
 ) -> None:
     # `worker`: run first (in a random order), nothing else would have started one.
     first_api = Api(stack_env, logs_dir, name="responses-killed").start()
@@ -185,7 +196,7 @@ def test_resume_across_an_api_kill_and_on_a_second_api(
                 proc.stop()
 
 
-def test_background_polled_to_completed(api: Api) -> None:
+def test_background_polled_to_completed(api: Api, sdk: Any) -> None:
     client = sdk(api)
     response = client.responses.create(
         model="demo",
@@ -208,7 +219,7 @@ def test_background_polled_to_completed(api: Api) -> None:
     assert isinstance(message, ResponseOutputMessage) and message.status == "completed"
 
 
-def test_cancel_mid_answer_ends_the_stream_cancelled(api: Api) -> None:
+def test_cancel_mid_answer_ends_the_stream_cancelled(api: Api, sdk: Any) -> None:
     client = sdk(api)
     stream = client.responses.create(
         model="demo", input="stop me", background=True, stream=True, max_output_tokens=2000
@@ -230,7 +241,7 @@ def test_cancel_mid_answer_ends_the_stream_cancelled(api: Api) -> None:
     assert len(after.output_text.split()) < 2000
 
 
-def test_a_provider_error_fails_and_a_length_finish_is_incomplete(api: Api) -> None:
+def test_a_provider_error_fails_and_a_length_finish_is_incomplete(api: Api, sdk: Any) -> None:
     client = sdk(api)
     failed = typed(client.responses.create(model="fake-error-mid", input="x", stream=True))
     assert isinstance(failed[-1], ResponseFailedEvent)
@@ -247,7 +258,7 @@ def test_a_provider_error_fails_and_a_length_finish_is_incomplete(api: Api) -> N
     assert response.incomplete_details.reason == "max_output_tokens"
 
 
-def test_reasoning_model_gives_a_reasoning_item_then_the_message(api: Api) -> None:
+def test_reasoning_model_gives_a_reasoning_item_then_the_message(api: Api, sdk: Any) -> None:
     client = sdk(api)
     with client.responses.stream(
         model="demo-reasoning", input="think first", max_output_tokens=8
@@ -267,7 +278,7 @@ def test_reasoning_model_gives_a_reasoning_item_then_the_message(api: Api) -> No
     assert final.usage is not None and final.usage.output_tokens_details.reasoning_tokens == 2
 
 
-def test_tool_model_calls_the_function_and_answers_its_output(api: Api) -> None:
+def test_tool_model_calls_the_function_and_answers_its_output(api: Api, sdk: Any) -> None:
     client = sdk(api)
     asked = [{"role": "user", "content": "Paris weather please"}]
     # Neither background nor stream: the answer comes back once it is complete.
@@ -290,7 +301,7 @@ def test_tool_model_calls_the_function_and_answers_its_output(api: Api) -> None:
     assert follow_up.output_text == "The tool answered: sunny 21C."
 
 
-def test_errors_are_the_sdks_own_exceptions(api: Api) -> None:
+def test_errors_are_the_sdks_own_exceptions(api: Api, sdk: Any) -> None:
     client = sdk(api)
     with pytest.raises(openai.BadRequestError) as bad:
         client.responses.create(model="demo", input="hi", previous_response_id="resp_x")
@@ -307,11 +318,11 @@ def test_errors_are_the_sdks_own_exceptions(api: Api) -> None:
         client.responses.cancel("not-a-response")
 
 
-def test_keyed_mode_gives_401_and_limits_give_429(make_stack: Any) -> None:
-    env, auth = keyed("alice", RATE_CREATES_PER_MIN="1", RATE_WINDOW_S="60")
+def test_keyed_mode_gives_401_and_limits_give_429(make_stack: Any, sdk: Any) -> None:
+    env, auth = keyed("alice", "bob", RATE_CREATES_PER_MIN="1", RATE_WINDOW_S="60")
     stack = make_stack(**env)
     api = stack.api()
-    key = auth["alice"]["Authorization"].removeprefix("Bearer ")
+    key, bobs = (auth[k]["Authorization"].removeprefix("Bearer ") for k in ("alice", "bob"))
     with pytest.raises(openai.AuthenticationError):
         sdk(api, "rsk_wrong").responses.create(model="demo", input="hi")
     client = sdk(api, key)
@@ -322,4 +333,10 @@ def test_keyed_mode_gives_401_and_limits_give_429(make_stack: Any) -> None:
         client.responses.create(model="demo", input="two", background=True)
     with pytest.raises(openai.AuthenticationError):
         sdk(api, "rsk_wrong").responses.retrieve(first.id)
+    # Another tenant's response does not exist for it, and it cannot stop it.
+    with pytest.raises(openai.NotFoundError):
+        sdk(api, bobs).responses.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk(api, bobs).responses.cancel(first.id)
+    assert client.responses.retrieve(first.id).status == "queued"
     assert client.responses.cancel(first.id).status == "cancelled"
