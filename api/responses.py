@@ -35,7 +35,7 @@ from api.responses_format import Projection, response_id, session_id_of, sse
 from api.responses_request import ParamError, parse_responses
 from api.routes import MAX_IDEMPOTENCY_KEY_LEN, _is_printable_ascii, _json_body
 from shared import fields, keys, logs, store
-from shared.errors import SessionNotFound
+from shared.errors import SessionNotFound, TooManyRequests
 from shared.jobs import enqueue
 from shared.store.events import dumps
 
@@ -135,11 +135,18 @@ def create() -> Response:
         idempotency_key=idem_key,
         extra_meta={fields.RESPONSE: dumps(asked.echo)},
     )
-    if asked.stream:
-        return _event_stream(b, started.session_id, starting_after=-1)
-    if asked.background:
+    if asked.background and not asked.stream:
         return jsonify(_stored(b.redis, started.session_id).response())
-    return jsonify(_wait(b, started.session_id))
+    try:
+        if asked.stream:
+            return _event_stream(b, started.session_id, starting_after=-1)
+        return jsonify(_wait(b, started.session_id))
+    except TooManyRequests:
+        # Refused a follower place: the caller never learns this response's id, so it
+        # must not go on generating (a retry would start another).
+        if not started.is_replay:
+            store.cancel(b.redis, started.session_id, ttl_s=b.settings.stream_ttl_s)
+        raise
 
 
 def _wait(b: Backend, session_id: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import openai
 import pytest
+import requests
 from openai import OpenAI
 from openai.types.responses import (
     Response,
@@ -319,16 +320,22 @@ def test_errors_are_the_sdks_own_exceptions(api: Api, sdk: Any) -> None:
 
 
 def test_keyed_mode_gives_401_and_limits_give_429(make_stack: Any, sdk: Any) -> None:
-    env, auth = keyed("alice", "bob", RATE_CREATES_PER_MIN="1", RATE_WINDOW_S="60")
+    env, auth = keyed(
+        "alice", "bob", "carol", RATE_CREATES_PER_MIN="2", MAX_FOLLOWERS_PER_CALLER="1"
+    )
     stack = make_stack(**env)
     api = stack.api()
-    key, bobs = (auth[k]["Authorization"].removeprefix("Bearer ") for k in ("alice", "bob"))
+    key, bobs, carols = (
+        auth[k]["Authorization"].removeprefix("Bearer ") for k in ("alice", "bob", "carol")
+    )
     with pytest.raises(openai.AuthenticationError):
         sdk(api, "rsk_wrong").responses.create(model="demo", input="hi")
     client = sdk(api, key)
-    # This stack has no worker: the response stays queued until cancelled below.
+    # This stack has no worker: the responses stay queued until cancelled below.
     first = client.responses.create(model="demo", input="one", background=True)
     assert first.status == "queued"
+    second = client.responses.create(model="demo", input="two", background=True)
+    client.responses.cancel(second.id)
     with pytest.raises(openai.RateLimitError):
         client.responses.create(model="demo", input="two", background=True)
     with pytest.raises(openai.AuthenticationError):
@@ -340,3 +347,16 @@ def test_keyed_mode_gives_401_and_limits_give_429(make_stack: Any, sdk: Any) -> 
         sdk(api, bobs).responses.cancel(first.id)
     assert client.responses.retrieve(first.id).status == "queued"
     assert client.responses.cancel(first.id).status == "cancelled"
+
+    # A stream refused its follower place: that response is not left generating.
+    held = sdk(api, carols).responses.create(model="demo", input="held", stream=True)
+    assert next(iter(held)).type == "response.created"
+    with pytest.raises(openai.RateLimitError):
+        sdk(api, carols).responses.create(model="demo", input="refused", stream=True)
+    listed = requests.get(f"{api.url}/api/streams", headers=auth["carol"], timeout=10).json()[
+        "sessions"
+    ]
+    assert sorted(s["status"] for s in listed) == ["cancelled", "queued"]
+    held.close()
+    queued = next(s["sessionId"] for s in listed if s["status"] == "queued")
+    assert sdk(api, carols).responses.cancel(f"resp_{queued}").status == "cancelled"
