@@ -8,7 +8,19 @@ from typing import Any
 from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, errors, examples, follow, hosts, metrics, openapi, origins, routes, websocket
+from api import (
+    auth,
+    errors,
+    examples,
+    follow,
+    hosts,
+    metrics,
+    openapi,
+    origins,
+    responses,
+    routes,
+    websocket,
+)
 from api.backend import EXTENSION, Backend
 from shared import logs
 from shared.settings import Settings
@@ -50,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(examples.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(responses.bp)
     follow.sock.init_app(app)
     wsgi: Any = websocket.WholeFrames(app.wsgi_app, settings.api.ws_send_timeout_s)
     if settings.api.trust_proxy_headers:

@@ -253,7 +253,10 @@ def test_generated_requests_get_documented_answers_and_no_5xx(
     api: Api, capsys: pytest.CaptureFixture[str]
 ) -> None:
     doc = requests.get(f"{api.url}/openapi.json", timeout=10).json()
-    schema = schemathesis.openapi.from_dict(doc)
+    # OpenAI's Responses API answers a created response once it has ended (or streams it
+    # to the end): not for a fuzzer's requests. tests/test_responses.py drives it with the
+    # official SDK; its methods not taken are still checked below.
+    schema = schemathesis.openapi.from_dict(doc).exclude(path_regex="^/v1/")
     http = requests.Session()
     counts: Counter[str] = Counter()
     failures: list[str] = []
