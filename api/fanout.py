@@ -100,6 +100,7 @@ class Subscription:
         # Set by `Fanout.subscribe`: the stream's read position was past the follower's
         # cursor, so what lies between must be read from Redis once more.
         self.must_read_again = False
+        self.position = ""  # the stream's read position when the follower subscribed
 
     def push(self, entries: store.Batch) -> None:
         """Called by the reader's thread: queue a batch, or mark the follower behind."""
@@ -190,7 +191,7 @@ class Fanout:
         # Serializes joins and leaves with telling the reader, so that a leave and a join
         # of the same session reach the reader (and Redis) in the order they happened.
         self._membership = threading.Lock()
-        # Catch-up reads in flight, by (stream, cursor): followers that join together
+        # Catch-up reads in flight, by stream and cursor: followers that join together
         # wait for one read and share its events.
         self._reads: dict[tuple[str, str], _SharedRead] = {}
         self.reader = make_reader(self)
@@ -208,19 +209,21 @@ class Fanout:
             with self._lock:
                 is_new = sub.key not in self._subs
                 must_read = self._add(sub, cursor)
-                sub.must_read_again = id_key(self._cursors[sub.key]) > id_key(cursor)
+                sub.position = self._cursors[sub.key]
+                sub.must_read_again = id_key(sub.position) > id_key(cursor)
             self.reader.watch(session_id, is_new=is_new, must_read=must_read)
         return sub
 
-    def read_shared(self, key: str, cursor: str, read: Callable[[], _T]) -> _T:
-        """`read()`, or the result of the same read (stream and cursor) that another
-        follower started and has not finished: one round trip for a crowd that joins
-        together (a reconnect storm, a page opened in many tabs)."""
+    def read_shared(self, key: str, what: str, read: Callable[[], _T]) -> _T:
+        """`read()`, or the result of the same read (stream and `what`: the cursor and
+        whatever else tells reads apart) that another follower started and has not
+        finished: one round trip for a crowd that joins together (a reconnect storm, a
+        page opened in many tabs)."""
         with self._lock:
-            shared = self._reads.get((key, cursor))
+            shared = self._reads.get((key, what))
             is_first = shared is None
             if shared is None:
-                shared = self._reads[key, cursor] = _SharedRead()
+                shared = self._reads[key, what] = _SharedRead()
         if not is_first:
             shared.done.wait()
             if shared.error is not None:
@@ -234,7 +237,7 @@ class Fanout:
             raise
         finally:
             with self._lock:
-                del self._reads[key, cursor]
+                del self._reads[key, what]
             shared.done.set()
 
     def _add(self, sub: Subscription, cursor: str) -> bool:
@@ -353,14 +356,26 @@ def _first_page(
 
 
 def _catch_up(
-    fanout: Fanout, r: redis.Redis, key: str, cursor: str, first: Page | None = None
+    fanout: Fanout,
+    r: redis.Redis,
+    key: str,
+    cursor: str,
+    first: Page | None = None,
+    *,
+    to: str = "",
 ) -> Generator[store.Batch, None, tuple[str, bool]]:
     """Yield what Redis has after `cursor` (starting with `first`, already read), a
-    read's page at a time; returns (the new cursor, whether a terminal event came)."""
+    read's page at a time; returns (the new cursor, whether a terminal event came).
+
+    `to`: a subscribed follower's read must reach the position the reader had when it
+    subscribed. It shares only reads that followers who saw the same position started
+    (after seeing it, so Redis ran them after that position was read): a read started
+    earlier may end before it, and what lies between went to the others only.
+    """
     while True:
         if first is None:
             batch, ended, is_full = fanout.read_shared(
-                key, cursor, functools.partial(_read_page, r, key, cursor)
+                key, f"{cursor}<{to}", functools.partial(_read_page, r, key, cursor)
             )
         else:
             (batch, ended, is_full), first = first, None
@@ -405,7 +420,7 @@ def follow(
         sub = fanout.subscribe(session_id, cursor, direct)
         try:
             if sub.must_read_again:
-                cursor, ended = yield from _catch_up(fanout, r, key, cursor)
+                cursor, ended = yield from _catch_up(fanout, r, key, cursor, to=sub.position)
                 if ended:
                     return
             while True:
