@@ -17,11 +17,13 @@ import websocket
 from nanoid import generate as nanoid
 from websockets.sync.client import connect as connect_ws
 
+from rstreams.localredis import LocalRedis
 from shared import keys, store
 from shared.jobs import GenerationRequest, Message
 from tests import client
 from tests.procs import Api
-from tests.test_outages import raw_ws
+from tests.test_outages import chunks_seen, follow_in_background, raw_ws
+from worker.providers.demo import demo_text
 
 
 def live_session(r: redis.Redis) -> tuple[str, str]:
@@ -216,3 +218,25 @@ def test_clients_that_leave_in_the_middle_of_a_batch_break_no_one_and_leave_noth
         assert_exactly(res.events, 600, 4096)
     # Every follower left: the leavers' places (and subscriptions) went with them.
     wait_until(lambda: r.zcard(keys.followers(session_id)) == 0, "every place given up")
+
+
+def test_a_follower_that_rides_out_a_redis_outage_resumes_after_what_was_written_directly(
+    make_stack: Any, own_redis: LocalRedis
+) -> None:
+    stack = make_stack(REDIS_URL=own_redis.url, CELERY_BROKER_URL=own_redis.url)
+    stack.worker()
+    api = stack.api()
+    session_id = client.create(api.url, prompt="direct, then down", max_tokens=200)["sessionId"]
+    ws_thread, seen = follow_in_background(api, session_id)
+    wait_until(lambda: chunks_seen(seen) >= 30, "30 chunks, live")
+    own_redis.stop()
+    # Down until the follower itself has met the outage: it follows again from the last
+    # event its client has, which the reader wrote and the follower never yielded.
+    met = f"follower of {session_id}: Redis unreachable"
+    wait_until(lambda: met in api.log(), "the follower to meet the outage")
+    own_redis.start()
+    ws_thread.join(60)
+    assert seen.close_code == 1000
+    chunks = [e["index"] for e in seen.events if e["type"] == "chunk"]
+    assert chunks == list(range(200))
+    assert client.chunks_text(seen.events) == demo_text("direct, then down", 200)
