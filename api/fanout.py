@@ -425,7 +425,9 @@ def follow(
                     return
             while True:
                 if direct is not None and not sub.entries and not sub.is_behind:
-                    sub.written_key = id_key(cursor)
+                    # The reader may have written more while this greenlet was away (a
+                    # place renewal's round trip): never move its mark back.
+                    sub.written_key = max(sub.written_key, id_key(cursor))
                     sub.is_direct = True
                 taken = sub.take(block_ms / 1000)
                 if direct is not None and direct.last_id and sub.written_key > id_key(cursor):
