@@ -202,6 +202,8 @@ def test_delete_stops_the_answer_with_abort_and_closing_does_not(api: Api) -> No
         next(data_lines(response))
     # The response is closed; the generation goes on to its end.
     assert client.wait_terminal(api.url, kept_session)["status"] == "completed"
+    # No follower saw it end: the reader finds it ended and never serves it as active.
+    assert requests.get(f"{api.url}/api/chat/{kept}/stream", timeout=10).status_code == 204
 
     with requests.post(
         f"{api.url}/api/chat",
