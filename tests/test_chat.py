@@ -385,3 +385,13 @@ def test_a_chat_id_never_reaches_another_tenants_stream(keyed: Api) -> None:
     while client.info(keyed.url, session_id, alice)["status"] != "completed":
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_a_retry_with_the_same_idempotency_key_streams_the_same_session(api: Api) -> None:
+    body = chat_body(new_chat(), [user(PROMPT)], max_tokens=3)
+    key = {"Idempotency-Key": f"chat-{uuid.uuid4().hex}"}
+    first = requests.post(f"{api.url}/api/chat", json=body, headers=key, timeout=30)
+    again = requests.post(f"{api.url}/api/chat", json=body, headers=key, timeout=30)
+    assert first.status_code == again.status_code == 200
+    assert first.headers["X-Session-Id"] == again.headers["X-Session-Id"]
+    assert first.text == again.text

@@ -224,6 +224,16 @@ def test_bad_frames(api: Api) -> None:
     assert struct.unpack("!H", data[:2])[0] == 1008 and data[2:] == b"invalid_frame"
 
 
+def test_a_send_frame_may_hold_a_long_conversation(api: Api) -> None:
+    ws = Frames(api)
+    frame = send_frame(new_chat(), "l1", max_tokens=2)
+    frame["messages"] = [user("many words " * 15_000)]  # 165,000 characters
+    ws.send(**frame)
+    frames = ws.until_end("l1")
+    ws.close()
+    assert frames[0]["type"] == "start" and frames[-1]["type"] == "end"
+
+
 @pytest.fixture(scope="module")
 def keyed(stack_env: dict[str, str], logs_dir: Path, worker: Worker) -> Iterator[Api]:
     """An API with two keys, in front of the session's worker."""
