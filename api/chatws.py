@@ -95,8 +95,11 @@ class Relay:
     def _run(self) -> None:
         try:
             self._relay()
-        except (ConnectionClosed, OSError):
+        except ConnectionClosed:
             return  # the client went
+        except OSError as e:  # the send timed out or the socket broke: a dead client
+            log.info("chat relay of %s dropped: %s", self.active.session_id, e)
+            self.conn.drop()
         except SessionNotFound as e:
             self._send([_frame(type="error", requestId=self.request_id, errorText=e.message)])
         except redis.RedisError as e:
@@ -202,6 +205,11 @@ class ChatSocket:
         except (KombuError, CeleryError) as e:
             log.warning("chat WebSocket: broker failed: %s", e)
             self.error(request_id, UNAVAILABLE)
+        except (ConnectionClosed, OSError):
+            raise  # the client went: `serve` ends
+        except Exception:  # one request's failure must not end the others on the socket
+            log.exception("chat WebSocket: a %s frame failed", kind)
+            self.error(request_id, "The server failed to handle this request.")
 
     def _caller(self, headers: Any) -> auth.Caller:
         """Who sends this frame: the frame's `Authorization`, else the upgrade's."""
@@ -283,6 +291,9 @@ def chat_ws(ws: Any) -> None:
         chat.serve()
     except ConnectionClosed:
         pass  # the client went
+    except OSError as e:  # the send timed out or the socket broke: a dead client
+        log.info("chat WebSocket dropped: %s", e)
+        conn.drop()
     finally:
         chat.stop()
         shutdown.unregister(conn)
