@@ -395,3 +395,10 @@ def test_a_retry_with_the_same_idempotency_key_streams_the_same_session(api: Api
     assert first.status_code == again.status_code == 200
     assert first.headers["X-Session-Id"] == again.headers["X-Session-Id"]
     assert first.text == again.text
+
+
+def test_a_body_over_the_limit_is_a_413(api: Api) -> None:
+    body = chat_body(new_chat(), [user("x" * (4 * 1024 * 1024))])
+    response = requests.post(f"{api.url}/api/chat", json=body, timeout=30)
+    assert response.status_code == 413, response.text[:200]
+    assert response.json()["error"]["code"] == "body_too_large"
