@@ -58,6 +58,20 @@ def run_harness(request: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def invalid_chunks(chunks: list[dict[str, Any]]) -> list[int]:
+    """The positions of the chunks the AI SDK's schema refuses (tests/aisdk/validate.mjs)."""
+    result = subprocess.run(
+        [tool("node"), "validate.mjs"],
+        cwd=AISDK,
+        env={**NODE_ENV, "CHUNKS": json.dumps(chunks)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout))
+
+
 def user(text: str, message_id: str = "u1") -> dict[str, Any]:
     return {"id": message_id, "role": "user", "parts": [{"type": "text", "text": text}]}
 
@@ -220,6 +234,7 @@ def test_delete_stops_the_answer_with_abort_and_closing_does_not(api: Api) -> No
         assert stop.json() == {"sessionId": response.headers["X-Session-Id"], "status": "cancelled"}
         rest = [json.loads(line) for line in lines if line != "[DONE]"]
     assert rest[-2:] == [{"type": "text-end", "id": "t0"}, {"type": "abort", "reason": "cancelled"}]
+    assert invalid_chunks(rest) == []
     assert requests.get(f"{api.url}/api/chat/{stopped}/stream", timeout=10).status_code == 204
     again = requests.delete(f"{api.url}/api/chat/{stopped}/stream", timeout=10)
     assert again.status_code == 404 and again.json()["error"]["code"] == "not_found"
