@@ -162,6 +162,8 @@ def test_the_ai_sdk_reads_every_answer_as_the_stored_message(api: Api, model: st
     assembled = parts_of(result["message"])
     assert assembled == stored_parts(api, session_id)
     kinds = {c["type"] for c in chunks}
+    if model == "demo":  # n text chunks: start, start-step, text-start, n deltas, text-end, ...
+        assert len(chunks) == ASKS["demo"]["max_tokens"] + 6
     if model == "demo-reasoning":
         assert {"reasoning-start", "reasoning-delta", "reasoning-end"} <= kinds
         assert assembled["reasoning"] and assembled["text"]
