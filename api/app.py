@@ -19,6 +19,7 @@ from api import (
     metrics,
     openapi,
     origins,
+    responses,
     routes,
     websocket,
 )
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openapi.bp)
     app.register_blueprint(examples.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(responses.bp)
     follow.sock.init_app(app)
     wsgi: Any = websocket.WholeFrames(app.wsgi_app, settings.api.ws_send_timeout_s)
     if settings.api.trust_proxy_headers:

@@ -1004,6 +1004,263 @@ def paths(settings: Settings) -> dict[str, Schema]:
     }
 
 
+# OpenAI's Responses API (DESIGN.md 2.7, docs/API.md section 15): its own error shape.
+RESPONSE_STATUSES = ("queued", "in_progress", "completed", "failed", "cancelled", "incomplete")
+RESPONSE_EVENT_TYPES = (
+    "response.created",
+    "response.queued",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+    "response.output_text.delta",
+    "response.reasoning_text.delta",
+    "response.function_call_arguments.delta",
+    "response.output_text.done",
+    "response.reasoning_text.done",
+    "response.function_call_arguments.done",
+    "response.content_part.done",
+    "response.output_item.done",
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+)
+
+
+def _responses_schemas(settings: Settings) -> dict[str, Schema]:
+    """The Responses API's request, Response object, events and error."""
+    text_parts = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+    item = {
+        "type": "object",
+        "description": 'An input item: a message (`type` "message" or absent; `role` user, '
+        "system, developer or assistant; `content` a string or `input_text`/`input_image` "
+        "parts, `output_text` in assistant messages), a `function_call` (`call_id`, `name`, "
+        "`arguments`), a `function_call_output` (`call_id`, `output`) or a `reasoning` item "
+        "(accepted, not sent on). Other types are a 400 unsupported_parameter.",
+        "properties": {
+            "type": {"enum": ["message", "function_call", "function_call_output", "reasoning"]},
+            "role": {"enum": ["user", "system", "developer", "assistant"]},
+            "content": text_parts,
+            "call_id": {"type": "string"},
+            "name": {"type": "string"},
+            "arguments": {"type": "string"},
+            "output": text_parts,
+        },
+    }
+    nullable_number = {"type": ["number", "null"]}
+    output_item = {
+        "type": "object",
+        "required": ["type", "id"],
+        "description": "`reasoning` (`summary`, `content` of `reasoning_text`), `message` "
+        "(`role` assistant, `content` of `output_text`) or `function_call` (`call_id`, "
+        "`name`, `arguments`)",
+        "properties": {
+            "type": {"enum": ["reasoning", "message", "function_call"]},
+            "id": {"type": "string"},
+            "status": {"enum": ["in_progress", "completed", "incomplete"]},
+        },
+    }
+    return {
+        "ResponsesRequest": {
+            "type": "object",
+            "required": ["model", "input"],
+            "description": "Fields not listed here (previous_response_id, conversation, "
+            "prompt, ...) are a 400 unsupported_parameter naming them; user, "
+            "safety_identifier, prompt_cache_key and service_tier are accepted and ignored.",
+            "properties": {
+                "model": {"type": "string"},
+                "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": item}]},
+                "instructions": {"type": "string"},
+                "max_output_tokens": {
+                    "type": "integer",
+                    "minimum": validation.MIN_MAX_TOKENS,
+                    "maximum": settings.limits.max_tokens_cap,
+                },
+                "temperature": {
+                    "type": "number",
+                    "minimum": validation.MIN_TEMPERATURE,
+                    "maximum": validation.MAX_TEMPERATURE,
+                },
+                "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+                "tools": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "name"],
+                        "properties": {
+                            "type": {"const": "function"},
+                            "name": {"type": "string", "pattern": validation.TOOL_NAME_PATTERN},
+                            "description": {"type": "string"},
+                            "parameters": {"type": "object"},
+                            "strict": {"type": "boolean"},
+                        },
+                    },
+                },
+                "tool_choice": {
+                    "oneOf": [
+                        {"enum": ["none", "auto", "required"]},
+                        {
+                            "type": "object",
+                            "required": ["type", "name"],
+                            "properties": {
+                                "type": {"const": "function"},
+                                "name": {"type": "string"},
+                            },
+                        },
+                    ]
+                },
+                "reasoning": {
+                    "type": "object",
+                    "properties": {"effort": {"enum": list(validation.REASONING_EFFORTS)}},
+                },
+                "text": {"type": "object", "properties": {"format": {"type": "object"}}},
+                "metadata": {
+                    "type": "object",
+                    "maxProperties": 16,
+                    "additionalProperties": {"type": "string", "maxLength": 512},
+                },
+                "background": {"type": "boolean"},
+                "stream": {"type": "boolean"},
+                "store": {"const": True},
+            },
+        },
+        "Response": {
+            "type": "object",
+            "required": ["id", "object", "created_at", "status", "model", "output"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^resp_"},
+                "object": {"const": "response"},
+                "created_at": {"type": "number"},
+                "status": {"enum": list(RESPONSE_STATUSES)},
+                "model": {"type": "string"},
+                "output": {"type": "array", "items": output_item},
+                "usage": {"type": ["object", "null"]},
+                "error": {"type": ["object", "null"]},
+                "incomplete_details": {"type": ["object", "null"]},
+                "background": {"type": "boolean"},
+                "metadata": {"type": "object"},
+                "temperature": nullable_number,
+                "top_p": nullable_number,
+            },
+        },
+        "ResponseEvent": {
+            "type": "object",
+            "required": ["type", "sequence_number"],
+            "description": "One Server-Sent Event `event: <type>`, `data: <this>`; the "
+            "sequence number is the same on every API process and replay.",
+            "properties": {
+                "type": {"enum": list(RESPONSE_EVENT_TYPES)},
+                "sequence_number": {"type": "integer", "minimum": 0},
+            },
+        },
+        "OpenAIError": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["message", "type", "code", "param"],
+                    "properties": {
+                        "message": {"type": "string"},
+                        "type": {"type": "string"},
+                        "code": {"type": ["string", "null"]},
+                        "param": {"type": ["string", "null"]},
+                    },
+                }
+            },
+        },
+    }
+
+
+def _openai_errors(*codes: str) -> dict[str, Schema]:
+    described = {
+        "400": "A field out of range, an unknown model or an unsupported parameter (`param`)",
+        "401": "Missing or wrong API key (only with API keys configured)",
+        "404": "No such response",
+        "429": "A per-caller limit, with Retry-After",
+        "503": "Redis or the job queue is unavailable",
+    }
+    return {
+        code: {
+            "description": described[code],
+            "content": {JSON: {"schema": _ref("OpenAIError")}},
+        }
+        for code in codes
+    }
+
+
+def _responses_paths() -> dict[str, Schema]:
+    """The Responses API's routes."""
+    response_id = {
+        "name": "responseId",
+        "in": "path",
+        "required": True,
+        "description": "`resp_<sessionId>`; anything else is a 404.",
+        "schema": {"type": "string"},
+    }
+    events = {"schema": _ref("ResponseEvent")}
+    return {
+        "/v1/responses": {
+            "post": {
+                "operationId": "createResponse",
+                "summary": "Start a response: the event stream (`stream`), the queued Response "
+                "(`background`), or the Response once it has ended (neither)",
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": _ref("ResponsesRequest")}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "The Response object, or its events",
+                        "content": {
+                            JSON: {"schema": _ref("Response")},
+                            "text/event-stream": events,
+                        },
+                    },
+                    **_openai_errors("400", "401", "429", "503"),
+                },
+            }
+        },
+        "/v1/responses/{responseId}": {
+            "parameters": [response_id],
+            "get": {
+                "operationId": "retrieveResponse",
+                "summary": "The Response object, or with stream=true its events after "
+                "starting_after, then live",
+                "parameters": [
+                    {"name": "stream", "in": "query", "schema": {"enum": ["true", "false"]}},
+                    {
+                        "name": "starting_after",
+                        "in": "query",
+                        "description": "A sequence number: the events after it",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The Response object, or its events",
+                        "content": {
+                            JSON: {"schema": _ref("Response")},
+                            "text/event-stream": events,
+                        },
+                    },
+                    **_openai_errors("400", "401", "404", "429", "503"),
+                },
+            },
+        },
+        "/v1/responses/{responseId}/cancel": {
+            "parameters": [response_id],
+            "post": {
+                "operationId": "cancelResponse",
+                "summary": "Stop the generation: the Response with its final status",
+                "responses": {
+                    "200": _ok("The Response object", _ref("Response")),
+                    **_openai_errors("401", "404", "503"),
+                },
+            },
+        },
+    }
+
+
 def build(settings: Settings) -> dict[str, Any]:
     """The whole OpenAPI document for `settings`."""
     doc: dict[str, Any] = {
@@ -1022,9 +1279,9 @@ def build(settings: Settings) -> dict[str, Any]:
             "the loopback names); a request the HTTP parser refuses gets 400 bad_request, "
             "414 uri_too_long or 431 headers_too_large, JSON too.",
         },
-        "paths": paths(settings),
+        "paths": {**paths(settings), **_responses_paths()},
         "components": {
-            "schemas": _schemas(settings),
+            "schemas": {**_schemas(settings), **_responses_schemas(settings)},
             "responses": {f"E{code}": response for code, response in ERRORS.items()},
             "parameters": {
                 "sessionId": {
@@ -1046,7 +1303,7 @@ def build(settings: Settings) -> dict[str, Any]:
                     continue  # path parameters, or a public operation
                 if operation.get("operationId") in FOLLOWERS:
                     operation["security"] = [{"bearer": []}, {"streamToken": []}]
-                operation["responses"].update(_errors("401"))
+                operation["responses"].setdefault("401", _errors("401")["401"])
     return doc
 
 

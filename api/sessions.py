@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import redis
@@ -74,6 +74,7 @@ def start_session(
     caller: Caller,
     enqueue: Enqueue,
     idempotency_key: str | None = None,
+    extra_meta: Mapping[str, str] | None = None,
 ) -> Started:
     """Store and enqueue a new session, or replay the one `idempotency_key` names.
 
@@ -81,6 +82,7 @@ def start_session(
     from the caller's limits (admitted after the replay: a retry is never refused), and
     `QueueUnavailable` when the job could not be queued (the session then ends with an
     `enqueue_failed` error event). On every failure the key is released for a retry.
+    `extra_meta`: more meta fields stored with the session (`store.create_session`).
     """
     if idempotency_key is not None:
         replay = _claim_or_replay(r, settings, idempotency_key, session_id, generation, caller)
@@ -100,7 +102,12 @@ def start_session(
         raise
     try:
         store.create_session(
-            r, session_id, generation, queue=settings.worker.queue, owner=caller.owner
+            r,
+            session_id,
+            generation,
+            queue=settings.worker.queue,
+            owner=caller.owner,
+            extra=extra_meta,
         )
     except Exception:
         if settings.limits.max_running_per_caller > 0:

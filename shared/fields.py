@@ -24,3 +24,4 @@ REQUEUES = "requeues"  # how often the reaper handed the session out again
 FINISH_REASON = "finish_reason"
 USAGE = "usage"  # JSON
 ERROR = "error"  # JSON `{"code", "message"}`
+RESPONSE = "response"  # JSON: what a `POST /v1/responses` asked besides the generation

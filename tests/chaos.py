@@ -9,13 +9,16 @@ import itertools
 import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 import requests
 import websocket
 
 from rstreams.localredis import LocalRedis
+from shared import fields, keys
 from tests import client
 from tests.procs import Api, Worker
 
@@ -71,6 +74,20 @@ class Cluster:
     def stop(self) -> None:
         for proc in [*self.apis, *self.workers]:
             proc.stop(timeout_s=10)
+
+
+def busiest_worker(cluster: Cluster, session_ids: list[str]) -> Worker:
+    """The live worker holding the most of these sessions' leases: killing it makes
+    sure the kill hits running sessions, whatever the machine's speed."""
+    r = redis.Redis.from_url(cluster.redis.url, decode_responses=True)
+    held = Counter(
+        int(str(holder).rsplit(":", 1)[1])
+        for sid in session_ids
+        if r.exists(keys.lease(sid)) and (holder := r.hget(keys.meta(sid), fields.WORKER))
+    )
+    assert held, "no session is running: the worker kill would hit nothing"
+    live = [w for w in cluster.workers if w.proc and w.proc.poll() is None]
+    return max(live, key=lambda w: held[w.proc.pid] if w.proc else 0)
 
 
 def follow_with_drops(
@@ -167,7 +184,6 @@ def run_chaos(
     fault_gap_s: float = 1.0,
 ) -> Report:
     """Start sessions and followers, inject one API kill, one worker kill, one Redis restart."""
-    rng = random.Random(seed)
     report = Report(sessions=sessions, followers=sessions * followers_per_session)
     started = time.monotonic()
     deadline = started + deadline_s
@@ -203,19 +219,24 @@ def run_chaos(
             time.sleep(0.05)
         return float("nan")
 
-    time.sleep(1.0)
+    # Every session is generating before the first fault, however slow the machine.
+    r = redis.Redis.from_url(cluster.redis.url, decode_responses=True)
+    while not all(int(r.hget(keys.meta(sid), fields.CHUNKS) or 0) > 0 for sid in ids):
+        assert time.monotonic() < deadline, "the sessions never started"
+        time.sleep(0.05)
+
+    # The worker first, while its sessions are surely running: each is taken over.
+    worker = busiest_worker(cluster, ids)
+    worker.kill()
+    report.faults.append(f"kill -9 worker {worker.name}")
+    cluster.add_worker()
+
     victim = cluster.live_apis()[0]
     victim.kill()
     report.faults.append(f"kill -9 API {victim.name}")
     t0 = time.monotonic()
     cluster.add_api()
     report.recovery_s["api_replaced"] = time.monotonic() - t0
-
-    time.sleep(1.0)
-    worker = rng.choice([w for w in cluster.workers if w.proc and w.proc.poll() is None])
-    worker.kill()
-    report.faults.append(f"kill -9 worker {worker.name}")
-    cluster.add_worker()
 
     # Far enough after the worker kill that the takeover and the outage are measured apart.
     time.sleep(fault_gap_s)

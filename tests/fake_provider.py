@@ -8,6 +8,7 @@ The behaviour follows the request's model name (after any `vendor/` prefix):
   a time, so lines and UTF-8 characters arrive cut in two.
 - `fake-slow`: the same with 50 ms between deltas; `fake-http10` too, its body ended by
   closing the connection instead of chunked encoding.
+- `fake-length`: as `fake-ok`, finishing with `length` (the answer hit `max_tokens`).
 - `fake-error-mid`: three deltas, then an `error` object, then the body ends.
 - `fake-truncated`: three deltas, then the body ends (no finish reason, no `[DONE]`).
 - `fake-401`, `fake-429` (`Retry-After: 1`), `fake-500`: that status before any event.
@@ -325,7 +326,7 @@ class FakeProvider:
             return None
         if scenario == "fake-truncated":
             return None
-        event(_chunk(model, {}, "stop"))
+        event(_chunk(model, {}, "length" if scenario == "fake-length" else "stop"))
         usage = {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": 5 + n}
         event({"id": "gen-1", "object": "chat.completion.chunk", "choices": [], "usage": usage})
         write("data: [DONE]\n\n")

@@ -41,7 +41,7 @@ def test_chaos_soak_loses_nothing(cluster: Cluster) -> None:
         cluster,
         sessions=30,
         followers_per_session=3,
-        chunks=200,
+        chunks=320,  # 8 s at 40 a second: the sessions outlive all three faults
         seed=7,
         redis_down_s=2.0,
         deadline_s=120,

@@ -51,6 +51,7 @@ class SessionMeta:
     finish_reason: str = ""
     usage: dict[str, Any] | None = None
     error: dict[str, Any] | None = None  # `{"code", "message"}`
+    response: dict[str, Any] | None = None  # the Responses API's own request fields
 
     @classmethod
     def from_hash(cls, session_id: str, meta: Mapping[str, str]) -> SessionMeta:
@@ -82,6 +83,7 @@ class SessionMeta:
             finish_reason=meta.get(fields.FINISH_REASON, ""),
             usage=parsed(fields.USAGE),
             error=parsed(fields.ERROR),
+            response=parsed(fields.RESPONSE),
         )
 
 
@@ -110,8 +112,12 @@ def create_session(
     *,
     queue: str,
     owner: str = "",
+    extra: Mapping[str, str] | None = None,
 ) -> str:
-    """Store a new session (`queued`) with its request and first event; returns that event's id."""
+    """Store a new session (`queued`) with its request and first event; returns that event's id.
+
+    `extra`: more meta fields stored in the same step (`fields.RESPONSE`).
+    """
     now = now_ms()
     meta = {
         fields.STATUS: Status.QUEUED.value,
@@ -124,6 +130,7 @@ def create_session(
         fields.QUEUE: queue,
         fields.ENQUEUED_MS: now,
         fields.OWNER: owner,
+        **(extra or {}),
     }
     args: list[Any] = [dumps({"status": Status.QUEUED.value})]
     for name, value in meta.items():
