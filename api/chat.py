@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 from flask import Blueprint, Response, request
@@ -21,7 +22,7 @@ from api import auth, limits, routes, sessions, uimessages
 from api.backend import Backend, backend
 from api.follow import Following, time_out_sends
 from shared import logs, store
-from shared.errors import SessionNotFound
+from shared.errors import SessionNotFound, TooManyRequests
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,20 @@ def post_chat() -> Response:
     scope = ChatScope(chat.chat_id)
     scope.record(b.redis, active, b.settings.stream_ttl_s)
     log.info("chat session %s started (%s)", started.session_id, chat.trigger)
-    return ui_message_stream(b, scope, active)
+    with stopped_if_unfollowed(b, started):
+        return ui_message_stream(b, scope, active)
+
+
+@contextmanager
+def stopped_if_unfollowed(b: Backend, started: sessions.Started) -> Iterator[None]:
+    """Cancel a session just started when its caller is refused a follower place (429):
+    the caller never reads it, and a retry would start another."""
+    try:
+        yield
+    except TooManyRequests:
+        if not started.is_replay:
+            store.cancel(b.redis, started.session_id, ttl_s=b.settings.stream_ttl_s)
+        raise
 
 
 @bp.get("/api/chat/<chat_id>/stream")

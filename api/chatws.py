@@ -26,7 +26,7 @@ from simple_websocket import ConnectionClosed
 
 from api import auth, origins, routes, shutdown, uimessages, websocket
 from api.backend import Backend, backend
-from api.chat import ChatScope
+from api.chat import ChatScope, stopped_if_unfollowed
 from api.errors import Close
 from api.follow import Following, sock
 from shared import store
@@ -239,7 +239,8 @@ class ChatSocket:
         scope = ChatScope(chat.chat_id)
         scope.record(self.b.redis, active, self.b.settings.stream_ttl_s)
         log.info("chat session %s started over WebSocket (%s)", started.session_id, chat.trigger)
-        self._relay(request_id, scope, active, -1)
+        with stopped_if_unfollowed(self.b, started):
+            self._relay(request_id, scope, active, -1)
 
     def _resume(self, request_id: str, frame: dict[str, Any]) -> None:
         last = frame.get("lastSequence")

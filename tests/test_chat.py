@@ -419,3 +419,25 @@ def test_a_body_over_the_limit_is_a_413(api: Api) -> None:
     response = requests.post(f"{api.url}/api/chat", json=body, timeout=30)
     assert response.status_code == 413, response.text[:200]
     assert response.json()["error"]["code"] == "body_too_large"
+
+
+def test_a_chat_refused_a_follower_place_does_not_go_on_generating(make_stack: Any) -> None:
+    stack = make_stack(MAX_FOLLOWERS_PER_CALLER="1")
+    stack.worker()
+    api = stack.api()
+    other = client.create(api.url, prompt="holds the place", max_tokens=150)["sessionId"]
+    chat_id = new_chat()
+    with requests.get(f"{api.url}/api/streams/{other}", stream=True, timeout=30) as held:
+        assert held.status_code == 200
+        refused = requests.post(
+            f"{api.url}/api/chat", json=chat_body(chat_id, [user(PROMPT)]), timeout=10
+        )
+        assert refused.status_code == 429, refused.text
+    # Its session was stopped: once the place is free, the chat has nothing active.
+    deadline = time.monotonic() + 30
+    while (
+        answer := requests.get(f"{api.url}/api/chat/{chat_id}/stream", timeout=10)
+    ).status_code == 429:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert answer.status_code == 204
