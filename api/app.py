@@ -8,7 +8,19 @@ from typing import Any
 from flask import Flask, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import auth, errors, examples, follow, hosts, metrics, openapi, origins, routes, websocket
+from api import (
+    auth,
+    chat,
+    errors,
+    examples,
+    follow,
+    hosts,
+    metrics,
+    openapi,
+    origins,
+    routes,
+    websocket,
+)
 from api.backend import EXTENSION, Backend
 from shared import logs
 from shared.settings import Settings
@@ -47,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.register(app, settings)
     app.register_blueprint(routes.bp)
     app.register_blueprint(follow.bp)
+    app.register_blueprint(chat.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(examples.bp)
     app.register_blueprint(metrics.bp)

@@ -37,7 +37,7 @@ def _events(b: Backend, session_id: str, after: str | None) -> Iterator[store.Ba
     )
 
 
-class _Following:
+class Following:
     """One follower of a session, WebSocket or SSE: its place among the session's and the
     caller's followers (`limits`, 429 or close 4429 when full) and its metrics."""
 
@@ -117,7 +117,7 @@ def _admit_ws(session_id: str) -> str | None:
 
 def _relay_ws(conn: websocket.Socket, b: Backend, session_id: str, after: str | None) -> None:
     """Send the session's events until the terminal one, the client leaves or we stop."""
-    following = _Following(session_id, "ws")
+    following = Following(session_id, "ws")
     try:
         for batch in following.batches(b, after, lambda: conn.is_open):
             if batch:
@@ -181,7 +181,7 @@ def follow_sse(session_id: str) -> Response:
     if store.has_nothing_after(b.redis, session_id, meta.status, after):
         # An ended follow: 204 is what tells an EventSource to stop reconnecting.
         return Response(status=204)
-    following = _Following(session_id, "sse")  # 429 before any event
+    following = Following(session_id, "sse")  # 429 before any event
     ping_s = b.settings.api.sse_ping_s
 
     def body() -> Iterator[bytes]:
@@ -214,11 +214,11 @@ def follow_sse(session_id: str) -> Response:
     )
     # WSGI closes the response however it ends, even if the body never started.
     response.call_on_close(following.leave)
-    _time_out_sends(response, b.settings.api.ws_send_timeout_s)
+    time_out_sends(response, b.settings.api.ws_send_timeout_s)
     return response
 
 
-def _time_out_sends(response: Response, timeout_s: float) -> None:
+def time_out_sends(response: Response, timeout_s: float) -> None:
     """Fail the server's writes of this response after `timeout_s` without progress.
 
     gunicorn writes a streamed body with a blocking `sendall` and no timeout: a client
