@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,59 +104,58 @@ def test_the_chat_example_is_served_public_or_says_how_to_build_it(
 # --- one mapping in two languages ------------------------------------------------------
 
 
-def _chat_chunks(response: requests.Response) -> list[dict[str, Any]]:
-    """The UI message chunks of a chat response, up to `[DONE]`."""
+def _chat(api: Api, body: dict[str, Any], stop_after_text: bool = False) -> dict[str, Any]:
+    """POST /api/chat; the session's id, its message id and the UI message chunks sent,
+    up to `[DONE]` (with `stop_after_text`, the chat's stream is deleted after its first
+    text)."""
+    chat_id = f"drift-{uuid.uuid4().hex}"
+    message = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Weather in Paris?"}]}
+    chat = {"id": chat_id, "messages": [message], "trigger": "submit-message", **body}
     chunks = []
-    for line in client.sse_lines(response):
-        if line.startswith("data: "):
+    with requests.post(f"{api.url}/api/chat", json=chat, stream=True, timeout=30) as response:
+        assert response.status_code == 200, response.text
+        for line in client.sse_lines(response):
             if line == "data: [DONE]":
                 break
-            chunks.append(json.loads(line[len("data: ") :]))
-    return chunks
+            if line.startswith("data: "):
+                chunks.append(json.loads(line[len("data: ") :]))
+                if stop_after_text and chunks[-1]["type"] == "text-delta":
+                    stop_after_text = False
+                    stopped = requests.delete(f"{api.url}/api/chat/{chat_id}/stream", timeout=10)
+                    assert stopped.status_code == 202, stopped.text
+        return {
+            "sessionId": response.headers["X-Session-Id"],
+            "messageId": response.headers["X-Message-Id"],
+            "chunks": chunks,
+        }
 
 
-def _ts_mapping(events: list[dict[str, Any]], message_id: str) -> list[dict[str, Any]]:
-    script = PACKAGE / "test" / "map-events.mjs"
+def test_the_packages_mapping_of_sessions_equals_the_chunks_the_api_sends(
+    api: Api, web_build: Path
+) -> None:
+    sessions = [
+        _chat(api, {"model": "demo-reasoning", "max_tokens": 30}),
+        _chat(api, {"model": "demo-tools", "max_tokens": 30, "tools": [WEATHER_TOOL]}),
+        _chat(api, {"model": "demo", "max_tokens": 500}, stop_after_text=True),
+    ]
+    for session in sessions:
+        session["events"] = client.sse_follow(api.url, session["sessionId"]).events
+
     result = subprocess.run(
-        [tool("node"), str(script)],
-        input=json.dumps({"messageId": message_id, "events": events}),
+        [tool("node"), str(PACKAGE / "test" / "map-events.mjs")],
+        input=json.dumps([{"messageId": s["messageId"], "events": s["events"]} for s in sessions]),
         capture_output=True,
         text=True,
         timeout=60,
         env=NODE_ENV,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    mapped: list[dict[str, Any]] = json.loads(result.stdout)
-    return mapped
-
-
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"model": "demo-reasoning", "max_tokens": 30},
-        {"model": "demo-tools", "max_tokens": 30, "tools": [WEATHER_TOOL]},
-    ],
-    ids=["reasoning", "tools"],
-)
-def test_the_packages_mapping_of_a_session_equals_the_chunks_the_api_sends(
-    api: Api, web_build: Path, body: dict[str, Any]
-) -> None:
-    message = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "Weather in Paris?"}]}
-    chat = {"id": f"drift-{body['model']}", "messages": [message], "trigger": "submit-message"}
-    with requests.post(
-        f"{api.url}/api/chat", json={**chat, **body}, stream=True, timeout=30
-    ) as response:
-        assert response.status_code == 200, response.text
-        session_id = response.headers["X-Session-Id"]
-        message_id = response.headers["X-Message-Id"]
-        sent = _chat_chunks(response)
-    events = client.sse_follow(api.url, session_id).events
-
-    assert _ts_mapping(events, message_id) == sent
-    kinds = {chunk["type"] for chunk in sent}
-    assert (
-        "reasoning-delta" if body["model"] == "demo-reasoning" else "tool-input-available"
-    ) in kinds
+    mapped = json.loads(result.stdout)
+    for session, chunks in zip(sessions, mapped, strict=True):
+        assert chunks == session["chunks"]
+    # The three cover every kind of block and end.
+    kinds = {chunk["type"] for chunks in mapped for chunk in chunks}
+    assert {"reasoning-delta", "text-delta", "tool-input-available", "finish", "abort"} <= kinds
 
 
 # --- the example page in Chromium ------------------------------------------------------
