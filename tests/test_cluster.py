@@ -184,7 +184,7 @@ def test_resume_from_a_cursor_gives_exactly_the_rest(stack: ClusterStack, cut: i
 
 
 def test_a_cursor_in_the_future_delays_no_one_else(stack: ClusterStack) -> None:
-    assert_a_future_cursor_delays_no_one_else(stack.api, "ws")
+    assert_a_future_cursor_delays_no_one_else(stack.api, stack.rc, "ws")
 
 
 def test_sse_follows_a_live_session(stack: ClusterStack) -> None:

@@ -39,17 +39,21 @@ def hold_future_follower(api: Api, session_id: str, transport: str) -> Any:
 
 
 @pytest.mark.parametrize("transport", ["ws", "sse"])
-def test_a_cursor_in_the_future_delays_no_one_else(api: Api, transport: str) -> None:
-    assert_a_future_cursor_delays_no_one_else(api, transport)
+def test_a_cursor_in_the_future_delays_no_one_else(
+    api: Api, r: redis.Redis, transport: str
+) -> None:
+    assert_a_future_cursor_delays_no_one_else(api, r, transport)
 
 
-def assert_a_future_cursor_delays_no_one_else(api: Api, transport: str) -> None:
-    """A follower with a cursor in the future, then one from the start, on one process."""
+def assert_a_future_cursor_delays_no_one_else(api: Api, r: Any, transport: str) -> None:
+    """A follower with a cursor in the future, then one from the start, on one process
+    (`r`: a client of the API's Redis, plain or cluster)."""
     # 500 chunks at 50 a second: about 10 s of live generation.
     session_id = client.create(api.url, prompt="shared read position", max_tokens=500)["sessionId"]
     hostile = hold_future_follower(api, session_id, transport)
     try:
-        time.sleep(0.5)  # it has subscribed to the process's reader by now
+        # Admitted (its place taken) before the second one joins: both share the reader.
+        eventually(lambda: r.zcard(keys.followers(session_id)) == 1, "the follower is admitted")
         # 150 events arrive live, long before the last of the 500 chunks is written.
         seen = client.ws_follow(api.ws_url, session_id, max_events=150, timeout_s=30)
         assert len(seen.events) == 150

@@ -89,6 +89,37 @@ def test_redis_restart_loses_nothing_and_followers_continue(
     assert "Unrecoverable error" not in "".join(w.log() for w in stack.workers)
 
 
+def test_followers_give_up_after_redis_outage_max_s(make_stack: Any, own_redis: LocalRedis) -> None:
+    """Past `REDIS_OUTAGE_MAX_S` a WebSocket follower is closed with 1013 (try again later)
+    and an SSE response ends, so clients reconnect elsewhere instead of waiting on a dead
+    Redis; the answer itself goes on once Redis is back."""
+    stack = make_stack(
+        REDIS_URL=own_redis.url, CELERY_BROKER_URL=own_redis.url, REDIS_OUTAGE_MAX_S="1"
+    )
+    stack.worker()
+    api = stack.api()
+    session_id = client.create(api.url, prompt="outage past the limit", max_tokens=400)["sessionId"]
+    ws_thread, ws_out = follow_in_background(api, session_id)
+    sse_thread, sse_out = follow_in_background(api, session_id, "sse")
+    wait_until(lambda: min(chunks_seen(ws_out), chunks_seen(sse_out)) >= 10, "10 chunks each")
+    own_redis.stop()
+    try:
+        ws_thread.join(30)
+        sse_thread.join(30)
+        assert not ws_thread.is_alive() and not sse_thread.is_alive(), "a follower still waits"
+        assert isinstance(ws_out, client.WsResult)
+        assert ws_out.close_code == 1013
+        for events in (ws_out.events, sse_out.events):
+            assert events and events[-1]["type"] == "chunk"  # ended by the outage, not done
+        assert "lost Redis" in api.log()
+    finally:
+        own_redis.start()
+    # The generation outlived the followers: a new follower gets the whole answer.
+    assert client.wait_terminal(api.url, session_id, timeout_s=60)["status"] == "completed"
+    whole = client.ws_follow(api.ws_url, session_id)
+    assert client.chunks_text(whole.events) == demo_text("outage past the limit", 400)
+
+
 def test_web_sigterm_closes_websockets_with_1012_and_ends_sse(api: Api, make_stack: Any) -> None:
     doomed = make_stack().api()
     # Longer than the test (40 s at 50 tokens/s): the shutdown comes mid-answer.
