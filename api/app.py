@@ -11,6 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from api import (
     auth,
     chat,
+    chatws,
     errors,
     examples,
     follow,
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(routes.bp)
     app.register_blueprint(follow.bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(chatws.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(examples.bp)
     app.register_blueprint(metrics.bp)

@@ -202,6 +202,8 @@ def test_delete_stops_the_answer_with_abort_and_closing_does_not(api: Api) -> No
         next(data_lines(response))
     # The response is closed; the generation goes on to its end.
     assert client.wait_terminal(api.url, kept_session)["status"] == "completed"
+    # No follower saw it end: the reader finds it ended and never serves it as active.
+    assert requests.get(f"{api.url}/api/chat/{kept}/stream", timeout=10).status_code == 204
 
     with requests.post(
         f"{api.url}/api/chat",
@@ -383,3 +385,20 @@ def test_a_chat_id_never_reaches_another_tenants_stream(keyed: Api) -> None:
     while client.info(keyed.url, session_id, alice)["status"] != "completed":
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_a_retry_with_the_same_idempotency_key_streams_the_same_session(api: Api) -> None:
+    body = chat_body(new_chat(), [user(PROMPT)], max_tokens=3)
+    key = {"Idempotency-Key": f"chat-{uuid.uuid4().hex}"}
+    first = requests.post(f"{api.url}/api/chat", json=body, headers=key, timeout=30)
+    again = requests.post(f"{api.url}/api/chat", json=body, headers=key, timeout=30)
+    assert first.status_code == again.status_code == 200
+    assert first.headers["X-Session-Id"] == again.headers["X-Session-Id"]
+    assert first.text == again.text
+
+
+def test_a_body_over_the_limit_is_a_413(api: Api) -> None:
+    body = chat_body(new_chat(), [user("x" * (4 * 1024 * 1024))])
+    response = requests.post(f"{api.url}/api/chat", json=body, timeout=30)
+    assert response.status_code == 413, response.text[:200]
+    assert response.json()["error"]["code"] == "body_too_large"

@@ -241,7 +241,11 @@ def _undocumented_methods(doc: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     out = []
     for path in doc["paths"]:
-        url = path.replace("{sessionId}", "A" * 21).replace("{filename}", "index.html")
+        url = (
+            path.replace("{sessionId}", "A" * 21)
+            .replace("{filename}", "index.html")
+            .replace("{chatId}", "a-chat")
+        )
         for method in sorted(HTTP_METHODS):
             if not any(t.match(url) and method in item for t, item in templates):
                 out.append((method.upper(), url))
@@ -253,7 +257,9 @@ def test_generated_requests_get_documented_answers_and_no_5xx(
     api: Api, capsys: pytest.CaptureFixture[str]
 ) -> None:
     doc = requests.get(f"{api.url}/openapi.json", timeout=10).json()
-    schema = schemathesis.openapi.from_dict(doc)
+    # A 200 of POST /api/chat is a stream as long as the generation it starts (up to
+    # MAX_TOKENS_CAP chunks): tests/test_chat.py sends it good and bad bodies instead.
+    schema = schemathesis.openapi.from_dict(doc).exclude(path="/api/chat", method="POST")
     http = requests.Session()
     counts: Counter[str] = Counter()
     failures: list[str] = []

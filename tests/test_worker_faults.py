@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Any
 
 import redis
+from nanoid import generate as nanoid
 
-from shared import keys
-from shared.jobs import enqueue, make_celery
+from shared import keys, store
+from shared.jobs import GenerationRequest, Message, enqueue, make_celery
 from shared.settings import Settings
 from tests import client
 from tests.fake_provider import expected_text
 from tests.procs import Worker
+from worker import generate
+from worker.appender import Appender
+from worker.leases import LeaseKeeper
+from worker.providers import provider_for
 from worker.providers.demo import demo_text
 
 
@@ -145,3 +151,30 @@ def test_queued_sessions_that_never_start_expire_with_an_error(make_stack: Any) 
     assert [e["type"] for e in result.events] == ["status", "error"]
     assert result.events[-1]["error"]["code"] == "queue_timeout"
     assert client.info(api.url, session_id)["status"] == "failed"
+
+
+def test_a_stopping_worker_passes_a_new_job_on_without_taking_the_lease(r: redis.Redis) -> None:
+    """In the moments before its consumer stops, a worker shutting down may still be
+    handed a job (its own hand-over included): it passes it on untouched, so the session
+    is resumed once, by a worker that stays."""
+    session_id = nanoid()
+    request = GenerationRequest(model="demo", messages=(Message("user", "pass it on"),))
+    store.create_session(r, session_id, request, queue="unused")
+    stopping = threading.Event()
+    stopping.set()
+    passed_on: list[str] = []
+    outcome = generate.run(
+        r,
+        Settings.from_env({}),
+        session_id,
+        keeper=LeaseKeeper(r, 30),
+        appender=Appender(r),
+        provider_for=provider_for,
+        stopping=stopping,
+        hand_over=passed_on.append,
+    )
+    assert outcome is generate.Outcome.HANDED_OVER
+    assert passed_on == [session_id]
+    assert store.read_meta(r, session_id).attempt == 0  # no lease was taken
+    assert not r.exists(keys.lease(session_id))
+    assert r.xlen(keys.events(session_id)) == 1  # its `queued` status, nothing written since

@@ -99,6 +99,13 @@ def run(
     (the worker is shutting down), writes what it has, gives the lease up and calls
     `hand_over(session_id)` so another worker continues at once.
     """
+    if stopping is not None and stopping.is_set() and hand_over is not None:
+        # A stopping worker's consumer can still take a job in the moments before it stops
+        # (its own hand-over among them): pass it on untouched, so the session is resumed
+        # once, by a worker that stays, not once here and again at the next chunk.
+        log.info("session %s passed on: this worker is stopping", session_id)
+        hand_over(session_id)
+        return Outcome.HANDED_OVER
     state, held = patiently(lambda: keeper.acquire(session_id), session_id, settings)
     if held is None:
         log.info("session %s not generated here: %s", session_id, state)
