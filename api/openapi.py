@@ -983,6 +983,20 @@ def paths(settings: Settings) -> dict[str, Schema]:
         "/examples/react/{filename}": _public_file(
             "reactExampleFile", "The React example page's files"
         ),
+        "/examples/chat/": {
+            "get": {
+                "operationId": "chatExample",
+                "summary": "The AI SDK chat example page (web/chat-example), once built",
+                "security": [],
+                "responses": {
+                    "200": _ok("The page", {"type": "string"}, "text/html"),
+                    **_errors("404"),
+                },
+            }
+        },
+        "/examples/chat/{filename}": _public_file(
+            "chatExampleFile", "The AI SDK chat example page's files"
+        ),
         "/metrics": {
             "get": {
                 "operationId": "metrics",

@@ -4,6 +4,7 @@ machine runs the same Node and none is installed by hand."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -82,3 +83,12 @@ def install_web() -> Path:
 def install_aisdk() -> Path:
     """tests/aisdk/node_modules (the pinned `ai` package) from its lockfile."""
     return install(AISDK)
+
+
+@functools.cache
+def build_web() -> Path:
+    """web/ installed (install_web) and built once per test run: every package's dist/ and
+    the example pages' dist/, which the API serves. Several test modules need it."""
+    install_web()
+    npm("run", "build")
+    return WEB

@@ -34,6 +34,9 @@ NOT_RUN = {
     "const transport = new WebSocketChatTransport({": (
         "a browser's: tests/test_chat_ws.py runs the same transport in Node"
     ),
+    'import { ResumableChatTransport } from "@resumable-streams/ai-sdk";': (
+        "inside a React component: tests/test_ai_sdk_browser.py runs the chat example"
+    ),
     "REDIS_URL='redis://:<password>@redis.internal:6379/0'": "settings, not commands",
     "REDIS_CLUSTER=true": "settings, not commands",
 }
