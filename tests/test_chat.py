@@ -425,7 +425,8 @@ def test_a_chat_refused_a_follower_place_does_not_go_on_generating(make_stack: A
     stack = make_stack(MAX_FOLLOWERS_PER_CALLER="1")
     stack.worker()
     api = stack.api()
-    other = client.create(api.url, prompt="holds the place", max_tokens=150)["sessionId"]
+    # Long enough that its follower holds the place however slow the machine; stopped below.
+    other = client.create(api.url, prompt="holds the place", max_tokens=5000)["sessionId"]
     chat_id = new_chat()
     with requests.get(f"{api.url}/api/streams/{other}", stream=True, timeout=30) as held:
         assert held.status_code == 200
@@ -433,6 +434,7 @@ def test_a_chat_refused_a_follower_place_does_not_go_on_generating(make_stack: A
             f"{api.url}/api/chat", json=chat_body(chat_id, [user(PROMPT)]), timeout=10
         )
         assert refused.status_code == 429, refused.text
+    requests.delete(f"{api.url}/api/streams/{other}", timeout=10)
     # Its session was stopped: once the place is free, the chat has nothing active.
     deadline = time.monotonic() + 30
     while (
