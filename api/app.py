@@ -10,6 +10,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import (
     auth,
+    chat,
+    chatws,
     errors,
     examples,
     follow,
@@ -59,6 +61,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.register(app, settings)
     app.register_blueprint(routes.bp)
     app.register_blueprint(follow.bp)
+    app.register_blueprint(chat.bp)
+    app.register_blueprint(chatws.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(examples.bp)
     app.register_blueprint(metrics.bp)

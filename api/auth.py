@@ -100,16 +100,27 @@ def _authenticate() -> None:
         raise
 
 
+def from_authorization(settings: Settings, header: str) -> Caller:
+    """The caller of an `Authorization: Bearer <API key>` value; raises `Unauthorized`."""
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthorized("the Authorization header must be `Bearer <API key>`")
+    key_id = apikeys.key_id_of(key.strip(), settings.api.api_keys)
+    if key_id is None:
+        raise Unauthorized("the API key is not valid")
+    return Caller(key_id)
+
+
+def act_as(caller: Caller) -> None:
+    """Make `caller` the current request's caller: a WebSocket whose frames carry their
+    own credentials (`api/chatws.py`)."""
+    g.caller = caller
+
+
 def _identify(settings: Settings, takes_token: bool) -> Caller:
     header = request.headers.get("Authorization", "")
     if header:
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthorized("the Authorization header must be `Bearer <API key>`")
-        key_id = apikeys.key_id_of(key.strip(), settings.api.api_keys)
-        if key_id is None:
-            raise Unauthorized("the API key is not valid")
-        return Caller(key_id)
+        return from_authorization(settings, header)
     token = request.args.get("token") if takes_token else None
     if not token:
         raise Unauthorized(

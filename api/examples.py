@@ -1,4 +1,5 @@
-"""The React example page (web/example), served at /examples/react/ once it is built."""
+"""The example pages, served once they are built: the React example (web/example) at
+/examples/react/ and the AI SDK chat example (web/chat-example) at /examples/chat/."""
 
 from __future__ import annotations
 
@@ -11,32 +12,56 @@ from api.errors import error_response
 
 bp = Blueprint("examples", __name__)
 
-REACT_DIST = Path(__file__).resolve().parent.parent / "web" / "example" / "dist"
+WEB = Path(__file__).resolve().parent.parent / "web"
+REACT_DIST = WEB / "example" / "dist"
+CHAT_DIST = WEB / "chat-example" / "dist"
 BUILD_COMMAND = "npm --prefix web ci && npm --prefix web run build"
 
 
-def _not_built() -> Response:
+def _not_built(name: str) -> Response:
     return error_response(
         404,
         "not_found",
-        f"The React example is not built: run `{BUILD_COMMAND}` in the repository.",
+        f"The {name} example is not built: run `{BUILD_COMMAND}` in the repository.",
     )
+
+
+def _page(dist: Path, name: str) -> Response:
+    if not (dist / "index.html").is_file():
+        return _not_built(name)
+    return send_from_directory(dist, "index.html", max_age=0)
+
+
+def _file(dist: Path, name: str, filename: str) -> Response:
+    if not (dist / "index.html").is_file():
+        return _not_built(name)
+    # send_from_directory refuses paths that leave the folder (a 404).
+    return send_from_directory(dist, filename)
 
 
 @bp.get("/examples/react/")
 @auth.public
 def react_page() -> Response:
     """The React example page."""
-    if not (REACT_DIST / "index.html").is_file():
-        return _not_built()
-    return send_from_directory(REACT_DIST, "index.html", max_age=0)
+    return _page(REACT_DIST, "React")
 
 
 @bp.get("/examples/react/<path:filename>")
 @auth.public
 def react_file(filename: str) -> Response:
     """A file of the built React example (scripts, styles)."""
-    if not (REACT_DIST / "index.html").is_file():
-        return _not_built()
-    # send_from_directory refuses paths that leave the folder (a 404).
-    return send_from_directory(REACT_DIST, filename)
+    return _file(REACT_DIST, "React", filename)
+
+
+@bp.get("/examples/chat/")
+@auth.public
+def chat_page() -> Response:
+    """The AI SDK chat example page (useChat with resume, either transport)."""
+    return _page(CHAT_DIST, "AI SDK chat")
+
+
+@bp.get("/examples/chat/<path:filename>")
+@auth.public
+def chat_file(filename: str) -> Response:
+    """A file of the built AI SDK chat example (scripts, styles)."""
+    return _file(CHAT_DIST, "AI SDK chat", filename)

@@ -46,7 +46,7 @@ class _DirectWs:
 
     frames = staticmethod(websocket.text_frames)
 
-    def __init__(self, conn: websocket.Socket, following: _Following) -> None:
+    def __init__(self, conn: websocket.Socket, following: Following) -> None:
         self.last_id: str | None = None
         self._conn = conn
         self._metrics = following.metrics
@@ -60,7 +60,7 @@ class _DirectWs:
         self._metrics.sent(batch)
 
 
-class _Following:
+class Following:
     """One follower of a session, WebSocket or SSE: its place among the session's and the
     caller's followers (`limits`, 429 or close 4429 when full) and its metrics."""
 
@@ -151,7 +151,7 @@ def _relay_ws(conn: websocket.Socket, b: Backend, session_id: str, after: str | 
     the rest of the reader's partial writes. A permessage-deflate client compresses with
     its own connection's state, so its frames cannot be shared: it stays on this path.
     """
-    following = _Following(session_id, "ws")
+    following = Following(session_id, "ws")
     direct = _DirectWs(conn, following) if conn.can_write_now else None
     try:
         for batch in following.batches(b, after, lambda: conn.is_open, direct):
@@ -218,7 +218,7 @@ def follow_sse(session_id: str) -> Response:
     if store.has_nothing_after(b.redis, session_id, meta.status, after):
         # An ended follow: 204 is what tells an EventSource to stop reconnecting.
         return Response(status=204)
-    following = _Following(session_id, "sse")  # 429 before any event
+    following = Following(session_id, "sse")  # 429 before any event
     ping_s = b.settings.api.sse_ping_s
 
     def body() -> Iterator[bytes]:
@@ -251,11 +251,11 @@ def follow_sse(session_id: str) -> Response:
     )
     # WSGI closes the response however it ends, even if the body never started.
     response.call_on_close(following.leave)
-    _time_out_sends(response, b.settings.api.ws_send_timeout_s)
+    time_out_sends(response, b.settings.api.ws_send_timeout_s)
     return response
 
 
-def _time_out_sends(response: Response, timeout_s: float) -> None:
+def time_out_sends(response: Response, timeout_s: float) -> None:
     """Fail the server's writes of this response after `timeout_s` without progress.
 
     gunicorn writes a streamed body with a blocking `sendall` and no timeout: a client

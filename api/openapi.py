@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from api import auth, validation
+from api import auth, chatws, uimessages, validation
 from api.backend import backend
 from api.errors import Close
 from api.routes import LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, MAX_IDEMPOTENCY_KEY_LEN
@@ -367,6 +367,74 @@ def _schemas(settings: Settings) -> dict[str, Schema]:
                 **_option_schemas(settings, non_blank),
             },
         },
+        "ChatRequest": {
+            "type": "object",
+            "description": "What the AI SDK's DefaultChatTransport posts: the chat id, the "
+            "UI messages with their parts, the trigger and messageId, and the transport's "
+            "extra `body` fields, which are the options of GenerateRequest. Parts taken: "
+            f"{uimessages.PART_TYPES}; `source-*`, `data-*` and `reasoning-file` parts are "
+            "ignored. Reasoning parts are not sent on. `file` parts must be images (user "
+            "messages); tool parts with an outcome (`output-available`, `output-error`, "
+            "`output-denied`) become the assistant's tool_calls and the tool messages "
+            "answering them, those without one are left out. The converted messages are "
+            "checked as GenerateRequest's messages are; a 400 names the UI field "
+            "(`messages[1].parts[0].type`).",
+            "required": ["id", "messages"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "pattern": uimessages.ID_PATTERN},
+                "messages": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": settings.limits.max_messages,
+                    "items": _ref("UIMessage"),
+                },
+                "trigger": {"enum": list(uimessages.TRIGGERS), "default": "submit-message"},
+                "messageId": {
+                    "type": ["string", "null"],
+                    "pattern": uimessages.ID_PATTERN,
+                    "description": "With regenerate-message: the id the answer's message "
+                    "takes (else `msg-<sessionId>`)",
+                },
+                "model": {"$ref": "#/components/schemas/GenerateRequest/properties/model"},
+                "max_tokens": {
+                    "$ref": "#/components/schemas/GenerateRequest/properties/max_tokens"
+                },
+                "temperature": {
+                    "$ref": "#/components/schemas/GenerateRequest/properties/temperature"
+                },
+                **{
+                    name: {"$ref": f"#/components/schemas/GenerateRequest/properties/{name}"}
+                    for name in _option_schemas(settings, non_blank)
+                },
+            },
+        },
+        "UIMessage": {
+            "type": "object",
+            "required": ["role", "parts"],
+            "properties": {
+                "id": {"type": "string"},
+                "role": {"enum": list(uimessages.UI_ROLES)},
+                "parts": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type"],
+                        "properties": {"type": {"type": "string"}},
+                    },
+                },
+            },
+        },
+        "UIMessageChunk": {
+            "type": "object",
+            "description": "One `data:` line of the UI message stream protocol (v1), valid "
+            "against the `ai` package's uiMessageChunkSchema: start (messageId), start-step, "
+            "reasoning-start/-delta/-end, text-start/-delta/-end, tool-input-start/-delta/"
+            "-available, finish-step, finish (finishReason), error (errorText), abort. "
+            "`data: [DONE]` ends the stream.",
+            "required": ["type"],
+            "properties": {"type": {"type": "string"}},
+        },
         "Created": {
             "type": "object",
             "required": ["sessionId", "status", "model", "streamUrl", "wsUrl", "createdAt"],
@@ -576,6 +644,32 @@ def _ws_description(settings: Settings) -> str:
     )
 
 
+def _idempotency_param() -> Schema:
+    return {
+        "name": "Idempotency-Key",
+        "in": "header",
+        "description": "A retried POST with the same key and body returns the same session.",
+        "schema": {
+            "type": "string",
+            "pattern": r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$",
+            "maxLength": MAX_IDEMPOTENCY_KEY_LEN,
+        },
+    }
+
+
+def _chat_stream() -> Schema:
+    """A UI message stream answer: its media type and headers."""
+    text = {"required": True, "schema": {"type": "string"}}
+    return {
+        "headers": {
+            uimessages.STREAM_HEADER: {**text, "schema": {"const": uimessages.STREAM_VERSION}},
+            "X-Session-Id": {**text, "description": "The session answering"},
+            "X-Message-Id": {**text, "description": "The assistant message's id"},
+        },
+        "content": {"text/event-stream": {"schema": _ref("UIMessageChunk")}},
+    }
+
+
 def paths(settings: Settings) -> dict[str, Schema]:
     """Every route: path -> method -> operation."""
     cursor = (
@@ -588,19 +682,7 @@ def paths(settings: Settings) -> dict[str, Schema]:
             "post": {
                 "operationId": "createStream",
                 "summary": "Validate, store the request, enqueue generation",
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "description": "A retried POST with the same key and body returns "
-                        "the same session.",
-                        "schema": {
-                            "type": "string",
-                            "pattern": r"^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$",
-                            "maxLength": MAX_IDEMPOTENCY_KEY_LEN,
-                        },
-                    }
-                ],
+                "parameters": [_idempotency_param()],
                 "requestBody": {
                     "required": True,
                     "description": f"At most {settings.limits.max_body_bytes} bytes.",
@@ -752,6 +834,88 @@ def paths(settings: Settings) -> dict[str, Schema]:
                 },
             },
         },
+        "/api/chat": {
+            "post": {
+                "operationId": "chat",
+                "summary": "The AI SDK's chat request: start a session, answer it as UI "
+                "message chunks (DESIGN.md 2.6)",
+                "description": "Started, limited and credited as POST /api/streams/generate "
+                "(Idempotency-Key included), and recorded as the chat's active stream. "
+                "Closing the response never stops the generation; DELETE "
+                "/api/chat/{chatId}/stream does.",
+                "parameters": [_idempotency_param()],
+                "requestBody": {
+                    "required": True,
+                    "description": f"At most {settings.limits.max_body_bytes} bytes.",
+                    "content": {JSON: {"schema": _ref("ChatRequest")}},
+                },
+                "responses": {
+                    "200": {**_chat_stream(), "description": "The session as UI message chunks"},
+                    **_errors("400", "403", "409", "413", "429", "503"),
+                },
+            }
+        },
+        "/api/chat/{chatId}/stream": {
+            "parameters": [
+                {
+                    "name": "chatId",
+                    "in": "path",
+                    "required": True,
+                    "description": "The chat's id (the request's `id`); anything else is a 400.",
+                    "schema": {"type": "string", "pattern": uimessages.ID_PATTERN},
+                }
+            ],
+            "get": {
+                "operationId": "chatStream",
+                "summary": "The chat's active stream from its first chunk, then live "
+                "(useChat's resume)",
+                "responses": {
+                    "200": {
+                        **_chat_stream(),
+                        "description": "The active session as UI message chunks",
+                    },
+                    "204": {
+                        "description": "The chat has no active stream (none, ended, or "
+                        "another caller's)"
+                    },
+                    **_errors("400", "403", "429", "503"),
+                },
+            },
+            "delete": {
+                "operationId": "stopChat",
+                "summary": "Stop the chat's active generation, as DELETE /api/streams/{id}",
+                "responses": {
+                    "200": _ok("It had already ended: its final status", _ref("Cancelled")),
+                    "202": _ok("It was live and is now cancelled", _ref("Cancelled")),
+                    "404": _error("The chat has no recorded session (never, or cleared)"),
+                    **_errors("400", "403", "503"),
+                },
+            },
+        },
+        "/api/chat/ws": {
+            "get": {
+                "operationId": "chatWebSocket",
+                "summary": "The AI SDK's WebSocketChatTransport protocol (DESIGN.md 2.6)",
+                "description": "OpenAPI has no WebSocket: this is the upgrade request. "
+                "Client frames: send (a ChatRequest's fields, the extra ones in `body`, "
+                "credentials and Idempotency-Key in `headers`), resume (`id`, "
+                "`lastSequence`), abort (`requestId`: stop relaying it; the generation goes "
+                "on). Server frames: start, chunk (`requestId`, `sequence` from 0: the "
+                "chunk's position in the session's chunk list, the same on every connection, "
+                "`chunk`: a UIMessageChunk), end, no-active, error (`errorText`). With API "
+                "keys each frame's `headers.Authorization` (or the upgrade's) names the "
+                f"caller. At most {chatws.MAX_REQUESTS} requests at once per connection; "
+                f"messages up to {settings.limits.max_body_bytes} bytes "
+                f"({Close.MESSAGE_TOO_BIG} past it); a frame without a requestId closes with "
+                f"{Close.POLICY_VIOLATION}; a page of a foreign origin with "
+                f"{Close.FORBIDDEN_ORIGIN}.",
+                "security": [],
+                "responses": {
+                    "101": {"description": "Switching Protocols: the chat protocol follows"},
+                    "400": _error("Not an upgrade request, or a broken handshake"),
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "operationId": "healthz",
@@ -818,6 +982,20 @@ def paths(settings: Settings) -> dict[str, Schema]:
         },
         "/examples/react/{filename}": _public_file(
             "reactExampleFile", "The React example page's files"
+        ),
+        "/examples/chat/": {
+            "get": {
+                "operationId": "chatExample",
+                "summary": "The AI SDK chat example page (web/chat-example), once built",
+                "security": [],
+                "responses": {
+                    "200": _ok("The page", {"type": "string"}, "text/html"),
+                    **_errors("404"),
+                },
+            }
+        },
+        "/examples/chat/{filename}": _public_file(
+            "chatExampleFile", "The AI SDK chat example page's files"
         ),
         "/metrics": {
             "get": {

@@ -25,14 +25,15 @@ log = logging.getLogger(__name__)
 
 ALLOW_METHODS = "GET, POST, DELETE"
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
-EXPOSE_HEADERS = "Location, Retry-After"
+EXPOSE_HEADERS = "Location, Retry-After, X-Session-Id, X-Message-Id, x-vercel-ai-ui-message-stream"
 MAX_AGE_S = 600
 # Requests that change nothing; a foreign page may send them, but reads no answer.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 FORBIDDEN_ORIGIN = "forbidden_origin"
 # Followers whose events would reach a foreign page: refused even though they are GETs.
-FOLLOWER_SSE = "follow.follow_sse"
-FOLLOWER_WS = "follow.follow_ws"
+FOLLOWERS_SSE = frozenset({"follow.follow_sse", "chat.follow_chat"})
+# WebSockets: refused after the upgrade, by their handler.
+FOLLOWERS_WS = frozenset({"follow.follow_ws", "chatws.chat_ws"})
 
 
 def register(app: Flask) -> None:
@@ -73,10 +74,10 @@ def _check() -> Response | None:
     if is_allowed(origin):
         return _preflight() if _is_preflight() else None
     message = f"pages of the origin {origin[:100]!r} may not use this API (ALLOWED_ORIGINS)"
-    if request.endpoint == FOLLOWER_WS and not _is_preflight():
+    if request.endpoint in FOLLOWERS_WS and not _is_preflight():
         g.origin_failure = message  # the handler sends it after the upgrade
         return None
-    if _is_preflight() or request.method not in SAFE_METHODS or request.endpoint == FOLLOWER_SSE:
+    if _is_preflight() or request.method not in SAFE_METHODS or request.endpoint in FOLLOWERS_SSE:
         log.info(
             "refused %s %s from origin %r",
             request.method,
@@ -98,7 +99,7 @@ def _preflight() -> Response:
 
 
 def _add_cors_headers(response: Response) -> Response:
-    if request.endpoint == FOLLOWER_WS and not _is_preflight():
+    if request.endpoint in FOLLOWERS_WS and not _is_preflight():
         return response  # a WebSocket has no CORS; its handshake answer is already sent
     response.vary.add("Origin")
     origin = request.headers.get("Origin")

@@ -30,10 +30,10 @@ from nanoid import generate as nanoid
 
 from api import auth, fanout, limits, sessions
 from api.backend import Backend, backend
-from api.follow import _Following, _time_out_sends
+from api.follow import Following, time_out_sends
 from api.responses_format import Projection, response_id, session_id_of, sse
 from api.responses_request import ParamError, parse_responses
-from api.routes import MAX_IDEMPOTENCY_KEY_LEN, _is_printable_ascii, _json_body
+from api.routes import MAX_IDEMPOTENCY_KEY_LEN, _is_printable_ascii, json_body
 from shared import fields, keys, logs, store
 from shared.errors import SessionNotFound, TooManyRequests
 from shared.jobs import enqueue
@@ -114,7 +114,7 @@ def create() -> Response:
     """Start a response: the event stream, the queued Response, or the finished one."""
     b = backend()
     owner = auth.caller().owner
-    asked = parse_responses(_json_body(), b.settings)
+    asked = parse_responses(json_body(), b.settings)
     idem_key = request.headers.get("Idempotency-Key")
     if idem_key is not None and not (
         0 < len(idem_key) <= MAX_IDEMPOTENCY_KEY_LEN and _is_printable_ascii(idem_key)
@@ -152,7 +152,7 @@ def create() -> Response:
 def _wait(b: Backend, session_id: str) -> dict[str, Any]:
     """The Response once the session has ended (as it stands if this process stops first)."""
     projection = Projection(store.read_meta(b.redis, session_id), starting_after=NO_EVENTS)
-    following = _Following(session_id, "sse")
+    following = Following(session_id, "sse")
     try:
         for batch in following.batches(b, None):
             for event in batch:
@@ -197,7 +197,7 @@ def cancel(resp_id: str) -> Response:
 def _event_stream(b: Backend, session_id: str, starting_after: int) -> Response:
     """The session's Responses events after `starting_after`, live until the end."""
     meta = store.read_meta(b.redis, session_id)  # 404 before any event
-    following = _Following(session_id, "sse")  # 429 before any event
+    following = Following(session_id, "sse")  # 429 before any event
     ping_s = b.settings.api.sse_ping_s
 
     def body() -> Iterator[bytes]:
@@ -234,5 +234,5 @@ def _event_stream(b: Backend, session_id: str, starting_after: int) -> Response:
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
     response.call_on_close(following.leave)
-    _time_out_sends(response, b.settings.api.ws_send_timeout_s)
+    time_out_sends(response, b.settings.api.ws_send_timeout_s)
     return response

@@ -16,7 +16,7 @@ from api.errors import error_response
 from api.validation import parse_generate, parse_whole_number
 from shared import keys, listing, logs, store
 from shared.errors import InvalidRequest, SessionNotFound
-from shared.jobs import enqueue
+from shared.jobs import GenerationRequest, enqueue
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,8 @@ def _is_printable_ascii(value: str) -> bool:
     return value.isascii() and value.isprintable()
 
 
-def _json_body() -> Any:
+def json_body() -> Any:
+    """The request's JSON body; raises `InvalidRequest` (400) or `RequestEntityTooLarge` (413)."""
     raw = request.get_data(cache=False)
     limit = request.max_content_length
     # Werkzeug cuts a body without Content-Length (chunked) at the limit instead of refusing it.
@@ -92,28 +93,32 @@ def _json_body() -> Any:
 def create() -> Response:
     """Validate, store the request, enqueue generation."""
     b = backend()
-    owner = auth.caller().owner
-    body = _json_body()
-    generation = parse_generate(body, b.settings)
+    generation = parse_generate(json_body(), b.settings)
+    started = start(generation, request.headers.get("Idempotency-Key"))
+    return _created(started.session_id, started.status, started.model, started.created_at)
+
+
+def start(generation: GenerationRequest, idem_key: str | None) -> sessions.Started:
+    """Start `generation` for the current caller as every route that starts one does: a
+    new session id, its Idempotency-Key checked, `sessions.start_session`."""
+    b = backend()
     session_id = nanoid()
     logs.bind(session_id)
-    idem_key = request.headers.get("Idempotency-Key")
     if idem_key is not None and not (
         0 < len(idem_key) <= MAX_IDEMPOTENCY_KEY_LEN and _is_printable_ascii(idem_key)
     ):
         raise InvalidRequest(
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
         )
-    started = sessions.start_session(
+    return sessions.start_session(
         b.redis,
         b.settings,
         generation,
         session_id=session_id,
-        caller=sessions.Caller(owner, limits.caller_bucket()),
+        caller=sessions.Caller(auth.caller().owner, limits.caller_bucket()),
         enqueue=lambda sid: enqueue(b.celery, sid, b.settings.worker.queue),
         idempotency_key=idem_key,
     )
-    return _created(started.session_id, started.status, started.model, started.created_at)
 
 
 @bp.get("/api/streams/generate")
@@ -170,8 +175,13 @@ def message(session_id: str) -> Response:
 @bp.delete("/api/streams/<session_id>")
 def stop(session_id: str) -> tuple[Response, int]:
     """Cancel generation: 202 if it was live, 200 with the final status if it had ended."""
-    b = backend()
     auth.check_owner(session_id_or_404(session_id))
+    return stop_session(session_id)
+
+
+def stop_session(session_id: str) -> tuple[Response, int]:
+    """Cancel a session the caller may see: 202 if it was live, else 200 and its status."""
+    b = backend()
     was_live, status = store.cancel(b.redis, session_id, ttl_s=b.settings.stream_ttl_s)
     if was_live:
         log.info("session %s cancelled", session_id)

@@ -55,14 +55,29 @@ def error_frame(code: str, message: str) -> str:
 
 
 class Socket:
-    """A simple-websocket server connection as a follower uses it: it sends, never reads."""
+    """A simple-websocket server connection as a follower uses it: it sends, never reads
+    (unless made with `reads_up_to`, as the chat protocol's socket is)."""
 
-    def __init__(self, ws: Any, environ: Mapping[str, Any], messages_per_min: int) -> None:
+    def __init__(
+        self,
+        ws: Any,
+        environ: Mapping[str, Any],
+        messages_per_min: int,
+        *,
+        reads_up_to: int | None = None,
+    ) -> None:
         self._ws = ws
-        # simple-websocket's reader keeps every message a client sends for `receive`,
-        # which a follower never calls: unbounded, a client could fill our memory. Drop
-        # them as they come, and close on a client that floods.
-        ws.input_buffer = deque(maxlen=0)
+        self._send_lock = threading.Lock()
+        if reads_up_to is None:
+            # simple-websocket's reader keeps every message a client sends for `receive`,
+            # which a follower never calls: unbounded, a client could fill our memory.
+            # Drop them as they come, and close on a client that floods.
+            ws.input_buffer = deque(maxlen=0)
+        else:
+            # A reading socket takes messages up to `reads_up_to` bytes (1009 past it).
+            # simple-websocket reads the limit at each message, and its reader has not
+            # run yet: the handler is called right after the handshake.
+            ws.max_message_size = reads_up_to
         if messages_per_min:
             ws.ws = _FrameBudget(ws, messages_per_min)
         # wsproto (simple-websocket) accepts permessage-deflate only if the client offers it.
@@ -116,6 +131,28 @@ class Socket:
         if self._is_closing or not self._ws.connected or not isinstance(sock, _SendAllSocket):
             return 0
         return sock.send_now(data)
+
+    def receive(self, timeout_s: float) -> str | bytes | None:
+        """The client's next message, or None after `timeout_s` (a reading socket's only).
+
+        Raises `ConnectionClosed` once the connection is gone."""
+        message: str | bytes | None = self._ws.receive(timeout_s)
+        if message is None and not self._ws.connected:
+            raise ConnectionClosed(self._ws.close_reason, self._ws.close_message)
+        return message
+
+    def send_texts(self, texts: list[str]) -> None:
+        """Send text frames with one socket write; safe from several threads at once
+        (a connection that carries several streams)."""
+        ws = self._ws
+        with self._send_lock:
+            if not ws.connected:
+                raise ConnectionClosed(ws.close_reason, ws.close_message)
+            if self._is_plain:
+                data = b"".join([_frame(text.encode()) for text in texts])
+            else:
+                data = b"".join([ws.ws.send(TextMessage(data=text)) for text in texts])
+            ws.sock.send(data)
 
     def refuse(self, close_code: int, code: str, message: str) -> None:
         """Send an `error` frame, then close with `close_code` and the error's code."""

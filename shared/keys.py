@@ -78,6 +78,15 @@ def idempotency(key: str, owner: str = "", client: str = "") -> str:
     return f"{PREFIX}:idem:{key}"
 
 
+def chat(chat_id: str, owner: str = "", client: str = "") -> str:
+    """A chat's active session (`shared/store/chats.py`), scoped like `idempotency`: per
+    owner (API key id), or in open mode per client, so a chat id (chosen by the client)
+    never names another tenant's stream. Its hash tag is the owner's or the client's."""
+    if owner:
+        return f"{PREFIX}:owner:{{{owner}}}:chat:{chat_id}"
+    return f"{PREFIX}:caller:{{{client}}}:chat:{chat_id}"
+
+
 def owner_sessions(owner: str) -> str:
     """A sorted set of the sessions an owner (API key id) created, scored by creation ms,
     for the listing.

@@ -4,6 +4,7 @@ machine runs the same Node and none is installed by hand."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -16,6 +17,8 @@ import pytest
 from tests.procs import ROOT
 
 WEB = ROOT / "web"
+# The AI SDK's own packages, pinned by their own lockfile, for the chat routes' tests.
+AISDK = ROOT / "tests" / "aisdk"
 # Vite 8 runs on Node 20.19 or newer.
 NODE_MIN = (20, 19)
 NODE_ENV = {
@@ -61,11 +64,31 @@ def npm(*args: str, cwd: Path = WEB) -> str:
     return result.stdout
 
 
+def install(directory: Path) -> Path:
+    """`directory`/node_modules from its lockfile, installed only when missing or older
+    than it."""
+    ensure_node()
+    installed = directory / "node_modules" / ".package-lock.json"  # written by every install
+    lock = directory / "package-lock.json"
+    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+        npm("ci", cwd=directory)
+    return directory / "node_modules"
+
+
 def install_web() -> Path:
     """web/node_modules from the lockfile, installed only when missing or older than it."""
-    ensure_node()
-    installed = WEB / "node_modules" / ".package-lock.json"  # written by every npm install
-    lock = WEB / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        npm("ci")
-    return WEB / "node_modules"
+    return install(WEB)
+
+
+def install_aisdk() -> Path:
+    """tests/aisdk/node_modules (the pinned `ai` package) from its lockfile."""
+    return install(AISDK)
+
+
+@functools.cache
+def build_web() -> Path:
+    """web/ installed (install_web) and built once per test run: every package's dist/ and
+    the example pages' dist/, which the API serves. Several test modules need it."""
+    install_web()
+    npm("run", "build")
+    return WEB

@@ -291,3 +291,33 @@ def test_listing_reads_sessions_across_nodes_newest_first(
         assert [s["sessionId"] for s in listed.json()["sessions"]] == made[::-1]
     finally:
         api.stop(timeout_s=10)
+
+
+def test_a_chat_resumes_and_ends_on_a_cluster(stack: ClusterStack) -> None:
+    """The chat record (its caller's slot) and the session (its own) on any nodes."""
+    chat_id = "cluster-chat"
+    body = {
+        "id": chat_id,
+        "trigger": "submit-message",
+        "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+        "max_tokens": 60,
+    }
+    url = f"{stack.api.url}/api/chat"
+    with requests.post(url, json=body, stream=True, timeout=30) as response:
+        assert response.status_code == 200
+        lines = (
+            line[len("data: ") :]
+            for line in response.iter_lines(chunk_size=None, decode_unicode=True)
+            if line.startswith("data: ")
+        )
+        first = [next(lines) for _ in range(4)]
+        with requests.get(f"{url}/{chat_id}/stream", stream=True, timeout=30) as replay:
+            assert replay.headers["X-Session-Id"] == response.headers["X-Session-Id"]
+            replayed = [
+                line for line in replay.iter_lines(decode_unicode=True) if line.startswith("data: ")
+            ]
+        original = [*first, *lines]
+    assert [line[len("data: ") :] for line in replayed] == original
+    assert original[-1] == "[DONE]" and '"finish"' in original[-2]
+    assert requests.get(f"{url}/{chat_id}/stream", timeout=10).status_code == 204
+    assert requests.delete(f"{url}/{chat_id}/stream", timeout=10).status_code == 404

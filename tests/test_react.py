@@ -23,7 +23,7 @@ from rstreams.localredis import free_port
 from shared.settings import ApiSettings, Settings
 from tests import client
 from tests.browser import screenshot_path
-from tests.node import NODE_ENV, WEB, install_web, npm, tool
+from tests.node import NODE_ENV, WEB, build_web, npm, tool
 from tests.procs import ROOT, Api
 
 SLOW_TIMEOUT_MS = 60_000
@@ -33,8 +33,7 @@ SLOW_TIMEOUT_MS = 60_000
 def web_build() -> Path:
     """web/ installed from its lockfile (when node_modules is missing or older) and built:
     the package's dist/ and the example's dist/, which the API serves."""
-    install_web()
-    npm("run", "build")
+    build_web()
     dist = WEB / "example" / "dist"
     assert (dist / "index.html").is_file()
     return dist

@@ -28,6 +28,15 @@ NOT_RUN = {
         "inside a React component: tests/test_react.py runs the example"
     ),
     ".venv/bin/python -m api.apikeys new web": "keyed mode: tests/test_auth.py",
+    "const chat = useChat({": (
+        "inside a React component: tests/test_chat.py runs the AI SDK's own code on the route"
+    ),
+    "const transport = new WebSocketChatTransport({": (
+        "a browser's: tests/test_chat_ws.py runs the same transport in Node"
+    ),
+    'import { ResumableChatTransport } from "@resumable-streams/ai-sdk";': (
+        "inside a React component: tests/test_ai_sdk_browser.py runs the chat example"
+    ),
     "REDIS_URL='redis://:<password>@redis.internal:6379/0'": "settings, not commands",
     "REDIS_CLUSTER=true": "settings, not commands",
 }

@@ -16,6 +16,7 @@ from shared.store.append import (
     content_result,
     queue_content,
 )
+from shared.store.chats import ActiveChat, clear_chat, read_chat, record_chat
 from shared.store.events import (
     CONTENT_EVENTS,
     TERMINAL_STATUSES,
@@ -46,6 +47,7 @@ from shared.store.sessions import (
 __all__ = [
     "CONTENT_EVENTS",
     "TERMINAL_STATUSES",
+    "ActiveChat",
     "Answer",
     "Batch",
     "Event",
@@ -62,6 +64,7 @@ __all__ = [
     "cancel",
     "check_owner",
     "claim_idempotency_key",
+    "clear_chat",
     "content_result",
     "create_session",
     "decode_batch",
@@ -74,8 +77,10 @@ __all__ = [
     "queue_content",
     "queue_renew",
     "read_answer",
+    "read_chat",
     "read_meta",
     "read_text",
+    "record_chat",
     "release_idempotency_key",
     "release_lease",
     "until_terminal",

@@ -49,6 +49,7 @@ APPEND = _read("append")
 ACQUIRE = _read("acquire")
 RENEW = _read("renew")
 RELEASE = _read("release")
+CHAT_CLEAR = _read("chat_clear")
 
 
 def load_scripts(r: redis.Redis) -> None:
