@@ -9,16 +9,25 @@ same events for every follower. A follower whose queue overflows leaves, catches
 Redis with its own cursor and subscribes again, so a slow client never holds the others
 back. Redis connections per process stay at the reader's few, plus the pool's few for
 catch-up reads, however many followers there are.
+
+A follower that hands the fan-out a `Direct` (a plain WebSocket under gevent, see
+api/follow.py) is written to by the reader itself while it is live and keeps up: the
+batch's frames are built once and written to each such socket without blocking, with no
+wake-up of the follower's own greenlet, which was the largest cost of a delivery (the
+profile in docs/BENCHMARKS.md). The follower's greenlet runs again only for what the
+direct path cannot do: the rest of a partial write, a queue (a write that could not start,
+a terminal event), a fall behind, a keep-alive tick.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from typing import Protocol, cast
+from typing import Protocol, TypeVar, cast
 
 import redis
 
@@ -41,24 +50,61 @@ def id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+class Direct(Protocol):
+    """A follower's client that the reader may write to itself (api/follow.py).
+
+    `frames` turns a batch into the bytes to write: a plain function, not a method, so
+    that followers with the same one share one encoding of each batch. `last_id` is kept
+    by the fan-out: the last event written through `write`, which the follower's
+    generator never yields.
+    """
+
+    last_id: str | None
+
+    @property
+    def frames(self) -> Callable[[store.Batch], bytes]:
+        """The function that encodes a batch for this kind of client."""
+
+    def write(self, data: bytes) -> int:
+        """Write without blocking: `len(data)` if it all went, 0 if none could (the caller
+        keeps the batch), in between if part went and the client holds the rest, which it
+        sends before anything else."""
+
+    def wrote(self, batch: store.Batch) -> None:
+        """Count a batch written through `write` (the follower's metrics)."""
+
+
 class Subscription:
-    """One follower's queue of events from the fan-out.
+    """One follower's queue of events from the fan-out, or its direct writes.
 
     No lock: the reader only appends (`deque.extend`) and the follower only pops
     (`deque.popleft`), each atomic on its own. A lock here cost a fifth of the API's time
-    at a thousand followers.
+    at a thousand followers. The direct path (`is_direct`) relies on gevent: the reader
+    and the follower never run at the same time, so a follower that finds its queue empty
+    and turns `is_direct` on cannot miss a batch queued in between.
     """
 
-    def __init__(self, session_id: str, max_entries: int) -> None:
+    def __init__(self, session_id: str, max_entries: int, direct: Direct | None = None) -> None:
         self.session_id = session_id
         self.key = keys.events(session_id)
         self.max_entries = max_entries
         self.entries: deque[store.Event] = deque()
         self.is_behind = False
         self.ready = threading.Event()
+        self.direct = direct
+        # On while the follower is live, has sent all it took and wants the reader to
+        # write to its client; the reader turns it off when it queues anything.
+        self.is_direct = False
+        # The last event the client has (sent by the follower or written by the reader).
+        self.written_key = (0, 0)
+        # Set by `Fanout.subscribe`: the stream's read position was past the follower's
+        # cursor, so what lies between must be read from Redis once more.
+        self.must_read_again = False
+        self.position = ""  # the stream's read position when the follower subscribed
 
     def push(self, entries: store.Batch) -> None:
         """Called by the reader's thread: queue a batch, or mark the follower behind."""
+        self.is_direct = False  # what follows must wait behind what is queued
         if self.is_behind:
             return
         if len(self.entries) + len(entries) > self.max_entries:
@@ -68,17 +114,56 @@ class Subscription:
         self.ready.set()
 
     def take(self, timeout_s: float) -> store.Batch | object | None:
-        """Everything queued; `_BEHIND` if the queue overflowed; None after `timeout_s`."""
+        """Everything queued; `_BEHIND` if the queue overflowed; None after `timeout_s`
+        with no wake-up; an empty list on a wake-up with nothing queued (the reader left
+        part of a write to the follower)."""
         if not self.entries and not self.is_behind:
             self.ready.clear()
             # A push between the check and the clear set `ready` before the clear: look
             # again before waiting.
-            if not self.entries and not self.is_behind:
-                self.ready.wait(timeout_s)
+            if not self.entries and not self.is_behind and not self.ready.wait(timeout_s):
+                return None
         if self.is_behind:
             return _BEHIND
         popleft = self.entries.popleft
-        return [popleft() for _ in range(len(self.entries))] or None
+        return [popleft() for _ in range(len(self.entries))]
+
+    def write(
+        self, events: store.Batch, first_key: tuple[int, int], cache: dict[object, bytes]
+    ) -> bool:
+        """Called by the reader's thread: write `events` to the client itself; False if
+        they must be queued instead (nothing was written)."""
+        direct = self.direct
+        if direct is None or first_key <= self.written_key:
+            return False  # the follower read past the reader's position: it filters
+        data = cache.get(direct.frames)
+        if data is None:
+            data = cache[direct.frames] = direct.frames(events)
+        written = direct.write(data)
+        if not written:
+            return False
+        last_id = events[-1]["id"]
+        direct.last_id = last_id
+        self.written_key = id_key(last_id)
+        direct.wrote(events)
+        if written < len(data):
+            self.is_direct = False
+            self.ready.set()  # the follower's greenlet sends the rest, blocking
+        return True
+
+
+_T = TypeVar("_T")
+
+
+class _SharedRead:
+    """A read in flight and, once `done`, its result or error."""
+
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: object = None
+        self.error: Exception | None = None
 
 
 class Reader(Protocol):
@@ -106,22 +191,54 @@ class Fanout:
         # Serializes joins and leaves with telling the reader, so that a leave and a join
         # of the same session reach the reader (and Redis) in the order they happened.
         self._membership = threading.Lock()
+        # Catch-up reads in flight, by stream and cursor: followers that join together
+        # wait for one read and share its events.
+        self._reads: dict[tuple[str, str], _SharedRead] = {}
         self.reader = make_reader(self)
 
-    def subscribe(self, session_id: str, cursor: str) -> Subscription:
+    def subscribe(self, session_id: str, cursor: str, direct: Direct | None = None) -> Subscription:
         """Start receiving the entries read from now on for a session.
 
         A stream already followed keeps its position; a new one is read from `cursor`.
-        The follower reads once more from its own cursor after subscribing, so nothing
-        between its last read and the reader's position is missed.
+        When the position is already past `cursor`, `must_read_again` tells the follower
+        to read once more from its own cursor, so nothing between its last read and the
+        reader's position is missed; otherwise the reader brings everything after it.
         """
-        sub = Subscription(session_id, self.max_queue)
+        sub = Subscription(session_id, self.max_queue, direct)
         with self._membership:
             with self._lock:
                 is_new = sub.key not in self._subs
                 must_read = self._add(sub, cursor)
+                sub.position = self._cursors[sub.key]
+                sub.must_read_again = id_key(sub.position) > id_key(cursor)
             self.reader.watch(session_id, is_new=is_new, must_read=must_read)
         return sub
+
+    def read_shared(self, key: str, what: str, read: Callable[[], _T]) -> _T:
+        """`read()`, or the result of the same read (stream and `what`: the cursor and
+        whatever else tells reads apart) that another follower started and has not
+        finished: one round trip for a crowd that joins together (a reconnect storm, a
+        page opened in many tabs)."""
+        with self._lock:
+            shared = self._reads.get((key, what))
+            is_first = shared is None
+            if shared is None:
+                shared = self._reads[key, what] = _SharedRead()
+        if not is_first:
+            shared.done.wait()
+            if shared.error is not None:
+                raise shared.error
+            return cast(_T, shared.result)
+        try:
+            shared.result = read()
+            return shared.result
+        except Exception as e:
+            shared.error = e
+            raise
+        finally:
+            with self._lock:
+                del self._reads[key, what]
+            shared.done.set()
 
     def _add(self, sub: Subscription, cursor: str) -> bool:
         """Add `sub` and place the stream's read position (called with `_lock` held);
@@ -187,8 +304,16 @@ class Fanout:
             self._confirmed.add(key)
             subs = list(self._subs[key])
         events = [store.decode_event(entry_id, values) for entry_id, values in entries]
+        # A terminal event goes through every follower's own greenlet, which then ends.
+        if store.until_terminal(events)[1]:
+            for sub in subs:
+                sub.push(events)
+            return True
+        first_key = id_key(events[0]["id"])
+        frames: dict[object, bytes] = {}  # one encoding per `Direct.frames` function
         for sub in subs:
-            sub.push(events)
+            if not (sub.is_direct and sub.write(events, first_key, frames)):
+                sub.push(events)
         return True
 
 
@@ -200,53 +325,120 @@ def read_after(r: redis.Redis, key: str, cursor: str, count: int = READ_COUNT) -
     return cast(Entries, r.xrange(key, f"({cursor}", "+", count=count))
 
 
+Page = tuple[store.Batch, bool, bool]  # events, whether they ended, whether more may follow
+
+
+def _page(entries: Entries) -> Page:
+    batch, ended = store.decode_batch(entries)
+    return batch, ended, len(entries) == READ_COUNT
+
+
+def _read_page(r: redis.Redis, key: str, cursor: str) -> Page:
+    return _page(read_after(r, key, cursor))
+
+
+def _first_page(
+    fanout: Fanout, r: redis.Redis, session_id: str, cursor: str
+) -> tuple[str | None, Page]:
+    """The session's status and its first page after `cursor`, in one round trip shared
+    with the followers that ask for the same at the same time."""
+    key = keys.events(session_id)
+
+    def read() -> tuple[str | None, Page]:
+        pipe = r.pipeline(transaction=False)
+        pipe.hget(keys.meta(session_id), fields.STATUS)
+        if cursor != _LAST_ID:
+            pipe.xrange(key, f"({cursor}", "+", count=READ_COUNT)
+        status, *entries = pipe.execute()
+        return status, _page(cast(Entries, entries[0]) if entries else [])
+
+    return fanout.read_shared(key, f"first:{cursor}", read)
+
+
 def _catch_up(
-    r: redis.Redis, key: str, cursor: str
+    fanout: Fanout,
+    r: redis.Redis,
+    key: str,
+    cursor: str,
+    first: Page | None = None,
+    *,
+    to: str = "",
 ) -> Generator[store.Batch, None, tuple[str, bool]]:
-    """Yield what Redis has after `cursor`, a read's page at a time; returns (the new
-    cursor, whether a terminal event came)."""
+    """Yield what Redis has after `cursor` (starting with `first`, already read), a
+    read's page at a time; returns (the new cursor, whether a terminal event came).
+
+    `to`: a subscribed follower's read must reach the position the reader had when it
+    subscribed. It shares only reads that followers who saw the same position started
+    (after seeing it, so Redis ran them after that position was read): a read started
+    earlier may end before it, and what lies between went to the others only.
+    """
     while True:
-        entries = read_after(r, key, cursor)
-        batch, ended = store.decode_batch(entries)
+        if first is None:
+            batch, ended, is_full = fanout.read_shared(
+                key, f"{cursor}<{to}", functools.partial(_read_page, r, key, cursor)
+            )
+        else:
+            (batch, ended, is_full), first = first, None
         if batch:
             cursor = batch[-1]["id"]
             yield batch
-        if ended or len(entries) < READ_COUNT:
+        if ended or not is_full:
             return cursor, ended
 
 
 def follow(
-    fanout: Fanout, r: redis.Redis, session_id: str, after: str | None, *, block_ms: int
+    fanout: Fanout,
+    r: redis.Redis,
+    session_id: str,
+    after: str | None,
+    *,
+    block_ms: int,
+    direct: Direct | None = None,
 ) -> Iterator[store.Batch]:
     """Yield the session's events after `after` in batches, then live ones (through the
     process's fan-out), until the terminal event.
 
     A batch is what one read returned, so a relay can write it to its client in one go.
     Yields an empty batch each time `block_ms` passes with nothing new (a chance to send
-    a keep-alive). Raises `SessionNotFound` if the session does not exist or vanishes
-    while followed.
+    a keep-alive), and when `direct` holds the rest of a partial write (the relay sends
+    it). With `direct`, live batches may go to the client through it instead of being
+    yielded. Raises `SessionNotFound` if the session does not exist or vanishes while
+    followed.
     """
     key = keys.events(session_id)
     cursor = after or "0-0"
-    status = r.hget(keys.meta(session_id), fields.STATUS)
+    first: Page | None
+    status, first = _first_page(fanout, r, session_id, cursor)
     if status is None:
         raise SessionNotFound(f"no session {session_id}")
     while True:
         # The backlog, or what we missed after falling behind: from Redis, our own cursor.
-        cursor, ended = yield from _catch_up(r, key, cursor)
+        cursor, ended = yield from _catch_up(fanout, r, key, cursor, first)
+        first = None
         if ended or status in store.TERMINAL_STATUSES:
             return
-        sub = fanout.subscribe(session_id, cursor)
+        sub = fanout.subscribe(session_id, cursor, direct)
         try:
-            cursor, ended = yield from _catch_up(r, key, cursor)
-            if ended:
-                return
+            if sub.must_read_again:
+                cursor, ended = yield from _catch_up(fanout, r, key, cursor, to=sub.position)
+                if ended:
+                    return
             while True:
+                if direct is not None and not sub.entries and not sub.is_behind:
+                    # The reader may have written more while this greenlet was away (a
+                    # place renewal's round trip): never move its mark back.
+                    sub.written_key = max(sub.written_key, id_key(cursor))
+                    sub.is_direct = True
                 taken = sub.take(block_ms / 1000)
+                if direct is not None and direct.last_id and sub.written_key > id_key(cursor):
+                    cursor = direct.last_id  # the reader wrote up to here itself
+                    if taken is None:
+                        yield []  # live through the direct path: the session goes on
+                        continue
                 if taken is _BEHIND:
                     break  # catch up on our own, then join again
                 if taken is None:
-                    status = r.hget(keys.meta(session_id), fields.STATUS)
+                    status = cast(str | None, r.hget(keys.meta(session_id), fields.STATUS))
                     if status is None:
                         raise SessionNotFound(f"session {session_id} expired or was deleted")
                     if status in store.TERMINAL_STATUSES:
@@ -254,6 +446,9 @@ def follow(
                     yield []
                     continue
                 assert isinstance(taken, list)
+                if not taken:
+                    yield []  # the relay sends the rest of the reader's partial write
+                    continue
                 if id_key(taken[0]["id"]) <= id_key(cursor):
                     # Skip what we already read while catching up.
                     taken = [e for e in taken if id_key(e["id"]) > id_key(cursor)]
@@ -276,6 +471,7 @@ def follow_reconnecting(
     block_ms: int,
     outage_max_s: float,
     sleep: Callable[[float], None] = time.sleep,
+    direct: Direct | None = None,
 ) -> Iterator[store.Batch]:
     """`follow`, riding out Redis restarts: on a connection error it waits with capped
     backoff (yielding empty batches meanwhile) and follows again from the last event it
@@ -285,8 +481,11 @@ def follow_reconnecting(
     down_since: float | None = None
     failures = 0
     while True:
+        if direct is not None and direct.last_id:
+            if cursor is None or id_key(direct.last_id) > id_key(cursor):
+                cursor = direct.last_id  # written by the reader, never yielded
         try:
-            for batch in follow(fanout, r, session_id, cursor, block_ms=block_ms):
+            for batch in follow(fanout, r, session_id, cursor, block_ms=block_ms, direct=direct):
                 if down_since is not None:
                     log.info("follower of %s: Redis back", session_id)
                     down_since, failures = None, 0

@@ -25,7 +25,9 @@ bp = Blueprint("follow", __name__)
 sock = Sock()
 
 
-def _events(b: Backend, session_id: str, after: str | None) -> Iterator[store.Batch]:
+def _events(
+    b: Backend, session_id: str, after: str | None, direct: fanout.Direct | None = None
+) -> Iterator[store.Batch]:
     """The session's events after `after` in batches, riding out Redis restarts."""
     return fanout.follow_reconnecting(
         b.fanout,
@@ -34,7 +36,28 @@ def _events(b: Backend, session_id: str, after: str | None) -> Iterator[store.Ba
         after,
         block_ms=b.settings.api.xread_block_ms,
         outage_max_s=b.settings.redis.outage_max_s,
+        direct=direct,
     )
+
+
+class _DirectWs:
+    """A plain WebSocket follower as the fan-out's reader writes to it (`fanout.Direct`):
+    the batch's shared frames, one non-blocking write, the follower's metrics."""
+
+    frames = staticmethod(websocket.text_frames)
+
+    def __init__(self, conn: websocket.Socket, following: Following) -> None:
+        self.last_id: str | None = None
+        self._conn = conn
+        self._metrics = following.metrics
+
+    def write(self, data: bytes) -> int:
+        if shutdown.is_stopping():
+            return 0  # the follower ends and the connection closes with 1012
+        return self._conn.write_now(data)
+
+    def wrote(self, batch: store.Batch) -> None:
+        self._metrics.sent(batch)
 
 
 class Following:
@@ -47,14 +70,19 @@ class Following:
         self.metrics = metrics.Follower(kind)
 
     def batches(
-        self, b: Backend, after: str | None, is_open: Callable[[], bool] = lambda: True
+        self,
+        b: Backend,
+        after: str | None,
+        is_open: Callable[[], bool] = lambda: True,
+        direct: fanout.Direct | None = None,
     ) -> Iterator[store.Batch]:
         """The batches to relay, until the process stops or `is_open()` turns false.
 
         The caller sends each batch before it asks for the next: that is when it counts
-        as delivered.
+        as delivered. With `direct`, live batches may reach the client through it instead
+        (counted there), and an empty batch may ask the caller to flush it.
         """
-        for batch in _events(b, self.session_id, after):
+        for batch in _events(b, self.session_id, after, direct):
             if shutdown.is_stopping() or not is_open():
                 return
             self.place.keep()
@@ -116,12 +144,21 @@ def _admit_ws(session_id: str) -> str | None:
 
 
 def _relay_ws(conn: websocket.Socket, b: Backend, session_id: str, after: str | None) -> None:
-    """Send the session's events until the terminal one, the client leaves or we stop."""
+    """Send the session's events until the terminal one, the client leaves or we stop.
+
+    A plain client under gevent is written to by the fan-out's reader while it keeps up
+    (`_DirectWs`); this greenlet sends the backlog, what the reader queued for it, and
+    the rest of the reader's partial writes. A permessage-deflate client compresses with
+    its own connection's state, so its frames cannot be shared: it stays on this path.
+    """
     following = Following(session_id, "ws")
+    direct = _DirectWs(conn, following) if conn.can_write_now else None
     try:
-        for batch in following.batches(b, after, lambda: conn.is_open):
+        for batch in following.batches(b, after, lambda: conn.is_open, direct):
             if batch:
                 conn.send_batch(batch)
+            elif direct is not None:
+                conn.flush()
     finally:
         following.leave()
 

@@ -73,6 +73,9 @@ class XReadReader:
         self.block_ms = block_ms
         self.wake_key = f"{keys.PREFIX}:hub:{uuid.uuid4().hex}"
         self._wake_cursor = "0-0"
+        # A wake-up was sent since the reader last took the positions: the next read
+        # starts at once anyway, so joins in the meantime send none (one per storm).
+        self._is_woken = False
         self._lock = threading.Lock()  # guards `_thread`
         self._thread: threading.Thread | None = None
 
@@ -80,7 +83,8 @@ class XReadReader:
         """Make sure the reader runs; wake it when a stream must be read from a new position."""
         with self._lock:
             self._thread = ensure_running(self._thread, self._run, "follower-hub")
-        if must_read:
+        if must_read and not self._is_woken:
+            self._is_woken = True
             self._wake()
 
     def unwatch(self, session_id: str) -> None:
@@ -99,6 +103,7 @@ class XReadReader:
         failures = 0
         while True:
             with self._lock:
+                self._is_woken = False  # before the positions: a later join wakes again
                 wanted = self.fanout.cursors()
                 if not wanted:
                     self._thread = None  # a later `watch` starts another

@@ -9,6 +9,7 @@ works around (docs/ARCHITECTURE.md, "WebSocket").
 
 from __future__ import annotations
 
+import _socket
 import json
 import logging
 import threading
@@ -83,6 +84,8 @@ class Socket:
         self._is_plain = "permessage-deflate" not in environ.get(
             "HTTP_SEC_WEBSOCKET_EXTENSIONS", ""
         )
+        # Set before our close frame goes out: nothing may be written after it.
+        self._is_closing = False
 
     @property
     def is_open(self) -> bool:
@@ -103,10 +106,31 @@ class Socket:
         if not ws.connected:
             raise ConnectionClosed(ws.close_reason, ws.close_message)
         if self._is_plain:
-            data = b"".join([_frame(event.utf8()) for event in batch])
+            data = text_frames(batch)
         else:
             data = b"".join([ws.ws.send(TextMessage(data=event.json())) for event in batch])
         ws.sock.send(data)
+
+    def flush(self) -> None:
+        """Send what is left of a partial `write_now`, blocking (with the send timeout)."""
+        if isinstance(self._ws.sock, _SendAllSocket):
+            self._ws.sock.send(b"")
+
+    @property
+    def can_write_now(self) -> bool:
+        """Whether `write_now` can work here: no per-connection compression, and a socket
+        of gevent's, whose non-blocking system socket is at hand."""
+        sock = self._ws.sock
+        return self._is_plain and isinstance(sock, _SendAllSocket) and sock.raw is not None
+
+    def write_now(self, data: bytes) -> int:
+        """Write `text_frames` bytes without blocking, from any greenlet: the bytes written
+        (0 if none could go now); the rest of a partial write goes out before anything
+        else on the connection, at the next `flush` or send."""
+        sock = self._ws.sock
+        if self._is_closing or not self._ws.connected or not isinstance(sock, _SendAllSocket):
+            return 0
+        return sock.send_now(data)
 
     def receive(self, timeout_s: float) -> str | bytes | None:
         """The client's next message, or None after `timeout_s` (a reading socket's only).
@@ -132,16 +156,19 @@ class Socket:
 
     def refuse(self, close_code: int, code: str, message: str) -> None:
         """Send an `error` frame, then close with `close_code` and the error's code."""
+        self._is_closing = True
         self._ws.send(error_frame(code, message))
         self._ws.close(close_code, code)
 
     def close(self, close_code: int, reason: str | None = None) -> None:
         """Send a close frame and wait (briefly) for the client's."""
+        self._is_closing = True
         self._ws.close(close_code, reason)
 
     def drop(self) -> None:
         """Give up a client whose socket broke or whose send timed out: no close frame,
         which could block again, and simple-websocket must not try one after us."""
+        self._is_closing = True
         self._ws.connected = False
         self._ws.sock.close()
 
@@ -208,6 +235,12 @@ def _discard_input(sock: Any, max_reads: int = 16) -> None:
         return
 
 
+def text_frames(batch: store.Batch) -> bytes:
+    """A batch of events as final, unmasked text frames without an extension: the same
+    bytes for every plain client, so the fan-out builds them once per batch."""
+    return b"".join([_frame(event.utf8()) for event in batch])
+
+
 def _frame(payload: bytes) -> bytes:
     """A final, unmasked WebSocket text frame (RFC 6455 5.2), as a server sends it."""
     n = len(payload)
@@ -247,23 +280,54 @@ class _SendAllSocket:
     simple-websocket 1.1 writes frames with `socket.send`, which may write only part of a
     large frame, and sends pings from its own thread (simple-websocket#45). `sendall`
     under a lock keeps every frame whole and frames from interleaving.
+
+    `send_now` is the fan-out's write from its reader (api/fanout.py): one system call on
+    the non-blocking socket under gevent, never waiting for the lock or the client. What
+    it could not write is held and goes out first at the next `send`, from any greenlet.
     """
 
     def __init__(self, sock: Any, send_timeout_s: float) -> None:
         self._sock = sock
         self._lock = threading.Lock()
+        self._rest = b""  # of a partial `send_now`
+        # gevent's socket keeps the system socket, set non-blocking, as `_sock`; a plain
+        # socket with a timeout would wait in poll() before it sends.
+        inner = getattr(sock, "_sock", None)
+        is_gevent = type(sock).__module__.startswith("gevent")
+        self.raw = inner if is_gevent and isinstance(inner, _socket.socket) else None
         # A client that stops reading fails our send after this long, instead of holding
         # its handler (and a Redis connection) forever.
         sock.settimeout(send_timeout_s)
 
     def send(self, data: bytes) -> int:
         with self._lock:
+            if self._rest:
+                rest, self._rest = self._rest, b""
+                self._sock.sendall(rest)
+            if not data:
+                return 0
             # One plain send takes a batch of frames whole nearly always; gevent's sendall
             # costs an extra system call (getsockopt) and more on every call.
             sent = self._sock.send(data)
             if sent < len(data):
                 self._sock.sendall(memoryview(data)[sent:])
         return len(data)
+
+    def send_now(self, data: bytes) -> int:
+        """Write without blocking: the bytes written, 0 if none could go now (the lock is
+        held, a rest is waiting, the client's buffer is full or the socket broke: the
+        follower's own send then meets the error)."""
+        if self.raw is None or self._rest or not self._lock.acquire(blocking=False):
+            return 0
+        try:
+            sent = _socket.socket.send(self.raw, data)
+            if sent < len(data):
+                self._rest = data[sent:]
+            return sent
+        except OSError:
+            return 0
+        finally:
+            self._lock.release()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

@@ -53,7 +53,16 @@ class Tally:
 
 
 def open_ws(host: str, port: int, path: str, timeout_s: float = 30) -> socket.socket:
-    """A WebSocket connection after a successful handshake (blocking socket)."""
+    """A WebSocket connection after a successful handshake (blocking socket); any frame
+    that came with the handshake's answer is dropped (see `handshake`)."""
+    return handshake(host, port, path, timeout_s)[0]
+
+
+def handshake(
+    host: str, port: int, path: str, timeout_s: float = 30
+) -> tuple[socket.socket, bytes]:
+    """A WebSocket connection after a successful handshake, and the bytes that came after
+    the answer's head (the start of the first frames)."""
     sock = socket.create_connection((host, port), timeout=timeout_s)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
@@ -71,7 +80,7 @@ def open_ws(host: str, port: int, path: str, timeout_s: float = 30) -> socket.so
         head += data
     if not head.startswith(b"HTTP/1.1 101"):
         raise ConnectionError(f"{path}: {head.splitlines()[0]!r}")
-    return sock
+    return sock, head.split(b"\r\n\r\n", 1)[1]
 
 
 class _Follower:

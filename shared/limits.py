@@ -6,12 +6,13 @@ one hash tag, so each script touches one slot and the limits work on Redis Clust
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -198,12 +199,21 @@ def join_followers(r: redis.Redis, budgets: list[FollowerBudget], *, lease_s: in
     `too_many_followers`) when one is full."""
     lease_ms = lease_s * 1000
     place = FollowerPlace(r, [], uuid.uuid4().hex, lease_ms, time.monotonic() + lease_s / 3)
-    for budget in budgets:
-        if budget.limit <= 0:
-            continue
-        now = now_ms()
-        argv = [now, now + lease_ms, place.member, budget.limit, lease_ms]
-        if not run_script(r, _JOIN, [budget.key], argv):
+    counted = [budget for budget in budgets if budget.limit > 0]
+    now = now_ms()
+    argvs = [[now, now + lease_ms, place.member, b.limit, lease_ms] for b in counted]
+    if isinstance(r, redis.Redis) and len(counted) > 1:
+        # One round trip for every budget: a join storm pays it per follower. (A cluster
+        # pipeline goes one by one: its keys live in different slots.)
+        joined = _join_in_one_trip(r, counted, argvs)
+    else:
+        joined = [
+            run_script(r, _JOIN, [budget.key], argv)
+            for budget, argv in zip(counted, argvs, strict=True)
+        ]
+    place.keys = [budget.key for budget, ok in zip(counted, joined, strict=True) if ok]
+    for budget, ok in zip(counted, joined, strict=True):
+        if not ok:
             place.leave()
             raise TooManyRequests(
                 f"{budget.limit} followers of {budget.whose} are connected already "
@@ -211,5 +221,29 @@ def join_followers(r: redis.Redis, budgets: list[FollowerBudget], *, lease_s: in
                 retry_after_s=FOLLOWERS_RETRY_AFTER_S,
                 code="too_many_followers",
             )
-        place.keys.append(budget.key)
     return place
+
+
+_JOIN_SHA = hashlib.sha1(_JOIN.encode(), usedforsecurity=False).hexdigest()  # as Redis names it
+
+
+def _join_in_one_trip(
+    r: redis.Redis, budgets: list[FollowerBudget], argvs: list[list[Any]]
+) -> list[Any]:
+    """Run `_JOIN` for every budget in one pipeline.
+
+    By EVALSHA: redis-py's pipeline would first ask `SCRIPT EXISTS`, a round trip of its
+    own on every call. A Redis that lost its scripts (a restart) refuses them all; the
+    script is loaded and the pipeline sent again.
+    """
+    for attempt in range(2):
+        pipe = r.pipeline(transaction=False)
+        for budget, argv in zip(budgets, argvs, strict=True):
+            pipe.evalsha(_JOIN_SHA, 1, budget.key, *argv)
+        try:
+            return cast(list[Any], pipe.execute())
+        except redis.exceptions.NoScriptError:
+            if attempt:
+                raise
+            r.script_load(_JOIN)
+    raise AssertionError("unreachable")

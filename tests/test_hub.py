@@ -70,8 +70,8 @@ def test_a_follower_that_falls_behind_catches_up_in_order(
     subscriptions: list[fanoutmod.Subscription] = []
     subscribe = fanout.subscribe
 
-    def subscribe_and_keep(session_id: str, cursor: str) -> fanoutmod.Subscription:
-        subscriptions.append(subscribe(session_id, cursor))
+    def subscribe_and_keep(session_id: str, cursor: str, *args: Any) -> fanoutmod.Subscription:
+        subscriptions.append(subscribe(session_id, cursor, *args))
         return subscriptions[-1]
 
     fanout.subscribe = subscribe_and_keep  # type: ignore[method-assign]
@@ -203,3 +203,45 @@ def test_redis_connections_do_not_grow_with_followers(
     assert texts == {client.text(api.url, session_id)["text"]}
     assert all(res.close_code == 1000 for res in results)
     watcher.close()
+
+
+def command_calls(r: redis.Redis, command: str) -> int:
+    """How many `command`s the server has run since its statistics were reset."""
+    stats: dict[str, Any] = r.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_followers_that_join_together_share_one_catch_up_read(own_redis: LocalRedis) -> None:
+    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    session_id = nanoid()
+    request = GenerationRequest(model="demo", messages=(Message("user", "hub"),))
+    store.create_session(r, session_id, request, queue="unused")
+    _state, token = store.acquire_lease(r, session_id, 60_000)
+    assert token
+    append(r, session_id, token, 0, 5)
+    fanout = xread_fanout(connect(own_redis.url, socket_timeout_s=3), block_ms=200)
+    joins = 50
+    backlogs: list[store.Batch] = [[] for _ in range(joins)]
+    together = threading.Barrier(joins)
+
+    def join(i: int) -> None:
+        together.wait()
+        follower = fanoutmod.follow(fanout, r, session_id, None, block_ms=200)
+        backlogs[i] = next(follower)  # the status and the five chunks, in one batch
+        follower.close()
+
+    r.config_resetstat()
+    threads = [threading.Thread(target=join, args=(i,)) for i in range(joins)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert all(b == backlogs[0] for b in backlogs)
+    assert [e["type"] for e in backlogs[0]] == ["status"] + ["chunk"] * 5
+    # Each join needs the session's status and its backlog: followers that ask for the
+    # same at the same time wait for one read of both.
+    reads = command_calls(r, "xrange")
+    assert 0 < reads < joins / 2, f"{reads} backlog reads for {joins} joins"
+    assert command_calls(r, "hget") == reads
+    assert fanout.followers() == 0
+    r.close()

@@ -1,0 +1,479 @@
+"""Followers arriving all at once: a join storm, and a reconnect storm after an API crash.
+
+    .venv/bin/python -m bench.storms [--joins 50x4,100x10] [--reconnect 1000] [--rate 50]
+
+(e) Join storm: the sessions generate first (one Celery worker, the demo provider at
+`--rate` chunks/s); then every follower connects within one second, from the start of
+its session, while it generates. A delivery is live when its chunk was appended after
+the follower connected; the table gives the live deliveries' latency in the first 1.5 s
+after the storm began and after that, and what was lost or repeated (each follower must
+get every chunk once: backlog, then live).
+
+(f) Reconnect storm: `--reconnect` followers (10 a session) on one API process, live;
+then the API's processes are killed with SIGKILL and started again on the same port.
+Every follower reconnects by itself with `?after=<last cursor>` (retrying every 50 ms
+while the port is closed). Measured from when the new API answers `/healthz`: the time
+until every follower has had a live chunk again, and the latency of the deliveries in
+the 5 s after; and nothing lost or repeated over the whole run.
+
+Clients: raw sockets under one `epoll` per process (bench/wsclient.py's frame reader),
+non-blocking connects and handshakes, in two processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import errno
+import multiprocessing
+import os
+import select
+import socket
+import statistics
+import tempfile
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench.followers import CLIENT_PROCESSES, api_env
+from bench.procstat import cpu_s, family
+from rstreams.localredis import LocalRedis
+from tests import client
+from tests.procs import Api, Worker
+
+_ID = b'"id":"'
+_CHUNK = b'{"type":"chunk","id":"'
+_INDEX = b'"index":'
+_TERMINAL = (b'{"type":"done"', b'{"type":"error"', b'{"type":"cancelled"')
+_PONG_EMPTY = bytes([0x8A, 0x80, 0, 0, 0, 0])
+_RETRY_MS = 50
+
+
+@dataclass
+class StormTally:
+    """What one client process saw: live deliveries as (receive time, latency) in ms."""
+
+    received_ms: array = field(default_factory=lambda: array("d"))
+    latencies_ms: array = field(default_factory=lambda: array("d"))
+    chunks: int = 0
+    duplicates: int = 0
+    gaps: int = 0
+    ended: int = 0
+    reconnects: int = 0
+    # Per follower that reconnected: when it had its first live chunk again (ms).
+    live_again_ms: list[float] = field(default_factory=list)
+    unfinished: int = 0
+
+    def add(self, other: StormTally) -> None:
+        """Merge another process's tally."""
+        self.received_ms.extend(other.received_ms)
+        self.latencies_ms.extend(other.latencies_ms)
+        self.chunks += other.chunks
+        self.duplicates += other.duplicates
+        self.gaps += other.gaps
+        self.ended += other.ended
+        self.reconnects += other.reconnects
+        self.live_again_ms += other.live_again_ms
+        self.unfinished += other.unfinished
+
+
+class _Conn:
+    """One follower: its session's path, its cursor, its socket and where it stands."""
+
+    def __init__(self, path: str, due_s: float) -> None:
+        self.path = path
+        self.due_s = due_s  # when to (re)connect
+        self.cursor = b""
+        self.next_index = 0
+        self.sock: socket.socket | None = None
+        self.state = "idle"  # idle, connecting, handshake, open, done
+        self.buf = bytearray()
+        self.opened_ms = 0.0  # when the current connection was asked for
+        self.was_dropped = False
+        self.live_again_ms = 0.0
+
+
+def _request(host: str, port: int, c: _Conn) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    path = c.path + (f"?after={c.cursor.decode()}" if c.cursor else "")
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def _frames(buf: bytearray) -> list[tuple[int, bytes]]:
+    pos, out, size = 0, [], len(buf)
+    while size - pos >= 2:
+        n, head = buf[pos + 1] & 0x7F, 2
+        if n == 126:
+            if size - pos < 4:
+                break
+            n, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
+        elif n == 127:
+            if size - pos < 10:
+                break
+            n, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
+        if size - pos < head + n:
+            break
+        out.append((buf[pos] & 0x0F, bytes(buf[pos + head : pos + head + n])))
+        pos += head + n
+    del buf[:pos]
+    return out
+
+
+def storm(
+    host: str, port: int, paths: list[str], start_s: float, spread_s: float, timeout_s: float
+) -> StormTally:
+    """Connect follower k of `paths` at `start_s + k * spread_s / len(paths)` (wall clock),
+    follow each to its terminal event, reconnecting from its cursor whenever it drops."""
+    conns = [_Conn(p, start_s + k * spread_s / len(paths)) for k, p in enumerate(paths)]
+    by_fd: dict[int, _Conn] = {}
+    poller = select.epoll()
+    tally = StormTally()
+    deadline = time.time() + timeout_s
+    waiting = sorted(conns, key=lambda c: c.due_s)
+
+    def drop(c: _Conn) -> None:
+        if c.sock is not None:
+            fd = c.sock.fileno()
+            by_fd.pop(fd, None)
+            try:
+                poller.unregister(fd)
+            except (OSError, ValueError):
+                pass
+            c.sock.close()
+            c.sock = None
+        if c.state == "done":
+            return
+        c.state = "idle"
+        c.was_dropped = True
+        c.live_again_ms = 0.0
+        c.due_s = time.time() + _RETRY_MS / 1000
+        waiting.append(c)
+
+    while time.time() < deadline and any(c.state != "done" for c in conns):
+        now_s = time.time()
+        if waiting:
+            due = [c for c in waiting if c.due_s <= now_s]
+            if due:
+                waiting[:] = [c for c in waiting if c.due_s > now_s]
+                for c in due:
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    err = sock.connect_ex((host, port))
+                    c.sock, c.state, c.buf = sock, "connecting", bytearray()
+                    c.opened_ms = now_s * 1000
+                    if err not in (0, errno.EINPROGRESS):
+                        drop(c)
+                        continue
+                    by_fd[sock.fileno()] = c
+                    poller.register(sock.fileno(), select.EPOLLOUT | select.EPOLLIN)
+        for fd, _mask in poller.poll(0.005 if waiting else 0.5):
+            c = by_fd.get(fd)
+            if c is None or c.sock is None:
+                continue
+            if c.state == "connecting":
+                if c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    drop(c)
+                    continue
+                try:
+                    c.sock.sendall(_request(host, port, c))
+                except OSError:
+                    drop(c)
+                    continue
+                c.state = "handshake"
+                poller.modify(fd, select.EPOLLIN)
+                continue
+            try:
+                data = c.sock.recv(1 << 18)
+            except BlockingIOError:
+                continue
+            except OSError:
+                drop(c)
+                continue
+            now_ms = time.time() * 1000
+            if not data:
+                drop(c)
+                continue
+            c.buf += data
+            if c.state == "handshake":
+                end = c.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                if not c.buf.startswith(b"HTTP/1.1 101"):
+                    drop(c)  # refused (the API starting up): try again
+                    continue
+                del c.buf[: end + 4]
+                c.state = "open"
+                if c.was_dropped:
+                    tally.reconnects += 1
+            closed = False
+            for opcode, payload in _frames(c.buf):
+                if opcode == 1:
+                    at = payload.find(_ID)
+                    if at >= 0:
+                        c.cursor = payload[at + 6 : payload.index(b'"', at + 6)]
+                    if payload.startswith(_CHUNK):
+                        appended_ms = int(c.cursor[: c.cursor.index(b"-")])
+                        at = payload.index(_INDEX) + len(_INDEX)
+                        index = int(payload[at : payload.index(b",", at)])
+                        if index == c.next_index:
+                            tally.chunks += 1
+                            c.next_index += 1
+                        elif index < c.next_index:
+                            tally.duplicates += 1
+                        else:
+                            tally.gaps += index - c.next_index
+                            tally.chunks += 1
+                            c.next_index = index + 1
+                        if appended_ms >= c.opened_ms:  # live, not backlog
+                            tally.received_ms.append(now_ms)
+                            tally.latencies_ms.append(now_ms - appended_ms)
+                            if c.was_dropped and not c.live_again_ms:
+                                c.live_again_ms = now_ms
+                                tally.live_again_ms.append(now_ms)
+                    elif payload.startswith(_TERMINAL):
+                        tally.ended += 1
+                        c.state = "done"
+                elif opcode == 9:
+                    try:
+                        c.sock.sendall(_PONG_EMPTY)
+                    except OSError:
+                        pass
+                elif opcode == 8:
+                    closed = True  # 1012 from a stopping API, or 1000 after the end
+                    break
+            if closed or c.state == "done":
+                drop(c)
+    tally.unfinished = sum(1 for c in conns if c.state != "done")
+    for c in conns:
+        if c.sock is not None:
+            c.sock.close()
+    return tally
+
+
+def _child(args: tuple[Any, ...], out: Any) -> None:
+    try:
+        out.send(storm(*args))
+    except Exception as e:  # noqa: BLE001 - handed to the parent, which raises it
+        out.send(e)
+
+
+class Storm:
+    """`storm` over `processes` client processes, the paths dealt out between them."""
+
+    def __init__(
+        self, port: int, paths: list[str], start_s: float, spread_s: float, timeout_s: float
+    ):
+        ctx = multiprocessing.get_context("fork")
+        self.procs, self.results = [], []
+        for k in range(CLIENT_PROCESSES):
+            share = paths[k::CLIENT_PROCESSES]
+            out_r, out_w = ctx.Pipe(duplex=False)
+            args = ("127.0.0.1", port, share, start_s, spread_s, timeout_s)
+            proc = ctx.Process(target=_child, args=(args, out_w), daemon=True)
+            proc.start()
+            self.procs.append(proc)
+            self.results.append(out_r)
+
+    def wait(self) -> StormTally:
+        """Every process's tally, merged."""
+        total = StormTally()
+        for out in self.results:
+            result = out.recv()
+            if isinstance(result, Exception):
+                raise result
+            total.add(result)
+        for proc in self.procs:
+            proc.join(10)
+        return total
+
+
+def _quantiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (0.0, 0.0)
+    q = statistics.quantiles(values, n=100)
+    return q[49], q[98]
+
+
+def join_storm(sessions: int, followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
+    """(e) One join storm: its figures."""
+    chunks = int(rate * 8)  # 8 s of generation: the storm, then steady state
+    server = LocalRedis().start()
+    env = api_env(
+        server.url,
+        "gevent",
+        DEMO_TOKENS_PER_S=str(rate),
+        WORKER_CONCURRENCY=str(max(sessions, 10)),
+        MAX_TOKENS_CAP=str(max(chunks, 8192)),
+    )
+    api = Api(env, logs, name=f"api-join-{sessions}x{followers}").start()
+    worker = Worker(env, logs, name=f"worker-join-{sessions}x{followers}").start()
+    watcher = redis.Redis.from_url(server.url, decode_responses=True)
+    try:
+        ids = [
+            client.create(api.url, prompt=f"storm {n}", max_tokens=chunks)["sessionId"]
+            for n in range(sessions)
+        ]
+        deadline = time.monotonic() + 30
+        while not all(client.info(api.url, i)["status"] == "running" for i in ids):
+            assert time.monotonic() < deadline, "the sessions did not start"
+            time.sleep(0.1)
+        paths = [f"/api/streams/{sid}/ws" for _ in range(followers) for sid in ids]
+        assert api.proc is not None
+        cpu_before = cpu_s(api.proc.pid)
+        start_s = time.time() + 0.3  # the client processes are up by then
+        tally = Storm(api.port, paths, start_s, 1.0, chunks / rate + 60).wait()
+        api_cpu = cpu_s(api.proc.pid) - cpu_before
+        early = [
+            lat
+            for t, lat in zip(tally.received_ms, tally.latencies_ms, strict=True)
+            if t < (start_s + 1.5) * 1000
+        ]
+        late = [
+            lat
+            for t, lat in zip(tally.received_ms, tally.latencies_ms, strict=True)
+            if t >= (start_s + 1.5) * 1000
+        ]
+        early_p50, early_p99 = _quantiles(early)
+        late_p50, late_p99 = _quantiles(late)
+        return {
+            "load": f"{sessions} x {followers}",
+            "early": len(early),
+            "early_p50": early_p50,
+            "early_p99": early_p99,
+            "late_p50": late_p50,
+            "late_p99": late_p99,
+            "lost": sessions * followers * chunks - tally.chunks,
+            "repeated": tally.duplicates,
+            "unfinished": tally.unfinished,
+            "api_cpu_s": api_cpu,
+        }
+    finally:
+        worker.stop()
+        api.stop()
+        watcher.close()
+        server.close()
+
+
+def kill_api(api: Api) -> None:
+    """SIGKILL gunicorn's worker and master at once, as a crash of the host would."""
+    assert api.proc is not None
+    for pid in reversed(family(api.proc.pid)):
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    api.proc.wait()
+
+
+def reconnect_storm(followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
+    """(f) `followers` live followers (10 a session), the API killed and started again."""
+    sessions = max(1, followers // 10)
+    steady_s, after_s = 3.0, 5.0
+    connect_s = followers / 500  # about how long the connects take
+    chunks = int(rate * (connect_s + steady_s + after_s + 6))
+    server = LocalRedis().start()
+    env = api_env(
+        server.url,
+        "gevent",
+        DEMO_TOKENS_PER_S=str(rate),
+        WORKER_CONCURRENCY=str(max(sessions, 10)),
+        MAX_TOKENS_CAP=str(max(chunks, 8192)),
+    )
+    api = Api(env, logs, name=f"api-reconnect-{followers}").start()
+    worker = Worker(env, logs, name=f"worker-reconnect-{followers}").start()
+    try:
+        ids = [
+            client.create(api.url, prompt=f"reconnect {n}", max_tokens=chunks)["sessionId"]
+            for n in range(sessions)
+        ]
+        paths = [f"/api/streams/{sid}/ws" for _ in range(10) for sid in ids]
+        start_s = time.time() + 0.3
+        clients = Storm(api.port, paths, start_s, connect_s, chunks / rate + 60)
+        time.sleep(0.3 + connect_s + steady_s)
+        killed_s = time.time()
+        kill_api(api)
+        api = Api(env, logs, name=f"api-reconnect-{followers}-again", port=api.port)
+        api.start()
+        listening_ms = time.time() * 1000
+        tally = clients.wait()
+        after = [
+            lat
+            for t, lat in zip(tally.received_ms, tally.latencies_ms, strict=True)
+            if listening_ms <= t < listening_ms + after_s * 1000
+        ]
+        p50, p99 = _quantiles(after)
+        live_again = sorted(tally.live_again_ms)
+        return {
+            "followers": len(paths),
+            "restart_s": listening_ms / 1000 - killed_s,
+            "reconnected": len(live_again),
+            "all_live_s": (live_again[-1] - listening_ms) / 1000 if live_again else float("nan"),
+            "p50": p50,
+            "p99": p99,
+            "lost": len(paths) * chunks - tally.chunks,
+            "repeated": tally.duplicates,
+            "unfinished": tally.unfinished,
+        }
+    finally:
+        worker.stop()
+        api.stop()
+        server.close()
+
+
+JOIN_HEADER = (
+    "| sessions x followers | live deliveries in the first 1.5 s | p50 ms | p99 ms "
+    "| after 1.5 s: p50 ms | p99 ms | lost | repeated | unfinished |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+RECONNECT_HEADER = (
+    "| followers | kill to listening s | followers live again | all live again after s "
+    "| next 5 s: p50 ms | p99 ms | lost | repeated | unfinished |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def join_row(f: dict[str, Any]) -> str:
+    """A Markdown row of `join_storm`'s figures."""
+    return (
+        f"| {f['load']} | {f['early']:,} | {f['early_p50']:.0f} | {f['early_p99']:.0f} "
+        f"| {f['late_p50']:.0f} | {f['late_p99']:.0f} | {f['lost']} | {f['repeated']} "
+        f"| {f['unfinished']} |"
+    )
+
+
+def reconnect_row(f: dict[str, Any]) -> str:
+    """A Markdown row of `reconnect_storm`'s figures."""
+    return (
+        f"| {f['followers']:,} | {f['restart_s']:.1f} | {f['reconnected']:,} "
+        f"| {f['all_live_s']:.2f} | {f['p50']:.0f} | {f['p99']:.0f} | {f['lost']} "
+        f"| {f['repeated']} | {f['unfinished']} |"
+    )
+
+
+def main() -> None:
+    """Run the storms and print the tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--joins", default="50x4,100x10")
+    parser.add_argument("--reconnect", type=int, default=1000, help="followers; 0: none")
+    parser.add_argument("--rate", type=float, default=50)
+    args = parser.parse_args()
+    logs = Path(tempfile.mkdtemp(prefix="rstreams-storms-"))
+    if args.joins:
+        print(JOIN_HEADER)
+        for load in args.joins.split(","):
+            s, f = (int(x) for x in load.split("x"))
+            print(join_row(join_storm(s, f, rate=args.rate, logs=logs)), flush=True)
+    if args.reconnect:
+        print(RECONNECT_HEADER)
+        print(reconnect_row(reconnect_storm(args.reconnect, rate=args.rate, logs=logs)))
+
+
+if __name__ == "__main__":
+    main()
