@@ -11,7 +11,6 @@ follower as the SSE route (`follow.Following`). `DELETE /api/chat/<chatId>/strea
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,7 +19,7 @@ from flask import Blueprint, Response, request
 
 from api import auth, limits, routes, sessions, uimessages
 from api.backend import Backend, backend
-from api.follow import Following, time_out_sends
+from api.follow import Following, event_stream
 from shared import logs, store
 from shared.errors import SessionNotFound, TooManyRequests
 
@@ -133,24 +132,13 @@ def ui_message_stream(b: Backend, scope: ChatScope, active: store.ActiveChat) ->
     `: ping` comments while nothing comes, `data: [DONE]` after the last."""
     session_id = active.session_id
     following = Following(session_id, "sse")  # 429 before any chunk
-    ping_s = b.settings.api.sse_ping_s
 
-    def body() -> Iterator[bytes]:
-        # The body runs after the request's teardown, in the same greenlet.
-        logs.bind(session_id)
+    def pieces() -> Iterator[bytes]:
         mapper = uimessages.ChunkMapper(active.message_id)
         yield _data(mapper.start())
-        last_write = time.monotonic()
         try:
             for batch in following.batches(b, None):
-                now = time.monotonic()
-                chunks = [chunk for event in batch for chunk in mapper.push(event)]
-                if chunks:
-                    last_write = now
-                    yield _data(chunks)
-                elif now - last_write >= ping_s:
-                    last_write = now
-                    yield b": ping\n\n"
+                yield _data([chunk for event in batch for chunk in mapper.push(event)])
                 if mapper.is_ended:
                     break
         except SessionNotFound as e:
@@ -163,17 +151,13 @@ def ui_message_stream(b: Backend, scope: ChatScope, active: store.ActiveChat) ->
             scope.clear(b.redis, active)
             yield DONE
 
-    response = Response(
-        body(),
-        mimetype="text/event-stream",
-        headers={
-            "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no",
+    return event_stream(
+        b,
+        following,
+        pieces(),
+        {
             uimessages.STREAM_HEADER: uimessages.STREAM_VERSION,
             "X-Session-Id": session_id,
             "X-Message-Id": active.message_id,
         },
     )
-    response.call_on_close(following.leave)
-    time_out_sends(response, b.settings.api.ws_send_timeout_s)
-    return response

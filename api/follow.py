@@ -219,24 +219,13 @@ def follow_sse(session_id: str) -> Response:
         # An ended follow: 204 is what tells an EventSource to stop reconnecting.
         return Response(status=204)
     following = Following(session_id, "sse")  # 429 before any event
-    ping_s = b.settings.api.sse_ping_s
 
-    def body() -> Iterator[bytes]:
-        # The body runs after the request's teardown, in the same greenlet.
-        logs.bind(session_id)
-        last_write = time.monotonic()
+    def events() -> Iterator[bytes]:
         yield b": connected\n\n"
         try:
             # On a shutdown the response ends: EventSource reconnects with Last-Event-ID,
             # to another process.
             for batch in following.batches(b, after):
-                now = time.monotonic()
-                if not batch:
-                    if now - last_write >= ping_s:
-                        last_write = now
-                        yield b": ping\n\n"
-                    continue
-                last_write = now
                 yield b"".join([_sse(event) for event in batch])
         except SessionNotFound as e:
             yield _sse_error(websocket.error_frame(e.code, e.message).encode())
@@ -244,10 +233,48 @@ def follow_sse(session_id: str) -> Response:
             # End the response; EventSource reconnects with Last-Event-ID by itself.
             log.warning("SSE follower of %s lost Redis: %s", session_id, e)
 
+    return event_stream(b, following, events())
+
+
+def event_stream(
+    b: Backend,
+    following: Following,
+    pieces: Iterator[bytes],
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A `text/event-stream` response of `pieces`, for every route that streams a session
+    over SSE (ours, the AI SDK's, the Responses API's).
+
+    An empty piece means nothing new: a `: ping` comment goes out once nothing was written
+    for `SSE_PING_S`. `pieces` runs after the request's teardown, in the same greenlet,
+    with the session bound to its log lines. However the response ends, `pieces` is
+    closed and the follower's place given up; a client that stops reading is dropped
+    after `WS_SEND_TIMEOUT_S` (`time_out_sends`).
+    """
+    ping_s = b.settings.api.sse_ping_s
+    session_id = following.session_id
+
+    def body() -> Iterator[bytes]:
+        logs.bind(session_id)
+        last_write = time.monotonic()
+        try:
+            for piece in pieces:
+                now = time.monotonic()
+                if piece:
+                    last_write = now
+                    yield piece
+                elif now - last_write >= ping_s:
+                    last_write = now
+                    yield b": ping\n\n"
+        finally:
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
+
     response = Response(
         body(),
         mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
     )
     # WSGI closes the response however it ends, even if the body never started.
     response.call_on_close(following.leave)

@@ -20,7 +20,6 @@ routes are in OpenAI's shape so the SDKs raise their own exceptions.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,7 +29,7 @@ from nanoid import generate as nanoid
 
 from api import auth, fanout, limits, sessions
 from api.backend import Backend, backend
-from api.follow import Following, time_out_sends
+from api.follow import Following, event_stream
 from api.responses_format import Projection, response_id, session_id_of, sse
 from api.responses_request import ParamError, parse_responses
 from api.routes import MAX_IDEMPOTENCY_KEY_LEN, _is_printable_ascii, json_body
@@ -198,28 +197,19 @@ def _event_stream(b: Backend, session_id: str, starting_after: int) -> Response:
     """The session's Responses events after `starting_after`, live until the end."""
     meta = store.read_meta(b.redis, session_id)  # 404 before any event
     following = Following(session_id, "sse")  # 429 before any event
-    ping_s = b.settings.api.sse_ping_s
 
-    def body() -> Iterator[bytes]:
-        # The body runs after the request's teardown, in the same greenlet.
-        logs.bind(session_id)
+    def pieces() -> Iterator[bytes]:
         projection = Projection(meta, starting_after)
-        last_write = time.monotonic()
         try:
             # The whole stream from its start: sequence numbers count from the first event.
             for batch in following.batches(b, None):
-                out = [
-                    sse(etype, data)
-                    for event in batch
-                    for _seq, etype, data in projection.feed(event)
-                ]
-                now = time.monotonic()
-                if out:
-                    last_write = now
-                    yield b"".join(out)
-                elif now - last_write >= ping_s:
-                    last_write = now
-                    yield b": ping\n\n"
+                yield b"".join(
+                    [
+                        sse(etype, data)
+                        for event in batch
+                        for _seq, etype, data in projection.feed(event)
+                    ]
+                )
                 if projection.is_terminal:
                     return
         except SessionNotFound:
@@ -228,11 +218,4 @@ def _event_stream(b: Backend, session_id: str, starting_after: int) -> Response:
             # The stream ends; the client resumes with starting_after.
             log.warning("Responses follower of %s lost Redis: %s", session_id, e)
 
-    response = Response(
-        body(),
-        mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-    response.call_on_close(following.leave)
-    time_out_sends(response, b.settings.api.ws_send_timeout_s)
-    return response
+    return event_stream(b, following, pieces())
