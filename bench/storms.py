@@ -23,7 +23,6 @@ non-blocking connects and handshakes, in two processes.
 from __future__ import annotations
 
 import argparse
-import base64
 import errno
 import multiprocessing
 import os
@@ -41,6 +40,7 @@ import redis
 
 from bench.followers import CLIENT_PROCESSES, api_env
 from bench.procstat import cpu_s, family
+from bench.wsclient import frames, upgrade_request
 from rstreams.localredis import LocalRedis
 from tests import client
 from tests.procs import Api, Worker
@@ -98,32 +98,7 @@ class _Conn:
 
 
 def _request(host: str, port: int, c: _Conn) -> bytes:
-    key = base64.b64encode(os.urandom(16)).decode()
-    path = c.path + (f"?after={c.cursor.decode()}" if c.cursor else "")
-    return (
-        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
-def _frames(buf: bytearray) -> list[tuple[int, bytes]]:
-    pos, out, size = 0, [], len(buf)
-    while size - pos >= 2:
-        n, head = buf[pos + 1] & 0x7F, 2
-        if n == 126:
-            if size - pos < 4:
-                break
-            n, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
-        elif n == 127:
-            if size - pos < 10:
-                break
-            n, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
-        if size - pos < head + n:
-            break
-        out.append((buf[pos] & 0x0F, bytes(buf[pos + head : pos + head + n])))
-        pos += head + n
-    del buf[:pos]
-    return out
+    return upgrade_request(host, port, c.path + (f"?after={c.cursor.decode()}" if c.cursor else ""))
 
 
 def storm(
@@ -213,7 +188,7 @@ def storm(
                 if c.was_dropped:
                     tally.reconnects += 1
             closed = False
-            for opcode, payload in _frames(c.buf):
+            for opcode, payload in frames(c.buf):
                 if opcode == 1:
                     at = payload.find(_ID)
                     if at >= 0:

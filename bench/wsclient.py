@@ -58,20 +58,22 @@ def open_ws(host: str, port: int, path: str, timeout_s: float = 30) -> socket.so
     return handshake(host, port, path, timeout_s)[0]
 
 
+def upgrade_request(host: str, port: int, path: str) -> bytes:
+    """A WebSocket upgrade request for `path`, with a fresh key."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
 def handshake(
     host: str, port: int, path: str, timeout_s: float = 30
 ) -> tuple[socket.socket, bytes]:
     """A WebSocket connection after a successful handshake, and the bytes that came after
     the answer's head (the start of the first frames)."""
     sock = socket.create_connection((host, port), timeout=timeout_s)
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
+    sock.sendall(upgrade_request(host, port, path))
     head = b""
     while b"\r\n\r\n" not in head:
         data = sock.recv(4096)
@@ -94,10 +96,9 @@ class _Follower:
         self.next_index = 0
 
 
-def _frames(f: _Follower) -> list[tuple[int, bytes]]:
-    """Complete frames in `f.buf` as (opcode, payload); the rest stays buffered."""
-    buf, pos, out = f.buf, 0, []
-    size = len(buf)
+def frames(buf: bytearray) -> list[tuple[int, bytes]]:
+    """Complete frames in `buf` as (opcode, payload), taken out of it; the rest stays."""
+    pos, out, size = 0, [], len(buf)
     while size - pos >= 2:
         n, head = buf[pos + 1] & 0x7F, 2
         if n == 126:
@@ -148,7 +149,7 @@ def follow_all(host: str, port: int, paths: list[str], timeout_s: float, ready: 
                 f.sock.close()
                 continue
             f.buf += data
-            for opcode, payload in _frames(f):
+            for opcode, payload in frames(f.buf):
                 if opcode == 1 and payload.startswith(_CHUNK):
                     id_end = payload.index(b'"', _ID_AT)
                     cursor = payload[_ID_AT:id_end]
