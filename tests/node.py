@@ -92,3 +92,18 @@ def build_web() -> Path:
     install_web()
     npm("run", "build")
     return WEB
+
+
+def assert_vitest_passes(package: Path) -> None:
+    """Run a package's vitest suite (web/ built first); fail with its output unless it passed."""
+    result = subprocess.run(
+        [tool("npx"), "--no", "vitest", "run"],
+        cwd=package,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=NODE_ENV,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-8000:]
+    assert re.search(r"Tests\s+\d+ passed", output), output[-8000:]

@@ -24,7 +24,7 @@ from rstreams.localredis import free_port
 from shared.settings import ApiSettings, Settings
 from tests import client
 from tests.browser import screenshot_path
-from tests.node import NODE_ENV, WEB, build_web, tool
+from tests.node import NODE_ENV, WEB, assert_vitest_passes, build_web, tool
 from tests.procs import Api
 
 SLOW_TIMEOUT_MS = 60_000
@@ -48,17 +48,7 @@ def web_build() -> Path:
 
 
 def test_the_transport_and_its_mapping_pass_their_unit_tests(web_build: Path) -> None:
-    result = subprocess.run(
-        [tool("npx"), "--no", "vitest", "run"],
-        cwd=PACKAGE,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=NODE_ENV,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-8000:]
-    assert re.search(r"Tests\s+\d+ passed", output), output[-8000:]
+    assert_vitest_passes(PACKAGE)
 
 
 def test_the_package_is_esm_with_types_and_leaves_ai_to_the_app(web_build: Path) -> None:

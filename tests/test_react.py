@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from rstreams.localredis import free_port
 from shared.settings import ApiSettings, Settings
 from tests import client
 from tests.browser import screenshot_path
-from tests.node import NODE_ENV, WEB, build_web, npm, tool
+from tests.node import WEB, assert_vitest_passes, build_web, npm
 from tests.procs import ROOT, Api
 
 SLOW_TIMEOUT_MS = 60_000
@@ -40,17 +39,7 @@ def web_build() -> Path:
 
 
 def test_the_hook_and_its_components_pass_their_unit_tests(web_build: Path) -> None:
-    result = subprocess.run(
-        [tool("npx"), "--no", "vitest", "run"],
-        cwd=WEB / "react",
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=NODE_ENV,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-8000:]
-    assert re.search(r"Tests\s+\d+ passed", output), output[-8000:]
+    assert_vitest_passes(WEB / "react")
 
 
 def test_the_package_is_self_contained_esm_with_types(web_build: Path) -> None:
