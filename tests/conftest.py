@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 
+from api.apikeys import hash_key
 from rstreams.localredis import LocalRedis, find_redis_server
 from tests.fake_provider import FakeProvider
 from tests.procs import Api, Worker, child_env
@@ -161,6 +162,26 @@ class Stack:
             proc.terminate()
         for proc in procs:
             proc.stop(timeout_s=10)
+
+
+# Two tenants' keys for `two_keys_api`.
+TENANT_KEYS = {
+    "alice": "rsk_alice-tenant-key-0123456789abcdefghijklm",
+    "bob": "rsk_bob-tenant-key-0123456789abcdefghijklmnop",
+}
+
+
+@pytest.fixture(scope="session")
+def two_keys_api(stack_env: dict[str, str], logs_dir: Path, worker: Worker) -> Iterator[Api]:
+    """An API in keyed mode with `TENANT_KEYS`, in front of the session's worker."""
+    env = {
+        **stack_env,
+        "API_KEYS": ",".join(f"{name}:{hash_key(key)}" for name, key in TENANT_KEYS.items()),
+        "STREAM_TOKEN_SECRET": "two-keys-test-stream-token-secret-0123456789",
+    }
+    proc = Api(env, logs_dir, name="api-two-keys").start()
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture

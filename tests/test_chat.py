@@ -11,18 +11,17 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import requests
 
-from api.apikeys import hash_key
 from shared import fields, keys
 from tests import client
+from tests.conftest import TENANT_KEYS
 from tests.node import AISDK, NODE_ENV, install_aisdk, tool
-from tests.procs import Api, Worker
+from tests.procs import Api
 
 WEATHER = {
     "type": "function",
@@ -32,10 +31,6 @@ WEATHER = {
     },
 }
 PROMPT = "What is the weather like in Oslo on Sunday?"
-KEYS = {
-    "alice": "rsk_alice-chat-key-0123456789abcdefghijklmnop",
-    "bob": "rsk_bob-chat-key-0123456789abcdefghijklmnopqrs",
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -366,40 +361,33 @@ def test_bad_chat_ids_in_the_path_are_400s(api: Api) -> None:
     assert response.status_code == 204
 
 
-@pytest.fixture(scope="module")
-def keyed(stack_env: dict[str, str], logs_dir: Path, worker: Worker) -> Iterator[Api]:
-    """An API with two keys, in front of the session's worker."""
-    env = {
-        **stack_env,
-        "API_KEYS": ",".join(f"{name}:{hash_key(key)}" for name, key in KEYS.items()),
-        "STREAM_TOKEN_SECRET": "chat-test-stream-token-secret-0123456789",
-    }
-    proc = Api(env, logs_dir, name="api-chat-keyed").start()
-    yield proc
-    proc.stop()
-
-
-def test_a_chat_id_never_reaches_another_tenants_stream(keyed: Api) -> None:
-    alice = {"Authorization": f"Bearer {KEYS['alice']}"}
-    bob = {"Authorization": f"Bearer {KEYS['bob']}"}
+def test_a_chat_id_never_reaches_another_tenants_stream(two_keys_api: Api) -> None:
+    alice = {"Authorization": f"Bearer {TENANT_KEYS['alice']}"}
+    bob = {"Authorization": f"Bearer {TENANT_KEYS['bob']}"}
     chat_id = "the-same-chat-id"
     body = chat_body(chat_id, [user(PROMPT)], max_tokens=150)
-    assert requests.post(f"{keyed.url}/api/chat", json=body, timeout=10).status_code == 401
+    assert requests.post(f"{two_keys_api.url}/api/chat", json=body, timeout=10).status_code == 401
     with requests.post(
-        f"{keyed.url}/api/chat", json=body, headers=alice, stream=True, timeout=30
+        f"{two_keys_api.url}/api/chat", json=body, headers=alice, stream=True, timeout=30
     ) as response:
         assert response.status_code == 200
         session_id = response.headers["X-Session-Id"]
         next(data_lines(response))
-        theirs = requests.get(f"{keyed.url}/api/chat/{chat_id}/stream", headers=bob, timeout=10)
+        theirs = requests.get(
+            f"{two_keys_api.url}/api/chat/{chat_id}/stream", headers=bob, timeout=10
+        )
         assert theirs.status_code == 204
-        stop = requests.delete(f"{keyed.url}/api/chat/{chat_id}/stream", headers=bob, timeout=10)
+        stop = requests.delete(
+            f"{two_keys_api.url}/api/chat/{chat_id}/stream", headers=bob, timeout=10
+        )
         assert stop.status_code == 404
-        mine = run_harness({"url": f"{keyed.url}/api/chat/{chat_id}/stream", "headers": alice})
+        mine = run_harness(
+            {"url": f"{two_keys_api.url}/api/chat/{chat_id}/stream", "headers": alice}
+        )
         assert mine["status"] == 200 and mine["headers"]["x-session-id"] == session_id
         assert mine["chunks"][-1] == {"type": "finish", "finishReason": "stop"}
     deadline = time.monotonic() + 30
-    while client.info(keyed.url, session_id, alice)["status"] != "completed":
+    while client.info(two_keys_api.url, session_id, alice)["status"] != "completed":
         assert time.monotonic() < deadline
         time.sleep(0.05)
 

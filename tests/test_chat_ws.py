@@ -8,24 +8,18 @@ import struct
 import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 import websocket
 
-from api.apikeys import hash_key
 from api.uimessages import to_chunks
 from tests import client
+from tests.conftest import TENANT_KEYS
 from tests.node import AISDK, NODE_ENV, install_aisdk, tool
-from tests.procs import Api, Worker
+from tests.procs import Api
 from tests.test_chat import PROMPT, parts_of, stored_parts, user
-
-KEYS = {
-    "alice": "rsk_alice-chatws-key-0123456789abcdefghijklmn",
-    "bob": "rsk_bob-chatws-key-0123456789abcdefghijklmnopq",
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -234,30 +228,17 @@ def test_a_send_frame_may_hold_a_long_conversation(api: Api) -> None:
     assert frames[0]["type"] == "start" and frames[-1]["type"] == "end"
 
 
-@pytest.fixture(scope="module")
-def keyed(stack_env: dict[str, str], logs_dir: Path, worker: Worker) -> Iterator[Api]:
-    """An API with two keys, in front of the session's worker."""
-    env = {
-        **stack_env,
-        "API_KEYS": ",".join(f"{name}:{hash_key(key)}" for name, key in KEYS.items()),
-        "STREAM_TOKEN_SECRET": "chatws-test-stream-token-secret-0123456789",
-    }
-    proc = Api(env, logs_dir, name="api-chatws-keyed").start()
-    yield proc
-    proc.stop()
-
-
-def test_credentials_come_from_the_frame_or_the_upgrade(keyed: Api) -> None:
+def test_credentials_come_from_the_frame_or_the_upgrade(two_keys_api: Api) -> None:
     chat_id = new_chat()
-    nobody = Frames(keyed)
+    nobody = Frames(two_keys_api)
     nobody.send(**send_frame(chat_id, "k1", max_tokens=2))
     error = next(nobody.frames())
     assert error["type"] == "error" and "Authorization" in error["errorText"]
     nobody.close()
 
-    alice = {"authorization": f"Bearer {KEYS['alice']}"}
+    alice = {"authorization": f"Bearer {TENANT_KEYS['alice']}"}
     result = transport(
-        keyed,
+        two_keys_api,
         mode="send",
         chatId=chat_id,
         messages=[user(PROMPT)],
@@ -266,12 +247,14 @@ def test_credentials_come_from_the_frame_or_the_upgrade(keyed: Api) -> None:
         take=3,
     )
     # Bob's frames (and Bob's upgrade) never reach Alice's chat of the same id.
-    bob = Frames(keyed, headers={"Authorization": f"Bearer {KEYS['bob']}"})
+    bob = Frames(two_keys_api, headers={"Authorization": f"Bearer {TENANT_KEYS['bob']}"})
     bob.send(type="resume", requestId="k2", id=chat_id, headers={}, body={})
     assert next(bob.frames()) == {"type": "no-active", "requestId": "k2"}
     bob.close()
-    mine = transport(keyed, mode="resume", chatId=chat_id, headers=alice)
+    mine = transport(two_keys_api, mode="resume", chatId=chat_id, headers=alice)
     assert mine["active"] and mine["chunks"][:3] == result["chunks"]
     assert mine["chunks"][-1] == {"type": "finish", "finishReason": "stop"}
-    response = requests.get(f"{keyed.url}/api/chat/{chat_id}/stream", headers=alice, timeout=10)
+    response = requests.get(
+        f"{two_keys_api.url}/api/chat/{chat_id}/stream", headers=alice, timeout=10
+    )
     assert response.status_code == 204
