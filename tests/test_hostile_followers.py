@@ -48,13 +48,13 @@ def test_a_cursor_in_the_future_delays_no_one_else(
 def assert_a_future_cursor_delays_no_one_else(api: Api, r: Any, transport: str) -> None:
     """A follower with a cursor in the future, then one from the start, on one process
     (`r`: a client of the API's Redis, plain or cluster)."""
-    # 500 chunks at 50 a second: about 10 s of live generation.
-    session_id = client.create(api.url, prompt="shared read position", max_tokens=500)["sessionId"]
+    # 350 chunks at 50 a second: about 7 s of live generation.
+    session_id = client.create(api.url, prompt="shared read position", max_tokens=350)["sessionId"]
     hostile = hold_future_follower(api, session_id, transport)
     try:
         # Admitted (its place taken) before the second one joins: both share the reader.
         eventually(lambda: r.zcard(keys.followers(session_id)) == 1, "the follower is admitted")
-        # 150 events arrive live, long before the last of the 500 chunks is written.
+        # 150 events arrive live, long before the last of the 350 chunks is written.
         seen = client.ws_follow(api.ws_url, session_id, max_events=150, timeout_s=30)
         assert len(seen.events) == 150
         assert client.info(api.url, session_id)["status"] == "running"
@@ -63,7 +63,7 @@ def assert_a_future_cursor_delays_no_one_else(api: Api, r: Any, transport: str) 
         client.wait_terminal(api.url, session_id)
     # The hostile follower only waited: the answer is whole for everyone.
     whole = client.ws_follow(api.ws_url, session_id).events
-    assert [e["index"] for e in whole if e["type"] == "chunk"] == list(range(500))
+    assert [e["index"] for e in whole if e["type"] == "chunk"] == list(range(350))
 
 
 def live_session_with_backlog(

@@ -98,7 +98,7 @@ def test_followers_give_up_after_redis_outage_max_s(make_stack: Any, own_redis: 
     )
     stack.worker()
     api = stack.api()
-    session_id = client.create(api.url, prompt="outage past the limit", max_tokens=400)["sessionId"]
+    session_id = client.create(api.url, prompt="outage past the limit", max_tokens=200)["sessionId"]
     ws_thread, ws_out = follow_in_background(api, session_id)
     sse_thread, sse_out = follow_in_background(api, session_id, "sse")
     wait_until(lambda: min(chunks_seen(ws_out), chunks_seen(sse_out)) >= 10, "10 chunks each")
@@ -117,7 +117,7 @@ def test_followers_give_up_after_redis_outage_max_s(make_stack: Any, own_redis: 
     # The generation outlived the followers: a new follower gets the whole answer.
     assert client.wait_terminal(api.url, session_id, timeout_s=60)["status"] == "completed"
     whole = client.ws_follow(api.ws_url, session_id)
-    assert client.chunks_text(whole.events) == demo_text("outage past the limit", 400)
+    assert client.chunks_text(whole.events) == demo_text("outage past the limit", 200)
 
 
 def test_web_sigterm_closes_websockets_with_1012_and_ends_sse(api: Api, make_stack: Any) -> None:
