@@ -40,7 +40,7 @@ import redis
 
 from bench.followers import CLIENT_PROCESSES, api_env
 from bench.procstat import cpu_s, family
-from bench.wsclient import frames, upgrade_request
+from bench.wsclient import frames, merge_tallies, upgrade_request
 from rstreams.localredis import LocalRedis
 from tests import client
 from tests.procs import Api, Worker
@@ -258,15 +258,7 @@ class Storm:
 
     def wait(self) -> StormTally:
         """Every process's tally, merged."""
-        total = StormTally()
-        for out in self.results:
-            result = out.recv()
-            if isinstance(result, Exception):
-                raise result
-            total.add(result)
-        for proc in self.procs:
-            proc.join(10)
-        return total
+        return merge_tallies(self.results, self.procs, StormTally())
 
 
 def _quantiles(values: list[float]) -> tuple[float, float]:

@@ -18,7 +18,7 @@ import socket
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 _CHUNK = b'{"type":"chunk","id":"'
 _ID_AT = len(_CHUNK)
@@ -224,12 +224,24 @@ class Followers:
 
     def wait(self) -> Tally:
         """Every process's tally, merged."""
-        total = Tally()
-        for out in self.results:
-            result = out.recv()
-            if isinstance(result, Exception):
-                raise result
-            total.add(result)
-        for proc in self.procs:
-            proc.join(10)
-        return total
+        return merge_tallies(self.results, self.procs, Tally())
+
+
+class _Adds(Protocol):
+    def add(self, other: Any) -> None: ...
+
+
+T = TypeVar("T", bound=_Adds)
+
+
+def merge_tallies(results: list[Any], procs: list[Any], total: T) -> T:
+    """Each client process's tally (from its pipe) added to `total`, then the processes
+    joined; an exception a process sent instead is raised here."""
+    for out in results:
+        result = out.recv()
+        if isinstance(result, Exception):
+            raise result
+        total.add(result)
+    for proc in procs:
+        proc.join(10)
+    return total
