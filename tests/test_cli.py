@@ -20,7 +20,7 @@ from typing import Any
 from nanoid import generate as nanoid
 
 from rstreams import Client
-from rstreams.localredis import free_port
+from rstreams.localredis import LocalRedis, free_port
 from tests.procs import Api, child_env
 
 RSTREAMS = str(Path(sys.executable).parent / "rstreams")
@@ -187,8 +187,15 @@ def test_python_m_rstreams_is_the_same_command() -> None:
         assert command in shown.stdout
 
 
-def test_too_many_requests_says_when_to_retry(make_stack: Any) -> None:
-    limited = make_stack(RATE_CREATES_PER_MIN="1", RATE_WINDOW_S="60").api()
+def test_too_many_requests_says_when_to_retry(make_stack: Any, own_redis: LocalRedis) -> None:
+    # A Redis of its own: the open-mode count is per client address, and every other test
+    # creates sessions from this one.
+    limited = make_stack(
+        REDIS_URL=own_redis.url,
+        CELERY_BROKER_URL=own_redis.url,
+        RATE_CREATES_PER_MIN="1",
+        RATE_WINDOW_S="60",
+    ).api()
     first = rstreams(limited.url, "generate", "one", "--max-tokens", "2", "--no-follow")
     assert first.returncode == 0, first.stderr
     second = rstreams(limited.url, "generate", "two", "--max-tokens", "2", "--no-follow")
