@@ -268,17 +268,23 @@ def _quantiles(values: list[float]) -> tuple[float, float]:
     return q[49], q[98]
 
 
-def join_storm(sessions: int, followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
-    """(e) One join storm: its figures."""
-    chunks = int(rate * 8)  # 8 s of generation: the storm, then steady state
-    server = LocalRedis().start()
-    env = api_env(
-        server.url,
+def _storm_env(redis_url: str, rate: float, sessions: int, chunks: int) -> dict[str, str]:
+    """The gevent API's and the worker's environment for a storm of `sessions` answers of
+    `chunks` chunks at `rate` a second."""
+    return api_env(
+        redis_url,
         "gevent",
         DEMO_TOKENS_PER_S=str(rate),
         WORKER_CONCURRENCY=str(max(sessions, 10)),
         MAX_TOKENS_CAP=str(max(chunks, 8192)),
     )
+
+
+def join_storm(sessions: int, followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
+    """(e) One join storm: its figures."""
+    chunks = int(rate * 8)  # 8 s of generation: the storm, then steady state
+    server = LocalRedis().start()
+    env = _storm_env(server.url, rate, sessions, chunks)
     api = Api(env, logs, name=f"api-join-{sessions}x{followers}").start()
     worker = Worker(env, logs, name=f"worker-join-{sessions}x{followers}").start()
     watcher = redis.Redis.from_url(server.url, decode_responses=True)
@@ -346,13 +352,7 @@ def reconnect_storm(followers: int, *, rate: float, logs: Path) -> dict[str, Any
     connect_s = followers / 500  # about how long the connects take
     chunks = int(rate * (connect_s + steady_s + after_s + 6))
     server = LocalRedis().start()
-    env = api_env(
-        server.url,
-        "gevent",
-        DEMO_TOKENS_PER_S=str(rate),
-        WORKER_CONCURRENCY=str(max(sessions, 10)),
-        MAX_TOKENS_CAP=str(max(chunks, 8192)),
-    )
+    env = _storm_env(server.url, rate, sessions, chunks)
     api = Api(env, logs, name=f"api-reconnect-{followers}").start()
     worker = Worker(env, logs, name=f"worker-reconnect-{followers}").start()
     try:
