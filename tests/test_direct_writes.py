@@ -10,8 +10,10 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import redis
 import websocket
 from nanoid import generate as nanoid
@@ -61,11 +63,13 @@ def wait_until(holds: Any, what: str, timeout_s: float = 20) -> None:
 
 
 class RawFollower:
-    """A raw WebSocket client socket read frame by frame, `chunk` bytes a read."""
+    """A raw WebSocket client socket read frame by frame, `chunk` bytes a read. `api`:
+    whose log to quote if the server ends the connection without a close frame."""
 
-    def __init__(self, sock: socket.socket, chunk: int = 65536) -> None:
+    def __init__(self, sock: socket.socket, chunk: int = 65536, api: Api | None = None) -> None:
         self.sock = sock
         self.chunk = chunk
+        self.api = api
         self.buf = b""
         self.events: list[dict[str, Any]] = []
         self.close_code: int | None = None
@@ -97,7 +101,7 @@ class RawFollower:
             frame = self._frame()
             if frame is None:
                 data = self.sock.recv(self.chunk)
-                assert data, "the server closed without a close frame"
+                assert data, self._no_close_frame()
                 self.buf += data
                 if pause_s:
                     time.sleep(pause_s)
@@ -108,6 +112,28 @@ class RawFollower:
             elif opcode == 8:
                 self.close_code = struct.unpack("!H", payload[:2])[0]
                 return
+
+    def _no_close_frame(self) -> str:
+        said = "the server closed without a close frame"
+        said += f" after {len(self.events)} events"
+        if self.api is not None:
+            said += "; the API's log ends:\n" + "\n".join(self.api.log().splitlines()[-40:])
+        return said
+
+
+@pytest.fixture
+def raw_followers(api: Api) -> Iterator[Any]:
+    """Open raw followers of the session API, each closed however the test ends."""
+    opened: list[RawFollower] = []
+
+    def open_follower(path: str, chunk: int = 65536) -> RawFollower:
+        follower = RawFollower(raw_ws(api.port, path), chunk, api)
+        opened.append(follower)
+        return follower
+
+    yield open_follower
+    for follower in opened:
+        follower.sock.close()
 
 
 def assert_exactly(events: list[dict[str, Any]], n: int, size: int) -> None:
@@ -120,12 +146,12 @@ def assert_exactly(events: list[dict[str, Any]], n: int, size: int) -> None:
 
 
 def test_a_client_that_takes_part_of_each_write_gets_every_frame_whole_and_in_order(
-    api: Api, r: redis.Redis
+    api: Api, r: redis.Redis, raw_followers: Any
 ) -> None:
     session_id, token = live_session(r)
     # A 4 KiB receive buffer read 2 KiB at a time: the server's writes of 1 MiB batches
     # go out in part, the rest later.
-    slow = RawFollower(raw_ws(api.port, f"/api/streams/{session_id}/ws"), chunk=2048)
+    slow = raw_followers(f"/api/streams/{session_id}/ws", chunk=2048)
     slow.read_events(1)  # the queued status: it has caught up and waits live
     append(r, session_id, token, 200, 16_384)
     slow.read_events(pause_s=0.001)
@@ -135,10 +161,10 @@ def test_a_client_that_takes_part_of_each_write_gets_every_frame_whole_and_in_or
 
 
 def test_a_client_that_stops_reading_holds_no_one_back_and_then_catches_up(
-    api: Api, r: redis.Redis
+    api: Api, r: redis.Redis, raw_followers: Any
 ) -> None:
     session_id, token = live_session(r)
-    stuck = RawFollower(raw_ws(api.port, f"/api/streams/{session_id}/ws"))
+    stuck = raw_followers(f"/api/streams/{session_id}/ws")
     stuck.read_events(1)
     results = [client.WsResult() for _ in range(3)]
     threads = [
@@ -187,11 +213,11 @@ def test_a_permessage_deflate_client_gets_the_same_events_as_a_plain_one(api: Ap
 
 
 def test_clients_that_leave_in_the_middle_of_a_batch_break_no_one_and_leave_nothing_behind(
-    api: Api, r: redis.Redis
+    api: Api, r: redis.Redis, raw_followers: Any
 ) -> None:
     session_id, token = live_session(r)
     path = f"/api/streams/{session_id}/ws"
-    leavers = [RawFollower(raw_ws(api.port, path)) for _ in range(10)]
+    leavers = [raw_followers(path) for _ in range(10)]
     for f in leavers:
         f.read_events(1)
     results = [client.WsResult() for _ in range(5)]
