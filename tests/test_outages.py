@@ -158,7 +158,14 @@ def raw_ws(port: int, path: str) -> socket.socket:
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
     )
-    assert b"101" in sock.recv(1024).split(b"\r\n")[0]
+    # The response's head a byte at a time: the first frame may come in the same segment,
+    # and a larger read would swallow it.
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        assert byte, f"the server closed during the handshake: {head!r}"
+        head += byte
+    assert b"101" in head.split(b"\r\n")[0]
     return sock
 
 
