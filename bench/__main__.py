@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import floor, followers, joins, storms, throughput
+from bench import floor, followers, joins, peer, storms, throughput
 from rstreams.localredis import LocalRedis, find_redis_server
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -154,6 +154,33 @@ def reconnect_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def peer_steady_table(loads: list[list[dict[str, Any]]]) -> str:
+    """The peer at the (b) loads, as Markdown."""
+    lines = [peer.STEADY_HEADER]
+    lines += [
+        f"| {rows[0]['load']} | {spread(rows, 'deliveries')} | {max(r['lost'] for r in rows)} "
+        f"| {max(r['repeated'] for r in rows)} | {spread(rows, 'p50')} | {spread(rows, 'p99')} "
+        f"| {spread(rows, 'max')} | {spread(rows, 'per_core_s')} "
+        f"| {spread(rows, 'api_cpu', '{:.2f}')} | {spread(rows, 'producer_cpu', '{:.2f}')} "
+        f"| {max(r['unfinished'] for r in rows)} |"
+        for rows in loads
+    ]
+    return "\n".join(lines)
+
+
+def versus_peer(pairs: list[tuple[str, list[dict[str, Any]], list[dict[str, Any]], str]]) -> str:
+    """The product's median p99 beside the peer's, load by load, as Markdown."""
+    lines = [
+        "| load | p99 ms: product | peer | product / peer |",
+        "|---|---|---|---|",
+    ]
+    for name, ours, theirs, key in pairs:
+        a = statistics.median(r[key] for r in ours)
+        b = statistics.median(r[key] for r in theirs)
+        lines.append(f"| {name} | {a:,.0f} | {b:,.0f} | {a / b if b else float('inf'):.2f} |")
+    return "\n".join(lines)
+
+
 def joins_table(runs: list[dict[str, tuple[float, float]]]) -> str:
     """What a join costs Redis, as Markdown."""
     lines = [joins.TABLE_HEADER]
@@ -232,6 +259,12 @@ def main() -> None:
     say("(f) reconnect storm")
     reconnect_followers = 200 if args.quick else 1000
     reconnects = repeat(runs, storms.reconnect_storm, reconnect_followers, rate=RATE, logs=logs)
+    say("the peer: resumable-stream at (b), (e) and (f)")
+    peer_steady = [
+        repeat(runs, peer.steady, s, f, rate=RATE, chunks=chunks, logs=logs) for s, f in LOADS
+    ]
+    peer_joins = [repeat(runs, peer.join_storm, s, f, rate=RATE, logs=logs) for s, f in join_loads]
+    peer_reconnects = repeat(runs, peer.reconnect_storm, reconnect_followers, rate=RATE, logs=logs)
     say("what a join costs Redis")
     joins_md = joins_table([joins.run(50, logs) for _ in range(runs)])
     say("worker: concurrent demo generations")
@@ -301,6 +334,27 @@ def main() -> None:
             all_live <= 2 and reconnect_bad == 0,
         ),
     ]
+    pairs = [
+        (f"(b) {rows[0]['load']}", rows, theirs, "p99")
+        for rows, theirs in zip(gevent, peer_steady, strict=True)
+    ]
+    pairs += [
+        (f"(e) {rows[0]['load']}, first 1.5 s", rows, theirs, "early_p99")
+        for rows, theirs in zip(join_runs, peer_joins, strict=True)
+    ]
+    pairs += [(f"(f) {reconnect_followers:,}, the 5 s after", reconnects, peer_reconnects, "p99")]
+    behind = [
+        name
+        for name, ours, theirs, key in pairs
+        if statistics.median(r[key] for r in ours) > statistics.median(r[key] for r in theirs)
+    ]
+    targets.append(
+        (
+            "p99 at or below the peer's (resumable-stream) at every load of (b), (e) and (f)",
+            "above it at " + ", ".join(behind) if behind else "at or below at every load",
+            not behind,
+        )
+    )
     today = datetime.date.today().isoformat()
     body = (
         f"""{BEGIN}
@@ -386,6 +440,29 @@ the port is closed. Times from when the new API first answered `/healthz` (polle
 0.1 s); "live again": a chunk appended after its reconnection arrived.
 
 {reconnect_table(reconnects)}
+
+### The peer: Vercel's `resumable-stream` at the same loads
+
+`python -m bench.peer` (bench/peer/: the npm package, pinned by its lockfile, in two Node
+processes: a producer that makes each stream and a follower server that resumes it for
+each client, over plain HTTP), on a redis-server of its own, with the same client
+processes; latency from the producer's `Date.now()` in each line, whole milliseconds.
+(b): every follower connected before its stream produces, {RATE} lines/s, {chunks} each:
+
+{peer_steady_table(peer_steady)}
+
+(e), as above:
+
+{join_storm_table(peer_joins)}
+
+(f), the follower server killed with SIGKILL and started again; each client resumes with
+`skipCharacters`, the characters it has:
+
+{reconnect_table(peer_reconnects)}
+
+The product's p99 beside the peer's (medians of the runs):
+
+{versus_peer(pairs)}
 
 ### What a join costs Redis
 

