@@ -18,6 +18,18 @@ from tests.procs import Api, Worker, child_env
 STREAM_TTL_S = 3600
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """How many test processes `-n auto` (the default, pyproject.toml) starts.
+
+    Each process starts its own Redis, worker and API, and most tests wait (generation at
+    a demo rate, restarts, outages), so a process per core and one more keeps the cores
+    busy. Tests on a Redis of yours (`REDIS_URL`) run in one process: they would share it.
+    """
+    if os.environ.get("REDIS_URL"):
+        return 1
+    return (os.cpu_count() or 1) + 1
+
+
 class RedisUnderTest:
     """The Redis the tests use; `owned` when the tests started it (and may stop it)."""
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from tests.procs import ROOT
 
@@ -70,8 +71,10 @@ def install(directory: Path) -> Path:
     ensure_node()
     installed = directory / "node_modules" / ".package-lock.json"  # written by every install
     lock = directory / "package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
-        npm("ci", cwd=directory)
+    # One test process installs; the others (pytest-xdist) wait, then find it done.
+    with FileLock(directory / ".install.lock"):
+        if not installed.exists() or installed.stat().st_mtime < lock.stat().st_mtime:
+            npm("ci", cwd=directory)
     return directory / "node_modules"
 
 
@@ -87,10 +90,20 @@ def install_aisdk() -> Path:
 
 @functools.cache
 def build_web() -> Path:
-    """web/ installed (install_web) and built once per test run: every package's dist/ and
-    the example pages' dist/, which the API serves. Several test modules need it."""
+    """web/ installed (install_web) and built once per test run, in every test process of
+    it: every package's dist/ and the example pages' dist/, which the API serves. Several
+    test modules need it."""
     install_web()
-    npm("run", "build")
+    # Under pytest-xdist every test process of the run shares one build: the first builds,
+    # the others wait for it and use it (a second build would rewrite files another
+    # process's API is serving).
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    built = WEB / ".built-by-test-run"
+    with FileLock(WEB / ".build.lock"):
+        if run is None or not built.exists() or built.read_text() != run:
+            npm("run", "build")
+            if run is not None:
+                built.write_text(run)
     return WEB
 
 
