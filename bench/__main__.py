@@ -265,6 +265,9 @@ def main() -> None:
     ]
     peer_joins = [repeat(runs, peer.join_storm, s, f, rate=RATE, logs=logs) for s, f in join_loads]
     peer_reconnects = repeat(runs, peer.reconnect_storm, reconnect_followers, rate=RATE, logs=logs)
+    peer_producer_kills = [
+        peer.producer_kill(reconnect_followers, rate=RATE, logs=logs) for _ in range(runs)
+    ]
     say("what a join costs Redis")
     joins_md = joins_table([joins.run(50, logs) for _ in range(runs)])
     say("worker: concurrent demo generations")
@@ -459,6 +462,13 @@ processes; latency from the producer's `Date.now()` in each line, whole millisec
 `skipCharacters`, the characters it has:
 
 {reconnect_table(peer_reconnects)}
+
+The same, but the producer killed with SIGKILL and started again, the process that holds
+each stream's chunks (Redis carries only pub/sub and a sentinel key); then one new
+follower asks for the first stream. One row a run:
+
+{peer.PRODUCER_KILL_HEADER}
+{chr(10).join(peer.producer_kill_row(r) for r in peer_producer_kills)}
 
 The product's p99 beside the peer's (medians of the runs):
 

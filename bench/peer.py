@@ -147,6 +147,13 @@ class Peer:
         self.follower.wait()
         self.follower = self._start("follower", self.port)
 
+    def restart_producer(self) -> None:
+        """SIGKILL the producer, the process that holds every stream's chunks, and start it
+        again on its port."""
+        self.producer.send_signal(signal.SIGKILL)
+        self.producer.wait()
+        self.producer = self._start("producer", self.producer_port)
+
     def stop(self) -> None:
         for proc in (self.follower, self.producer):
             proc.kill()
@@ -269,6 +276,72 @@ def reconnect_storm(followers: int, *, rate: float, logs: Path) -> dict[str, Any
         server.close()
 
 
+def producer_kill(followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
+    """The producer killed with SIGKILL and started again while 10 followers a stream
+    follow: resumable-stream keeps a stream's chunks in the producer's memory, and Redis
+    carries only pub/sub and a sentinel, so this asks what is left to resume."""
+    sessions = max(1, followers // 10)
+    steady_s, after_s = 3.0, 5.0
+    connect_s = followers / 500
+    chunks = int(rate * (connect_s + steady_s + after_s + 6))
+    server = LocalRedis().start()
+    peer = Peer(server.url, logs)
+    try:
+        ids = peer.start_streams(sessions, chunks, rate, time.time() + 0.2)
+        paths = [f"/follow/{sid}" for _ in range(10) for sid in ids]
+        # The followers' answers stay open and silent after the kill: no end comes to
+        # them, so the clients give up after the window instead of waiting the stream out.
+        clients = Storm(
+            peer.port,
+            paths,
+            time.time() + 0.3,
+            connect_s,
+            0.3 + connect_s + steady_s + after_s,
+            PeerProtocol(chunks),
+        )
+        time.sleep(0.3 + connect_s + steady_s)
+        killed_s = time.time()
+        peer.restart_producer()
+        listening_ms = time.time() * 1000
+        began = time.monotonic()
+        # Seen both ways: HTTP 500 ("Timeout waiting for ack") after 1 s, or no answer.
+        try:
+            fresh = requests.get(f"http://127.0.0.1:{peer.port}/follow/{ids[0]}", timeout=30)
+            fresh_status = str(fresh.status_code)
+        except requests.Timeout:
+            fresh_status = "none in 30 s"
+        fresh_s = time.monotonic() - began
+        tally = clients.wait()
+        after = sum(1 for t in tally.received_ms if t >= listening_ms)
+        return {
+            "followers": len(paths),
+            "restart_s": listening_ms / 1000 - killed_s,
+            "after": after,
+            "fresh_status": fresh_status,
+            "fresh_s": fresh_s,
+            "lost": len(paths) * chunks - tally.chunks,
+            "unfinished": tally.unfinished,
+        }
+    finally:
+        peer.stop()
+        server.close()
+
+
+PRODUCER_KILL_HEADER = (
+    "| followers | producer back after s | lines received after it | a new follower: answer "
+    "| after s | lost | unfinished |\n"
+    "|---|---|---|---|---|---|---|"
+)
+
+
+def producer_kill_row(f: dict[str, Any]) -> str:
+    """A Markdown row of `producer_kill`'s figures."""
+    return (
+        f"| {f['followers']:,} | {f['restart_s']:.2f} | {f['after']:,} | {f['fresh_status']} "
+        f"| {f['fresh_s']:.2f} | {f['lost']:,} | {f['unfinished']:,} |"
+    )
+
+
 STEADY_HEADER = (
     "| sessions x followers | deliveries | lost | repeated | p50 ms | p99 ms | max ms "
     "| per follower-server core-second | CPU: follower server | producer | unfinished |\n"
@@ -310,6 +383,8 @@ def main() -> None:
         if args.reconnect:
             print(RECONNECT_HEADER)
             print(reconnect_row(reconnect_storm(args.reconnect, rate=args.rate, logs=logs)))
+            print(PRODUCER_KILL_HEADER)
+            print(producer_kill_row(producer_kill(args.reconnect, rate=args.rate, logs=logs)))
 
 
 if __name__ == "__main__":
