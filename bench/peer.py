@@ -44,6 +44,7 @@ from bench.storms import (
     _count,
     _quantiles,
     join_row,
+    reconnect_figures,
     reconnect_row,
 )
 from rstreams.localredis import LocalRedis
@@ -252,25 +253,9 @@ def reconnect_storm(followers: int, *, rate: float, logs: Path) -> dict[str, Any
         killed_s = time.time()
         peer.restart_follower()
         listening_ms = time.time() * 1000
-        tally = clients.wait()
-        after = [
-            lat
-            for t, lat in zip(tally.received_ms, tally.latencies_ms, strict=True)
-            if listening_ms <= t < listening_ms + after_s * 1000
-        ]
-        p50, p99 = _quantiles(after)
-        live_again = sorted(tally.live_again_ms)
-        return {
-            "followers": len(paths),
-            "restart_s": listening_ms / 1000 - killed_s,
-            "reconnected": len(live_again),
-            "all_live_s": (live_again[-1] - listening_ms) / 1000 if live_again else float("nan"),
-            "p50": p50,
-            "p99": p99,
-            "lost": len(paths) * chunks - tally.chunks,
-            "repeated": tally.duplicates,
-            "unfinished": tally.unfinished,
-        }
+        return reconnect_figures(
+            clients.wait(), len(paths), chunks, killed_s, listening_ms, after_s
+        )
     finally:
         peer.stop()
         server.close()

@@ -404,29 +404,43 @@ def reconnect_storm(followers: int, *, rate: float, logs: Path) -> dict[str, Any
         api = Api(env, logs, name=f"api-reconnect-{followers}-again", port=api.port)
         api.start()
         listening_ms = time.time() * 1000
-        tally = clients.wait()
-        after = [
-            lat
-            for t, lat in zip(tally.received_ms, tally.latencies_ms, strict=True)
-            if listening_ms <= t < listening_ms + after_s * 1000
-        ]
-        p50, p99 = _quantiles(after)
-        live_again = sorted(tally.live_again_ms)
-        return {
-            "followers": len(paths),
-            "restart_s": listening_ms / 1000 - killed_s,
-            "reconnected": len(live_again),
-            "all_live_s": (live_again[-1] - listening_ms) / 1000 if live_again else float("nan"),
-            "p50": p50,
-            "p99": p99,
-            "lost": len(paths) * chunks - tally.chunks,
-            "repeated": tally.duplicates,
-            "unfinished": tally.unfinished,
-        }
+        return reconnect_figures(
+            clients.wait(), len(paths), chunks, killed_s, listening_ms, after_s
+        )
     finally:
         worker.stop()
         api.stop()
         server.close()
+
+
+def reconnect_figures(
+    tally: StormTally,
+    followers: int,
+    chunks: int,
+    killed_s: float,
+    listening_ms: float,
+    after_s: float,
+) -> dict[str, Any]:
+    """(f)'s figures from the clients' tally: the server was killed at `killed_s` and
+    listened again at `listening_ms`; latencies of the `after_s` seconds after that."""
+    after = [
+        lat
+        for t, lat in zip(tally.received_ms, tally.latencies_ms, strict=True)
+        if listening_ms <= t < listening_ms + after_s * 1000
+    ]
+    p50, p99 = _quantiles(after)
+    live_again = sorted(tally.live_again_ms)
+    return {
+        "followers": followers,
+        "restart_s": listening_ms / 1000 - killed_s,
+        "reconnected": len(live_again),
+        "all_live_s": (live_again[-1] - listening_ms) / 1000 if live_again else float("nan"),
+        "p50": p50,
+        "p99": p99,
+        "lost": followers * chunks - tally.chunks,
+        "repeated": tally.duplicates,
+        "unfinished": tally.unfinished,
+    }
 
 
 JOIN_HEADER = (
