@@ -614,12 +614,14 @@ class SilentSse:
             except OSError:
                 return
             conn.recv(65536)
+            # Counted before the answer: the browser may report `open` (and the test
+            # read the count) before this thread runs again after sendall.
+            self.connections += 1
+            self._held.append(conn)
             conn.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                 b"Access-Control-Allow-Origin: *\r\nCache-Control: no-cache\r\n\r\n: connected\n\n"
             )
-            self.connections += 1
-            self._held.append(conn)
 
     def close(self) -> None:
         self.server.close()
