@@ -47,10 +47,7 @@ def _frame(**fields: Any) -> str:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
 
-@bp.before_request
-def _refuse_bad_handshakes() -> None:
-    if request.endpoint == "chatws.chat_ws" and (why := websocket.handshake_error(request.environ)):
-        raise InvalidRequest(f"not a valid WebSocket handshake: {why}", code="bad_handshake")
+websocket.refuse_bad_handshakes(bp)
 
 
 class Relay:

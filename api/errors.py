@@ -142,7 +142,10 @@ def register(app: Flask) -> None:
         log.warning("broker failed: %s", e)
         return error_response(503, "unavailable", "The job queue is unavailable; retry shortly.")
 
-    @app.errorhandler(Exception)
-    def _unexpected(e: Exception) -> Response:
-        log.exception("unexpected error")
-        return error_response(500, "internal_error", "The server failed to handle this request.")
+    app.register_error_handler(Exception, unexpected)
+
+
+def unexpected(e: Exception) -> Response:
+    """A 500 for an error of ours, logged with its traceback."""
+    log.exception("unexpected error")
+    return error_response(500, "internal_error", "The server failed to handle this request.")

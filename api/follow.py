@@ -17,7 +17,7 @@ from api.backend import Backend, backend
 from api.errors import Close, close_code_of
 from api.routes import session_id_or_404
 from shared import keys, logs, store
-from shared.errors import ForbiddenOrigin, InvalidRequest, SessionNotFound, StreamsError
+from shared.errors import ForbiddenOrigin, SessionNotFound, StreamsError
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,7 @@ class Following:
         self.metrics.leave()
 
 
-@bp.before_request
-def _refuse_bad_handshakes() -> None:
-    if request.endpoint == "follow.follow_ws" and (
-        why := websocket.handshake_error(request.environ)
-    ):
-        raise InvalidRequest(f"not a valid WebSocket handshake: {why}", code="bad_handshake")
+websocket.refuse_bad_handshakes(bp)
 
 
 @sock.route("/api/streams/<session_id>/ws", bp=bp)

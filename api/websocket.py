@@ -15,24 +15,21 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
+from flask import Blueprint, Response, request
 from simple_websocket import ConnectionClosed
-from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
-    AcceptConnection,
     CloseConnection,
     Message,
     Ping,
     Pong,
-    Request,
     TextMessage,
 )
-from wsproto.extensions import PerMessageDeflate
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from api.errors import Close
+from api.errors import Close, error_response, unexpected
 from shared import store
 from shared.settings import Settings
 
@@ -61,11 +58,12 @@ class Socket:
     def __init__(
         self,
         ws: Any,
-        environ: Mapping[str, Any],
+        environ: MutableMapping[str, Any],
         messages_per_min: int,
         *,
         reads_up_to: int | None = None,
     ) -> None:
+        environ[_ACCEPTED] = True  # the handshake passed (`refuse_bad_handshakes`)
         self._ws = ws
         self._send_lock = threading.Lock()
         if reads_up_to is None:
@@ -251,27 +249,26 @@ def _frame(payload: bytes) -> bytes:
     return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
 
 
-def handshake_error(environ: Mapping[str, Any]) -> str | None:
-    """Why simple-websocket's handshake would fail on this request, if it would.
+_ACCEPTED = "rstreams.websocket_accepted"
 
-    simple-websocket raises on a handshake wsproto refuses, which Flask answers with a
-    500. This is the same wsproto handshake on the same bytes simple-websocket builds from
-    the environ, run first so the refusal can be a 400.
+
+def refuse_bad_handshakes(bp: Blueprint) -> None:
+    """Answer a handshake simple-websocket refuses with a 400 `bad_handshake`, not a 500.
+
+    flask-sock builds simple-websocket's `Server` before it calls a route's handler, and
+    the server raises wsproto's error (a `ValueError` for a bad permessage-deflate
+    parameter) on a handshake it refuses, before it writes a byte. Raised before the
+    handler made its `Socket`, such an error is the client's; raised after, it is ours.
     """
-    head = b"GET / HTTP/1.1\r\n"
-    for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            header = "-".join([p.capitalize() for p in key[5:].split("_")])
-            head += f"{header}: {value}\r\n".encode()
-    conn = WSConnection(ConnectionType.SERVER)
-    try:
-        conn.receive_data(head + b"\r\n")
-        for event in conn.events():
-            if isinstance(event, Request):
-                conn.send(AcceptConnection(extensions=[PerMessageDeflate()]))
-    except (RemoteProtocolError, LocalProtocolError, ValueError) as e:
-        return str(e)[:200] or type(e).__name__
-    return None
+
+    def refuse(e: Exception) -> Response:
+        if request.environ.get(_ACCEPTED):
+            return unexpected(e)
+        why = str(e)[:200] or type(e).__name__
+        return error_response(400, "bad_handshake", f"not a valid WebSocket handshake: {why}")
+
+    for kind in (RemoteProtocolError, LocalProtocolError, ValueError):
+        bp.register_error_handler(kind, refuse)
 
 
 class _SendAllSocket:

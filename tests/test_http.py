@@ -235,8 +235,7 @@ def raw_request(api: Api, head: bytes) -> tuple[int, dict[str, object]]:
 
 
 WS_HEAD = (
-    "GET /api/streams/{id}/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-    "Connection: Upgrade\r\n"
+    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 )
 WS_KEY = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
 
@@ -252,8 +251,9 @@ WS_KEY = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         + "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=zz\r\n",
     ],
 )
-def test_a_broken_websocket_handshake_is_a_400(api: Api, headers: str) -> None:
-    head = WS_HEAD.format(id="A" * 21) + headers + "\r\n"
+@pytest.mark.parametrize("path", ["/api/streams/" + "A" * 21 + "/ws", "/api/chat/ws"])
+def test_a_broken_websocket_handshake_is_a_400(api: Api, headers: str, path: str) -> None:
+    head = WS_HEAD.format(path=path) + headers + "\r\n"
     status, body = raw_request(api, head.encode())
     assert status == 400
     assert body["error"]["code"] == "bad_handshake"  # type: ignore[index]
