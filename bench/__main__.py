@@ -181,14 +181,13 @@ def versus_peer(pairs: list[tuple[str, list[dict[str, Any]], list[dict[str, Any]
     return "\n".join(lines)
 
 
-def joins_table(runs: list[dict[str, tuple[float, float]]]) -> str:
-    """What a join costs Redis, as Markdown."""
+def joins_table(runs: list[dict[str, tuple[float, float, float]]]) -> str:
+    """What a join costs Redis and the API, as Markdown."""
     lines = [joins.TABLE_HEADER]
     for name in runs[0]:
-        rows = [{"commands": run[name][0], "trips": run[name][1]} for run in runs]
-        lines.append(
-            f"| {name} | {spread(rows, 'commands', '{:.1f}')} | {spread(rows, 'trips', '{:.1f}')} |"
-        )
+        rows = [dict(zip(("commands", "trips", "cpu"), run[name], strict=True)) for run in runs]
+        cells = [spread(rows, key, "{:.1f}") for key in ("commands", "trips", "cpu")]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -474,11 +473,12 @@ The product's p99 beside the peer's (medians of the runs):
 
 {versus_peer(pairs)}
 
-### What a join costs Redis
+### What a join costs Redis and the API
 
 `python -m bench.joins`: 50 followers each way, on a Redis and API of its own, default
 follower limits on (each join takes its two places). Commands from `INFO commandstats`
-(a script's own commands included), round trips from `total_reads_processed`.
+(a script's own commands included), round trips from `total_reads_processed`, the API
+process's CPU from /proc (10 ms ticks: about 0.2 ms per join).
 
 {joins_md}
 

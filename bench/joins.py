@@ -1,4 +1,4 @@
-"""What a follower's join costs Redis: commands and round trips per join.
+"""What a follower's join costs: Redis commands and round trips, and API CPU, per join.
 
     .venv/bin/python -m bench.joins [--followers 50]
 
@@ -9,7 +9,9 @@ followers, waits until each has its first frame (or, for a reconnect at the head
 Redis has been quiet for a while), and divides what Redis counted by the followers:
 `INFO commandstats` (commands, the statistics calls of the bench taken out) and `INFO
 stats` `total_reads_processed` (the reads of client input Redis made: a pipeline that
-arrives in one read is one, so about one per round trip).
+arrives in one read is one, so about one per round trip); and the CPU time the API
+process (gunicorn's master and worker) used meanwhile, from /proc (10 ms ticks: with 50
+joins, about 0.2 ms per join).
 
 - `new sessions`: each follower the first of its session in the process, one at a time.
 - `one session, one by one`: a crowd joining a session already followed, one at a time.
@@ -28,6 +30,7 @@ from typing import Any
 
 import redis
 
+from bench.procstat import cpu_s
 from bench.wsclient import handshake
 from rstreams.localredis import LocalRedis
 from shared import keys
@@ -68,10 +71,12 @@ def quiet(watcher: redis.Redis, idle_s: float = 0.5) -> None:
 
 
 def measure(api: Api, watcher: redis.Redis, paths: list[str], *, together: bool, head: bool):
-    """Connect a follower to each path; (commands, round trips) per join."""
+    """Connect a follower to each path; (commands, round trips, API CPU ms) per join."""
     places = keys.caller_followers("addr:127.0.0.1")
     before = watcher.zcard(places)
     watcher.config_resetstat()
+    assert api.proc is not None
+    cpu_before = cpu_s(api.proc.pid)
     socks: list[Any] = []
     if together:
         barrier = threading.Barrier(len(paths))
@@ -89,6 +94,7 @@ def measure(api: Api, watcher: redis.Redis, paths: list[str], *, together: bool,
         for path in paths:
             socks.append(connect(api, path, wait=not head))
     quiet(watcher)
+    cpu = cpu_s(api.proc.pid) - cpu_before
     commands, reads = counts(watcher)
     for sock in socks:
         sock.close()
@@ -98,11 +104,11 @@ def measure(api: Api, watcher: redis.Redis, paths: list[str], *, together: bool,
     while watcher.zcard(places) > before and time.monotonic() < deadline:
         time.sleep(0.1)
     n = len(paths)
-    return commands / n, reads / n
+    return commands / n, reads / n, cpu * 1000 / n
 
 
-def run(followers: int, logs: Path) -> dict[str, tuple[float, float]]:
-    """Every way of joining: (commands, round trips) per join."""
+def run(followers: int, logs: Path) -> dict[str, tuple[float, float, float]]:
+    """Every way of joining: (commands, round trips, API CPU ms) per join."""
     server = LocalRedis().start()
     env = child_env(
         REDIS_URL=server.url,
@@ -144,7 +150,10 @@ def run(followers: int, logs: Path) -> dict[str, tuple[float, float]]:
         server.close()
 
 
-TABLE_HEADER = "| join | Redis commands per join | round trips per join |\n|---|---|---|"
+TABLE_HEADER = (
+    "| join | Redis commands per join | round trips per join | API CPU ms per join |\n"
+    "|---|---|---|---|"
+)
 
 
 def main() -> None:
@@ -154,8 +163,8 @@ def main() -> None:
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="rstreams-joins-"))
     print(TABLE_HEADER)
-    for name, (commands, trips) in run(args.followers, logs).items():
-        print(f"| {name} | {commands:.1f} | {trips:.1f} |", flush=True)
+    for name, (commands, trips, cpu_ms) in run(args.followers, logs).items():
+        print(f"| {name} | {commands:.1f} | {trips:.1f} | {cpu_ms:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
