@@ -53,6 +53,13 @@ def test_generate_prints_the_answer(api: Api) -> None:
     assert "Traceback" not in done.stderr
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """A command typed at a terminal gets SIGINT's default action; a test run started as
+    a background job (`pytest &` in a script) passes its children SIGINT ignored, which
+    the CLI respects (`nohup`-style) and so would not detach."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_detaches_and_the_printed_command_prints_exactly_the_rest(api: Api) -> None:
     proc = subprocess.Popen(
         # 8 s at 50 tokens/s: still running when the Ctrl-C comes, even on a busy machine.
@@ -61,6 +68,7 @@ def test_ctrl_c_detaches_and_the_printed_command_prints_exactly_the_rest(api: Ap
         stderr=subprocess.PIPE,
         text=True,
         env=child_env(),
+        preexec_fn=_sigint_as_at_a_terminal,
     )
     assert proc.stderr is not None
     session_id = session_id_of(proc.stderr.readline())

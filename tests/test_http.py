@@ -234,9 +234,7 @@ def raw_request(api: Api, head: bytes) -> tuple[int, dict[str, object]]:
     return int(header.split()[1]), json.loads(body)
 
 
-WS_HEAD = (
-    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-)
+WS_HEAD = "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 WS_KEY = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
 
 
