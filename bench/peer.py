@@ -22,12 +22,15 @@ has. The figures go in the same tables as the product's (bench/storms.py's rows)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ from bench.storms import (
     StormTally,
     _Conn,
     _count,
-    _quantiles,
+    join_figures,
     join_row,
     reconnect_figures,
     reconnect_row,
@@ -161,11 +164,54 @@ class Peer:
             proc.wait()
 
 
-def steady(sessions: int, followers: int, *, rate: float, chunks: int, logs: Path) -> dict:
-    """(b) every follower connected before its stream produces."""
+@contextlib.contextmanager
+def _running(logs: Path) -> Iterator[Peer]:
+    """The peer on a redis-server of its own, stopped however the load ends."""
     server = LocalRedis().start()
     peer = Peer(server.url, logs)
     try:
+        yield peer
+    finally:
+        peer.stop()
+        server.close()
+
+
+STEADY_S, AFTER_S = 3.0, 5.0  # (f) and the producer kill: live before, measured after
+
+
+@dataclass
+class _Restarted:
+    """Followers of streams that one of the peer's processes was restarted under."""
+
+    ids: list[str]
+    paths: list[str]
+    chunks: int
+    clients: Storm
+    killed_s: float
+    listening_ms: float
+
+
+def _restart_while_followed(
+    peer: Peer, followers: int, rate: float, restart: Callable[[], None], *, stop_after: bool
+) -> _Restarted:
+    """10 followers a stream, live for `STEADY_S`, then `restart`. With `stop_after`, the
+    clients give up `AFTER_S` after the restart instead of waiting the streams out."""
+    connect_s = followers / 500
+    chunks = int(rate * (connect_s + STEADY_S + AFTER_S + 6))
+    ids = peer.start_streams(max(1, followers // 10), chunks, rate, time.time() + 0.2)
+    paths = [f"/follow/{sid}" for _ in range(10) for sid in ids]
+    window_s = 0.3 + connect_s + STEADY_S
+    give_up_s = window_s + AFTER_S if stop_after else chunks / rate + 60
+    clients = Storm(peer.port, paths, time.time() + 0.3, connect_s, give_up_s, PeerProtocol(chunks))
+    time.sleep(window_s)
+    killed_s = time.time()
+    restart()
+    return _Restarted(ids, paths, chunks, clients, killed_s, time.time() * 1000)
+
+
+def steady(sessions: int, followers: int, *, rate: float, chunks: int, logs: Path) -> dict:
+    """(b) every follower connected before its stream produces."""
+    with _running(logs) as peer:
         connect_s = max(1.0, sessions * followers / 500)
         start_s = time.time() + 0.5
         ids = peer.start_streams(sessions, chunks, rate, start_s + connect_s + 1.0)
@@ -192,124 +238,59 @@ def steady(sessions: int, followers: int, *, rate: float, chunks: int, logs: Pat
             "per_core_s": tally.chunks / api_cpu if api_cpu else float("nan"),
             "unfinished": tally.unfinished,
         }
-    finally:
-        peer.stop()
-        server.close()
 
 
 def join_storm(sessions: int, followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
     """(e) followers joining within one second while their streams produce."""
     chunks = int(rate * 8)
-    server = LocalRedis().start()
-    peer = Peer(server.url, logs)
-    try:
+    with _running(logs) as peer:
         ids = peer.start_streams(sessions, chunks, rate, time.time() + 0.2)
         paths = [f"/follow/{sid}" for _ in range(followers) for sid in ids]
         start_s = time.time() + 0.5
         tally = Storm(
             peer.port, paths, start_s, 1.0, chunks / rate + 60, PeerProtocol(chunks)
         ).wait()
-        pairs = list(zip(tally.received_ms, tally.latencies_ms, strict=True))
-        early = [lat for t, lat in pairs if t < (start_s + 1.5) * 1000]
-        late = [lat for t, lat in pairs if t >= (start_s + 1.5) * 1000]
-        early_p50, early_p99 = _quantiles(early)
-        late_p50, late_p99 = _quantiles(late)
-        return {
-            "load": f"{sessions} x {followers}",
-            "early": len(early),
-            "early_p50": early_p50,
-            "early_p99": early_p99,
-            "late_p50": late_p50,
-            "late_p99": late_p99,
-            "lost": sessions * followers * chunks - tally.chunks,
-            "repeated": tally.duplicates,
-            "unfinished": tally.unfinished,
-        }
-    finally:
-        peer.stop()
-        server.close()
+        return join_figures(tally, sessions, followers, chunks, start_s)
 
 
 def reconnect_storm(followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
     """(f) 10 followers a stream, the follower server killed and started again."""
-    sessions = max(1, followers // 10)
-    steady_s, after_s = 3.0, 5.0
-    connect_s = followers / 500
-    chunks = int(rate * (connect_s + steady_s + after_s + 6))
-    server = LocalRedis().start()
-    peer = Peer(server.url, logs)
-    try:
-        ids = peer.start_streams(sessions, chunks, rate, time.time() + 0.2)
-        paths = [f"/follow/{sid}" for _ in range(10) for sid in ids]
-        clients = Storm(
-            peer.port,
-            paths,
-            time.time() + 0.3,
-            connect_s,
-            chunks / rate + 60,
-            PeerProtocol(chunks),
-        )
-        time.sleep(0.3 + connect_s + steady_s)
-        killed_s = time.time()
-        peer.restart_follower()
-        listening_ms = time.time() * 1000
+    with _running(logs) as peer:
+        restart = peer.restart_follower
+        run = _restart_while_followed(peer, followers, rate, restart, stop_after=False)
+        tally = run.clients.wait()
         return reconnect_figures(
-            clients.wait(), len(paths), chunks, killed_s, listening_ms, after_s
+            tally, len(run.paths), run.chunks, run.killed_s, run.listening_ms, AFTER_S
         )
-    finally:
-        peer.stop()
-        server.close()
 
 
 def producer_kill(followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
     """The producer killed with SIGKILL and started again while 10 followers a stream
     follow: resumable-stream keeps a stream's chunks in the producer's memory, and Redis
     carries only pub/sub and a sentinel, so this asks what is left to resume."""
-    sessions = max(1, followers // 10)
-    steady_s, after_s = 3.0, 5.0
-    connect_s = followers / 500
-    chunks = int(rate * (connect_s + steady_s + after_s + 6))
-    server = LocalRedis().start()
-    peer = Peer(server.url, logs)
-    try:
-        ids = peer.start_streams(sessions, chunks, rate, time.time() + 0.2)
-        paths = [f"/follow/{sid}" for _ in range(10) for sid in ids]
+    with _running(logs) as peer:
         # The followers' answers stay open and silent after the kill: no end comes to
         # them, so the clients give up after the window instead of waiting the stream out.
-        clients = Storm(
-            peer.port,
-            paths,
-            time.time() + 0.3,
-            connect_s,
-            0.3 + connect_s + steady_s + after_s,
-            PeerProtocol(chunks),
-        )
-        time.sleep(0.3 + connect_s + steady_s)
-        killed_s = time.time()
-        peer.restart_producer()
-        listening_ms = time.time() * 1000
+        restart = peer.restart_producer
+        run = _restart_while_followed(peer, followers, rate, restart, stop_after=True)
         began = time.monotonic()
         # Seen both ways: HTTP 500 ("Timeout waiting for ack") after 1 s, or no answer.
         try:
-            fresh = requests.get(f"http://127.0.0.1:{peer.port}/follow/{ids[0]}", timeout=30)
+            fresh = requests.get(f"http://127.0.0.1:{peer.port}/follow/{run.ids[0]}", timeout=30)
             fresh_status = str(fresh.status_code)
         except requests.Timeout:
             fresh_status = "none in 30 s"
         fresh_s = time.monotonic() - began
-        tally = clients.wait()
-        after = sum(1 for t in tally.received_ms if t >= listening_ms)
+        tally = run.clients.wait()
         return {
-            "followers": len(paths),
-            "restart_s": listening_ms / 1000 - killed_s,
-            "after": after,
+            "followers": len(run.paths),
+            "restart_s": run.listening_ms / 1000 - run.killed_s,
+            "after": sum(1 for t in tally.received_ms if t >= run.listening_ms),
             "fresh_status": fresh_status,
             "fresh_s": fresh_s,
-            "lost": len(paths) * chunks - tally.chunks,
+            "lost": len(run.paths) * run.chunks - tally.chunks,
             "unfinished": tally.unfinished,
         }
-    finally:
-        peer.stop()
-        server.close()
 
 
 PRODUCER_KILL_HEADER = (

@@ -338,30 +338,7 @@ def join_storm(sessions: int, followers: int, *, rate: float, logs: Path) -> dic
         start_s = time.time() + 0.3  # the client processes are up by then
         tally = Storm(api.port, paths, start_s, 1.0, chunks / rate + 60).wait()
         api_cpu = cpu_s(api.proc.pid) - cpu_before
-        early = [
-            lat
-            for t, lat in zip(tally.received_ms, tally.latencies_ms, strict=True)
-            if t < (start_s + 1.5) * 1000
-        ]
-        late = [
-            lat
-            for t, lat in zip(tally.received_ms, tally.latencies_ms, strict=True)
-            if t >= (start_s + 1.5) * 1000
-        ]
-        early_p50, early_p99 = _quantiles(early)
-        late_p50, late_p99 = _quantiles(late)
-        return {
-            "load": f"{sessions} x {followers}",
-            "early": len(early),
-            "early_p50": early_p50,
-            "early_p99": early_p99,
-            "late_p50": late_p50,
-            "late_p99": late_p99,
-            "lost": sessions * followers * chunks - tally.chunks,
-            "repeated": tally.duplicates,
-            "unfinished": tally.unfinished,
-            "api_cpu_s": api_cpu,
-        }
+        return {**join_figures(tally, sessions, followers, chunks, start_s), "api_cpu_s": api_cpu}
     finally:
         worker.stop()
         api.stop()
@@ -411,6 +388,29 @@ def reconnect_storm(followers: int, *, rate: float, logs: Path) -> dict[str, Any
         worker.stop()
         api.stop()
         server.close()
+
+
+def join_figures(
+    tally: StormTally, sessions: int, followers: int, chunks: int, start_s: float
+) -> dict[str, Any]:
+    """(e)'s figures from the clients' tally: the followers began joining at `start_s`;
+    live deliveries before and after 1.5 s from then."""
+    pairs = list(zip(tally.received_ms, tally.latencies_ms, strict=True))
+    split_ms = (start_s + 1.5) * 1000
+    early = [lat for t, lat in pairs if t < split_ms]
+    early_p50, early_p99 = _quantiles(early)
+    late_p50, late_p99 = _quantiles([lat for t, lat in pairs if t >= split_ms])
+    return {
+        "load": f"{sessions} x {followers}",
+        "early": len(early),
+        "early_p50": early_p50,
+        "early_p99": early_p99,
+        "late_p50": late_p50,
+        "late_p99": late_p99,
+        "lost": sessions * followers * chunks - tally.chunks,
+        "repeated": tally.duplicates,
+        "unfinished": tally.unfinished,
+    }
 
 
 def reconnect_figures(
