@@ -10,7 +10,6 @@ shape of the product's fan-out without the worker's script, the API and the WebS
 from __future__ import annotations
 
 import multiprocessing
-import statistics
 import threading
 import time
 from collections import deque
@@ -20,6 +19,7 @@ import redis
 
 from api.readers import by_key
 from bench.procstat import cpu_s
+from bench.stats import percentiles
 
 
 def _write(url: str, sessions: int, rate: float, entries: int, start_at: float) -> None:
@@ -82,7 +82,7 @@ def measure(url: str, sessions: int, followers: int, rate: float, entries: int) 
     ended.wait(30)
     wall = time.time() - start_at
     delivered = sum(len(q) for qs in queues for q in qs)
-    q = statistics.quantiles(latencies, n=100)
+    q = percentiles(latencies)
     return {
         "load": f"{sessions} x {followers}",
         "deliveries": delivered,

@@ -16,7 +16,6 @@ sessions that no worker generates.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import redis
 
 from bench import NO_CALLER_LIMITS
 from bench.procstat import cpu_s, rss_mb, run_delay_s
+from bench.stats import percentiles
 from bench.wsclient import Followers
 from rstreams.localredis import LocalRedis
 from tests import client
@@ -108,7 +108,7 @@ def run_load(
         wall = max(0.001, (tally.last_ms - tally.first_ms) / 1000)
         run_s = max(0.001, tally.last_ms / 1000 - started)
         latencies = tally.latencies_ms
-        q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [0.0] * 99
+        q = percentiles(latencies)
         api_cpu_s = cpu_s(api.proc.pid) - before["api"]
         return {
             "load": f"{sessions} x {followers}",

@@ -32,6 +32,7 @@ import websocket
 
 from bench import NO_CALLER_LIMITS
 from bench.procstat import cpu_s, rss_mb
+from bench.stats import percentiles
 from rstreams.localredis import LocalRedis
 from shared import keys
 from tests.procs import Api, child_env
@@ -97,7 +98,7 @@ def run_flood(
             "cores": cpu,
             "closed": closed.value,
             "p50_ms": statistics.median(latencies),
-            "p95_ms": statistics.quantiles(latencies, n=20)[18],
+            "p95_ms": percentiles(latencies, 20)[18],
         }
     finally:
         api.stop()

@@ -25,7 +25,6 @@ import argparse
 import contextlib
 import os
 import signal
-import statistics
 import subprocess
 import tempfile
 import time
@@ -37,6 +36,7 @@ from typing import Any
 import requests
 
 from bench.procstat import cpu_s
+from bench.stats import percentiles
 from bench.storms import (
     JOIN_HEADER,
     RECONNECT_HEADER,
@@ -224,7 +224,7 @@ def steady(sessions: int, followers: int, *, rate: float, chunks: int, logs: Pat
         took = time.time() - began
         api_cpu = cpu_s(peer.follower.pid) - cpu[0]
         lat = sorted(tally.latencies_ms)
-        q = statistics.quantiles(lat, n=100) if len(lat) > 1 else [lat[0]] * 99
+        q = percentiles(lat)
         return {
             "load": f"{sessions} x {followers}",
             "deliveries": tally.chunks,

@@ -28,7 +28,6 @@ import multiprocessing
 import os
 import select
 import socket
-import statistics
 import tempfile
 import time
 from array import array
@@ -40,6 +39,7 @@ import redis
 
 from bench.followers import CLIENT_PROCESSES, api_env
 from bench.procstat import cpu_s, family
+from bench.stats import percentiles
 from bench.wsclient import frames, merge_tallies, upgrade_request
 from rstreams.localredis import LocalRedis
 from tests import client
@@ -297,9 +297,7 @@ class Storm:
 
 
 def _quantiles(values: list[float]) -> tuple[float, float]:
-    if len(values) < 2:
-        return (values[0], values[0]) if values else (0.0, 0.0)
-    q = statistics.quantiles(values, n=100)
+    q = percentiles(values)
     return q[49], q[98]
 
 

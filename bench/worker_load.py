@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import redis
 from nanoid import generate as nanoid
 
+from bench.stats import percentiles
 from rstreams.localredis import LocalRedis
 from shared import keys, store
 from shared.jobs import GenerationRequest, Message, enqueue, make_celery
@@ -83,7 +83,7 @@ def main() -> None:
     finally:
         worker.stop()
         server.close()
-    q = statistics.quantiles(lateness, n=100)
+    q = percentiles(lateness)
     machine = f"{platform.platform()}, {os.cpu_count()} cores"
     print(f"machine: {machine}, Python {platform.python_version()}")
     print(
