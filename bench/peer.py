@@ -38,8 +38,10 @@ import requests
 from bench.procstat import cpu_s
 from bench.stats import percentiles
 from bench.storms import (
+    EARLY_S,
     JOIN_HEADER,
     RECONNECT_HEADER,
+    CpuWindow,
     Protocol,
     Storm,
     StormTally,
@@ -247,10 +249,11 @@ def join_storm(sessions: int, followers: int, *, rate: float, logs: Path) -> dic
         ids = peer.start_streams(sessions, chunks, rate, time.time() + 0.2)
         paths = [f"/follow/{sid}" for _ in range(followers) for sid in ids]
         start_s = time.time() + 0.5
+        early_cpu = CpuWindow(peer.follower.pid, start_s, EARLY_S)
         tally = Storm(
             peer.port, paths, start_s, 1.0, chunks / rate + 60, PeerProtocol(chunks)
         ).wait()
-        return join_figures(tally, sessions, followers, chunks, start_s)
+        return join_figures(tally, sessions, followers, chunks, start_s, early_cpu.result())
 
 
 def reconnect_storm(followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
