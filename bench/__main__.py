@@ -192,15 +192,17 @@ def joins_table(runs: list[dict[str, tuple[float, float, float]]]) -> str:
     return "\n".join(lines)
 
 
-def worker_load(sessions: int) -> list[str]:
-    """The Markdown table (header, rule, row) `bench.worker_load` prints for `sessions`."""
+def table_of(*module_args: str) -> list[str]:
+    """The Markdown table lines a bench module prints, run in a process of its own."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench.worker_load", "--sessions", str(sessions)],
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-m", *module_args], capture_output=True, text=True, check=True
     ).stdout
     return [line for line in out.splitlines() if line.startswith("|")]
+
+
+def worker_load(sessions: int) -> list[str]:
+    """The Markdown table (header, rule, row) `bench.worker_load` prints for `sessions`."""
+    return table_of("bench.worker_load", "--sessions", str(sessions))
 
 
 def main() -> None:
@@ -272,6 +274,7 @@ def main() -> None:
     joins_md = joins_table([joins.run(50, logs) for _ in range(runs)])
     say("worker: concurrent demo generations")
     tables = [worker_load(n) for n in ((200,) if args.quick else (200, 500))]
+    gc_md = "\n".join(table_of("bench.gc_pause"))  # gevent's patches: a process of its own
     workers = tables[0][:2] + [table[-1] for table in tables]
     say("done")
 
@@ -482,6 +485,14 @@ follower limits on (each join takes its two places). Commands from `INFO command
 process's CPU from /proc (10 ms ticks: about 0.2 ms per join).
 
 {joins_md}
+
+### A full garbage collection over the API's objects
+
+`python -m bench.gc_pause`: the app built as a gunicorn gevent worker builds it; a full
+pass (`gc.collect()`), which under gevent stops every connection of the process, before
+and after `gc.freeze()` (what `api/gunicorn_conf.py` does once the app is loaded).
+
+{gc_md}
 
 ### Concurrent demo generations in one worker process
 
