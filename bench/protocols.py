@@ -16,8 +16,8 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import requests
 from openai import OpenAI
