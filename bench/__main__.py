@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import floor, followers, joins, peer, storms, throughput
+from bench.stats import median_spread
 from rstreams.localredis import LocalRedis, find_redis_server
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -65,11 +66,7 @@ def machine() -> str:
 
 def spread(rows: list[dict[str, Any]], key: str, spec: str = "{:,.0f}") -> str:
     """The median of `key` over `rows`, with the lowest and highest in brackets."""
-    values = sorted(float(r[key]) for r in rows)
-    mid = spec.format(statistics.median(values))
-    if len(values) == 1:
-        return mid
-    return f"{mid} ({spec.format(values[0])}-{spec.format(values[-1])})"
+    return median_spread([float(r[key]) for r in rows], spec)
 
 
 def repeat(runs: int, measure: Any, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import statistics
 import time
+
+from bench.stats import median_spread
 
 
 def passes(n: int) -> list[float]:
@@ -30,9 +31,7 @@ def passes(n: int) -> list[float]:
 
 def row(name: str, took: list[float]) -> str:
     walked = len(gc.get_objects())
-    return (
-        f"| {name} | {statistics.median(took):.1f} ({min(took):.1f}-{max(took):.1f}) | {walked:,} |"
-    )
+    return f"| {name} | {median_spread(took, '{:.1f}')} | {walked:,} |"
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ through the SDK; the first `text-delta` and the whole answer of a 2,000-token
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,13 +21,13 @@ from typing import Any
 import requests
 from openai import OpenAI
 
+from bench.stats import median_spread
 from rstreams.localredis import LocalRedis
 from tests.procs import Api, Worker, child_env
 
 
-def spread(values: list[float]) -> str:
-    """Median (lowest-highest), whole milliseconds."""
-    return f"{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f}) ms"
+def ms(values: list[float]) -> str:
+    return median_spread(values) + " ms"
 
 
 def timed_ms(fn: Callable[[], object]) -> float:
@@ -84,13 +83,12 @@ def main() -> None:
             for _ in range(5)
         ]
         print(
-            f"responses, 8,000 tokens: retrieve {spread(gets)}; replay of {events} events "
-            f"{spread(replays)}"
+            f"responses, 8,000 tokens: retrieve {ms(gets)}; replay of {events} events {ms(replays)}"
         )
         chats = [chat_once(api.url, n) for n in range(5)]
         print(
             f"chat, 2,000 tokens ({chats[0][2]} chunks): first text-delta "
-            f"{spread([c[0] for c in chats])}; whole answer {spread([c[1] for c in chats])}"
+            f"{ms([c[0] for c in chats])}; whole answer {ms([c[1] for c in chats])}"
         )
     finally:
         worker.stop()

@@ -1,4 +1,4 @@
-"""Percentiles of a run's measurements."""
+"""Percentiles and medians of a run's measurements."""
 
 from __future__ import annotations
 
@@ -13,3 +13,13 @@ def percentiles(values: Sequence[float], n: int = 100) -> list[float]:
     if len(values) < 2:
         return [values[0] if values else 0.0] * (n - 1)
     return statistics.quantiles(values, n=n, method="inclusive")
+
+
+def median_spread(values: Sequence[float], spec: str = "{:,.0f}") -> str:
+    """The median of `values`, with the lowest and highest in brackets (just the median
+    for one value), each formatted with `spec`."""
+    ordered = sorted(values)
+    mid = spec.format(statistics.median(ordered))
+    if len(ordered) == 1:
+        return mid
+    return f"{mid} ({spec.format(ordered[0])}-{spec.format(ordered[-1])})"
