@@ -47,7 +47,7 @@ def _frame(**fields: Any) -> str:
     return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
 
-websocket.refuse_bad_handshakes(bp)
+websocket.refuse_bad_handshakes(bp, "chatws.chat_ws")
 
 
 class Relay:

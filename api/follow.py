@@ -96,7 +96,7 @@ class Following:
         self.metrics.leave()
 
 
-websocket.refuse_bad_handshakes(bp)
+websocket.refuse_bad_handshakes(bp, "follow.follow_ws")
 
 
 @sock.route("/api/streams/<session_id>/ws", bp=bp)

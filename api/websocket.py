@@ -252,17 +252,19 @@ def _frame(payload: bytes) -> bytes:
 _ACCEPTED = "rstreams.websocket_accepted"
 
 
-def refuse_bad_handshakes(bp: Blueprint) -> None:
-    """Answer a handshake simple-websocket refuses with a 400 `bad_handshake`, not a 500.
+def refuse_bad_handshakes(bp: Blueprint, endpoint: str) -> None:
+    """Answer a handshake simple-websocket refuses on `bp`'s WebSocket route `endpoint`
+    with a 400 `bad_handshake`, not a 500.
 
     flask-sock builds simple-websocket's `Server` before it calls a route's handler, and
     the server raises wsproto's error (a `ValueError` for a bad permessage-deflate
-    parameter) on a handshake it refuses, before it writes a byte. Raised before the
-    handler made its `Socket`, such an error is the client's; raised after, it is ours.
+    parameter) on a handshake it refuses, before it writes a byte. Raised there before
+    the handler made its `Socket`, such an error is the client's; raised after, or by
+    another route of the blueprint, it is ours.
     """
 
     def refuse(e: Exception) -> Response:
-        if request.environ.get(_ACCEPTED):
+        if request.endpoint != endpoint or request.environ.get(_ACCEPTED):
             return unexpected(e)
         why = str(e)[:200] or type(e).__name__
         return error_response(400, "bad_handshake", f"not a valid WebSocket handshake: {why}")
