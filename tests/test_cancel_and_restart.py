@@ -49,6 +49,22 @@ def test_cancel_gives_cancelled_and_nothing_after(api: Api, worker: Worker, r: r
     assert again.status_code == 200 and again.json()["status"] == "cancelled"
 
 
+def test_a_cancel_the_lease_keeper_hears_of_first_is_still_a_stop_not_a_lost_lease(
+    make_stack: Any,
+) -> None:
+    # A chunk every 2 s and a lease renewed every second: the renewal after the cancel
+    # finds the session ended before any append is refused.
+    stack = make_stack(DEMO_TOKENS_PER_S="0.5", LEASE_TTL_S="3")
+    worker, api = stack.worker(), stack.api()
+    session_id = client.create(api.url, prompt="slow", max_tokens=50)["sessionId"]
+    client.ws_follow(api.ws_url, session_id, max_events=1)
+    assert requests.delete(f"{api.url}/api/streams/{session_id}", timeout=10).status_code == 202
+    wait_until(lambda: f"session {session_id} stopped:" in worker.log(), "the stop")
+    assert f"session {session_id} stopped: terminal" in worker.log()
+    assert f"lease of {session_id} lost" not in worker.log()
+    assert client.text(api.url, session_id)["status"] == "cancelled"
+
+
 def test_deleting_a_finished_session_answers_200_with_its_status(api: Api) -> None:
     session_id = client.create(api.url, prompt="quick", max_tokens=3)["sessionId"]
     client.wait_terminal(api.url, session_id)

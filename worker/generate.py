@@ -212,6 +212,10 @@ def _generate(
         if stopping.is_set() and not held.is_lost() and can_hand_over:
             log.info("session %s handed over at chunk %d (shutdown)", session_id, sink.index)
             return Outcome.HANDED_OVER
+        if held.ended:
+            # Cancelled, and the lease keeper heard of it before a refused append did.
+            log.info("session %s stopped: terminal", session_id)
+            return Outcome.TERMINAL
         log.info("session %s stopped: lease lost", session_id)
         return Outcome.STOPPED
     except AppendRefused as e:

@@ -1,9 +1,9 @@
 """Keeps the leases of the sessions this worker process generates alive.
 
 One thread per process renews every held lease each third of its TTL. A lease that
-could not be renewed (another worker took the session over, or it was cancelled and the
-terminal step deleted the lease) is marked lost, and the generation stops at its next
-step; its writes would be refused anyway by the fencing token.
+could not be renewed (another worker took the session over, or the session ended: it
+was cancelled) is marked lost, and the generation stops at its next step; its writes
+would be refused anyway by the fencing token.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class Held:
         self.session_id = session_id
         self.token = token
         self.lost = threading.Event()
+        self.ended = False  # lost because the session ended (cancelled), not taken over
 
     def is_lost(self) -> bool:
         """Whether the lease was lost since it was taken."""
@@ -99,11 +100,17 @@ class LeaseKeeper:
                     answer,
                     extra=logs.about(h.session_id),
                 )
-            elif not answer:
-                log.warning(
-                    "lease of %s lost (taken over or session ended)",
+            elif answer == -1:
+                log.info(
+                    "session %s ended while generating (cancelled or expired)",
                     h.session_id,
                     extra=logs.about(h.session_id),
+                )
+                h.ended = True
+                h.lost.set()
+            elif not answer:
+                log.warning(
+                    "lease of %s lost (taken over)", h.session_id, extra=logs.about(h.session_id)
                 )
                 h.lost.set()
 

@@ -23,7 +23,8 @@ def acquire_lease(
 
 def queue_renew(pipe: Any, session_id: str, token: str, ttl_ms: int) -> None:
     """Queue a lease renewal into a non-transactional `pipe`: 1 if `token` still held the
-    lease and it was extended, 0 if it was lost or the session ended.
+    lease and it was extended, 0 if another attempt took it over, -1 if the session ended
+    (cancelled, or expired).
 
     Run `load_scripts` first.
     """
