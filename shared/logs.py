@@ -113,10 +113,21 @@ def use_json(logger: logging.Logger) -> None:
 
 def configure(log_format: str, level: int | str = logging.INFO) -> None:
     """In JSON mode, send the root logger's records to stderr as JSON lines, unless a
-    handler is already there (gunicorn's `logconfig_dict` installs one)."""
-    if log_format != "json":
-        return
+    handler is already there (gunicorn's `logconfig_dict` installs one).
+
+    In text mode under gunicorn, the app's lines go where gunicorn's error log goes, in
+    its format and at its level (`LOG_LEVEL`): without a handler of its own the root
+    logger would write warnings only, and a dropped follower or a shutdown's progress
+    would never be seen.
+    """
     root = logging.getLogger()
+    if log_format != "json":
+        gunicorn_log = logging.getLogger("gunicorn.error")
+        if not root.handlers and gunicorn_log.handlers:
+            for handler in gunicorn_log.handlers:
+                root.addHandler(handler)
+            root.setLevel(gunicorn_log.level)
+        return
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         root.addHandler(handler)
