@@ -87,7 +87,7 @@ class Relay:
 
     def _send(self, frames: list[str]) -> None:
         if frames and not self.is_stopped:
-            self.conn.send_texts(frames)
+            self.conn.send_texts(frames, self.following.place.keep)
 
     def _run(self) -> None:
         try:

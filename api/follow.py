@@ -12,7 +12,7 @@ from flask import Blueprint, Response, request
 from flask_sock import Sock
 from simple_websocket import ConnectionClosed
 
-from api import auth, fanout, limits, metrics, origins, shutdown, websocket
+from api import auth, fanout, limits, metrics, origins, shutdown, sockets, websocket
 from api.backend import Backend, backend
 from api.errors import Close, close_code_of
 from api.routes import session_id_or_404
@@ -151,9 +151,9 @@ def _relay_ws(conn: websocket.Socket, b: Backend, session_id: str, after: str | 
     try:
         for batch in following.batches(b, after, lambda: conn.is_open, direct):
             if batch:
-                conn.send_batch(batch)
+                conn.send_batch(batch, following.place.keep)
             elif direct is not None:
-                conn.flush()
+                conn.flush(following.place.keep)
     finally:
         following.leave()
 
@@ -181,6 +181,10 @@ def _end_ws(conn: websocket.Socket, session_id: str, e: Exception) -> bool:
 # transport failures (no data) arrive: every `error` event is followed by the same data
 # under this name, which only the server sends.
 SSE_STREAM_ERROR = b"stream_error"
+# The most one write of an SSE response holds, and how much of what was written may wait
+# unacknowledged before the next write (see `event_stream`).
+SSE_WRITE_MAX = 64 * 1024
+SSE_QUEUE_MAX = 4 * SSE_WRITE_MAX
 
 
 def _sse(event: store.Event) -> bytes:
@@ -244,10 +248,12 @@ def event_stream(
     for `SSE_PING_S`. `pieces` runs after the request's teardown, in the same greenlet,
     with the session bound to its log lines. However the response ends, `pieces` is
     closed and the follower's place given up; a client that stops reading is dropped
-    after `WS_SEND_TIMEOUT_S` (`time_out_sends`).
+    after `WS_SEND_TIMEOUT_S` (`time_out_sends`), at most `SSE_WRITE_MAX` bytes a write.
     """
     ping_s = b.settings.api.sse_ping_s
+    send_timeout_s = b.settings.api.ws_send_timeout_s
     session_id = following.session_id
+    sock = _client_socket()
 
     def body() -> Iterator[bytes]:
         logs.bind(session_id)
@@ -257,7 +263,15 @@ def event_stream(
                 now = time.monotonic()
                 if piece:
                     last_write = now
-                    yield piece
+                    # gunicorn writes each piece with one `sendall`, whose timeout bounds
+                    # the whole write: small pieces, each once the client has room for
+                    # it, drop a client that stops reading but not one that reads slowly.
+                    for start in range(0, len(piece), SSE_WRITE_MAX):
+                        if sock is not None:
+                            sockets.wait_for_room(
+                                sock, SSE_QUEUE_MAX, send_timeout_s, following.place.keep
+                            )
+                        yield piece[start : start + SSE_WRITE_MAX]
                 elif now - last_write >= ping_s:
                     last_write = now
                     yield b": ping\n\n"
@@ -273,8 +287,13 @@ def event_stream(
     )
     # WSGI closes the response however it ends, even if the body never started.
     response.call_on_close(following.leave)
-    time_out_sends(response, b.settings.api.ws_send_timeout_s)
+    time_out_sends(response, send_timeout_s)
     return response
+
+
+def _client_socket() -> Any:
+    """The request's connection, under gunicorn or werkzeug; None under another server."""
+    return request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
 
 
 def time_out_sends(response: Response, timeout_s: float) -> None:
@@ -286,7 +305,7 @@ def time_out_sends(response: Response, timeout_s: float) -> None:
     the response, and so gives the place up. The socket's own timeout comes back when
     the response is closed, for the connection's next request.
     """
-    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    sock = _client_socket()
     if sock is None:
         return
     before = sock.gettimeout()

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -29,6 +29,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from api import sockets
 from api.errors import Close, error_response, unexpected
 from shared import store
 from shared.settings import Settings
@@ -37,6 +38,10 @@ log = logging.getLogger(__name__)
 
 # A client message over this closes with 1009 (simple-websocket's `max_message_size`).
 MAX_MESSAGE_BYTES = 64 * 1024
+
+
+def _nothing() -> None:
+    pass
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
@@ -90,8 +95,9 @@ class Socket:
         """Whether the connection still stands (simple-websocket's reader clears it)."""
         return bool(self._ws.connected)
 
-    def send_batch(self, batch: store.Batch) -> None:
-        """Send a batch of events as text frames with one socket write.
+    def send_batch(self, batch: store.Batch, keep: Callable[[], None] = _nothing) -> None:
+        """Send a batch of events as text frames with one socket write (`keep`: called
+        while a slow client takes a long write, to keep the follower's place).
 
         simple-websocket's `send` makes a system call per frame, which is most of the time
         a replay of thousands of events takes. Without an extension a frame is the event's
@@ -107,12 +113,12 @@ class Socket:
             data = text_frames(batch)
         else:
             data = b"".join([ws.ws.send(TextMessage(data=event.json())) for event in batch])
-        ws.sock.send(data)
+        _write(ws.sock, data, keep)
 
-    def flush(self) -> None:
+    def flush(self, keep: Callable[[], None] = _nothing) -> None:
         """Send what is left of a partial `write_now`, blocking (with the send timeout)."""
         if isinstance(self._ws.sock, _SendAllSocket):
-            self._ws.sock.send(b"")
+            self._ws.sock.send(b"", keep)
 
     @property
     def can_write_now(self) -> bool:
@@ -139,9 +145,9 @@ class Socket:
             raise ConnectionClosed(self._ws.close_reason, self._ws.close_message)
         return message
 
-    def send_texts(self, texts: list[str]) -> None:
+    def send_texts(self, texts: list[str], keep: Callable[[], None] = _nothing) -> None:
         """Send text frames with one socket write; safe from several threads at once
-        (a connection that carries several streams)."""
+        (a connection that carries several streams). `keep`: as `send_batch`'s."""
         ws = self._ws
         with self._send_lock:
             if not ws.connected:
@@ -150,7 +156,7 @@ class Socket:
                 data = b"".join([_frame(text.encode()) for text in texts])
             else:
                 data = b"".join([ws.ws.send(TextMessage(data=text)) for text in texts])
-            ws.sock.send(data)
+            _write(ws.sock, data, keep)
 
     def refuse(self, close_code: int, code: str, message: str) -> None:
         """Send an `error` frame, then close with `close_code` and the error's code."""
@@ -169,6 +175,14 @@ class Socket:
         self._is_closing = True
         self._ws.connected = False
         self._ws.sock.close()
+
+
+def _write(sock: Any, data: bytes, keep: Callable[[], None]) -> None:
+    """Write a batch of frames through simple-websocket's socket (`_SendAllSocket`)."""
+    if isinstance(sock, _SendAllSocket):
+        sock.send(data, keep)
+    else:
+        sock.send(data)
 
 
 class _FrameBudget:
@@ -298,19 +312,28 @@ class _SendAllSocket:
         # its handler (and a Redis connection) forever.
         sock.settimeout(send_timeout_s)
 
-    def send(self, data: bytes) -> int:
+    def send(self, data: bytes, keep: Callable[[], None] = _nothing) -> int:
+        """Write all of `data` (after the rest of a partial `send_now`); `keep` is called
+        whenever a slow client took more of a long write."""
         with self._lock:
             if self._rest:
                 rest, self._rest = self._rest, b""
-                self._sock.sendall(rest)
-            if not data:
-                return 0
-            # One plain send takes a batch of frames whole nearly always; gevent's sendall
-            # costs an extra system call (getsockopt) and more on every call.
-            sent = self._sock.send(data)
-            if sent < len(data):
-                self._sock.sendall(memoryview(data)[sent:])
+                self._write(rest, keep)
+            self._write(data, keep)
         return len(data)
+
+    def _write(self, data: bytes, keep: Callable[[], None]) -> None:
+        """Write all of `data`, timing out only when the client takes nothing for the
+        send timeout (api/sockets.py). One plain send on the non-blocking socket takes
+        a batch of frames whole nearly always, and costs less than gevent's `sendall`."""
+        sent = 0
+        if self.raw is not None and data:
+            try:
+                sent = _socket.socket.send(self.raw, data)
+            except BlockingIOError:  # the client's buffer is full: wait in `send_all`
+                pass
+        if sent < len(data):
+            sockets.send_all(self._sock, memoryview(data)[sent:], keep)
 
     def send_now(self, data: bytes) -> int:
         """Write without blocking: the bytes written, 0 if none could go now (the lock is

@@ -3,8 +3,10 @@ a reader that stops reading, a flood of control frames (docs/SECURITY.md)."""
 
 from __future__ import annotations
 
+import http.client
 import socket
 import struct
+import threading
 import time
 from typing import Any
 
@@ -18,6 +20,7 @@ from shared import keys, store
 from shared.jobs import GenerationRequest, Message
 from tests import client
 from tests.procs import Api
+from tests.test_direct_writes import RawFollower
 from tests.test_outages import raw_ws
 
 FUTURE = "9999999999999-0"
@@ -130,6 +133,76 @@ def test_readers_that_stop_reading_are_dropped_and_give_their_places_up(
     assert "Traceback" not in api.log()
     if transport == "sse":
         assert api.log().count("dropped a client that stopped reading") == 3
+    else:
+        assert api.log().count(f"follower of {session_id} dropped: timed out") == 3
+
+
+def read_slowly(port: int, session_id: str, transport: str) -> list[str]:
+    """Follow to the end through a small receive buffer, a few KiB a read, pausing 20 ms
+    between reads: far slower than the API writes; the types of the events read."""
+    pause_s = 0.02
+    if transport == "ws":
+        follower = RawFollower(raw_ws(port, f"/api/streams/{session_id}/ws"), chunk=8192)
+        follower.read_events(pause_s=pause_s)
+        follower.sock.close()
+        assert follower.close_code == 1000
+        return [e["type"] for e in follower.events]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)  # bounds a hang only
+    sock.connect(("127.0.0.1", port))
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    conn.sock = sock  # http.client reads through the small buffer
+    conn.request("GET", f"/api/streams/{session_id}", headers={"Accept": "text/event-stream"})
+    response = conn.getresponse()
+    assert response.status == 200
+    body = b""
+    while piece := response.read(8192):
+        body += piece
+        time.sleep(pause_s)
+    conn.close()
+    return [
+        line.removeprefix(b"event: ").decode()
+        for line in body.split(b"\n")
+        if line.startswith(b"event: ")
+    ]
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_a_slow_but_steady_reader_of_a_large_catch_up_is_not_dropped(
+    make_stack: Any, r: redis.Redis, transport: str
+) -> None:
+    # Writes of 500 events (2 MiB) take this reader seconds, its waits are a few ms: the
+    # send timeout is about a client that stops, not one that reads slowly. And a write
+    # that lasts longer than the follower's place keeps the place.
+    api = make_stack(WS_SEND_TIMEOUT_S="1", FOLLOWER_LEASE_S="4").api()
+    session_id, token = live_session_with_backlog(r, chunks=1000)
+    store.append_done(
+        r, session_id, token=token, ttl_s=600, finish_reason="stop", chunks=1000, usage=None
+    )
+    places = keys.followers(session_id)
+    held: list[int] = []
+    reading = threading.Event()
+
+    def watch_the_place() -> None:
+        while not reading.wait(0.2):
+            held.append(r.zcount(places, store.now_ms(), "+inf"))
+
+    watcher = threading.Thread(target=watch_the_place)
+    watcher.start()
+    try:
+        types = read_slowly(api.port, session_id, transport)
+    finally:
+        reading.set()
+        watcher.join()
+    assert types.count("chunk") == 1000 and types[-1] == "done"
+    assert "dropped" not in api.log()
+    # The place was held (its lease in the future) all along, not only between writes.
+    # The place was held (its lease in the future) from the join until the handler had
+    # written the last event, also through writes longer than its lease: never lapsed
+    # and renewed again.
+    first = held.index(1)
+    assert held[first:] == sorted(held[first:], reverse=True), held
 
 
 @pytest.mark.parametrize("transport", ["sse", "ws"])

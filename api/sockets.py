@@ -1,0 +1,81 @@
+"""Whether a client is still taking what the API writes to it.
+
+A client that stops reading is dropped after `WS_SEND_TIMEOUT_S` without progress. A
+socket's timeout alone cannot tell progress: `sendall` bounds the whole write with it
+(CPython's and gevent's alike), and a blocked `send` waits until half the kernel's send
+buffer is free, which a slow but steady reader of a large catch-up may take longer than
+the timeout to drain. The kernel's count of bytes the client has not yet acknowledged
+(`TIOCOUTQ`, Linux) going down is progress.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import struct
+import termios
+import time
+from collections.abc import Callable
+from typing import Any
+
+_INT = struct.Struct("i")
+
+
+def unsent(sock: Any) -> int | None:
+    """Bytes written to `sock` that its client has not acknowledged yet; None where the
+    system cannot tell (then a timeout is taken as no progress)."""
+    try:
+        return int(_INT.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)))[0])
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def made_progress(sock: Any, before: int | None) -> bool:
+    """Whether the client took some of what was unsent (`before`, from `unsent`)."""
+    if before is None:
+        return False
+    now = unsent(sock)
+    return now is not None and now < before
+
+
+def send_all(sock: Any, data: bytes | memoryview, on_progress: Callable[[], None]) -> None:
+    """Write all of `data` with `sock.send`; a wait for the client times out (the socket's
+    timeout) only when the client took nothing during it. `on_progress` is called after
+    each wait the client ended or made progress in: the write may last long."""
+    view = memoryview(data)
+    while view:
+        before = unsent(sock)
+        try:
+            view = view[sock.send(view) :]
+        except TimeoutError:
+            if not made_progress(sock, before):
+                raise
+        on_progress()
+
+
+# How often `wait_for_room` looks at the send queue again.
+POLL_S = 0.05
+
+
+def wait_for_room(sock: Any, most: int, timeout_s: float, on_progress: Callable[[], None]) -> None:
+    """Wait until fewer than `most` bytes written to `sock` are unacknowledged; raise
+    `TimeoutError` once the client has taken nothing for `timeout_s`.
+
+    For writers that cannot write with `send_all` (gunicorn writes a response's pieces
+    with `sendall`): called before each piece, it keeps the queue short enough that a
+    piece goes out without a long wait, and drops only a client that stopped.
+    `on_progress` is called whenever the client took more while waiting.
+    """
+    queued = unsent(sock)
+    if queued is None or queued < most:
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        time.sleep(POLL_S)  # gevent's, in the API
+        now = unsent(sock)
+        if now is None or now < most:
+            return
+        if now < queued:
+            queued, deadline = now, time.monotonic() + timeout_s
+            on_progress()
+        elif time.monotonic() >= deadline:
+            raise TimeoutError(f"the client took nothing for {timeout_s:g} s")
