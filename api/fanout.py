@@ -460,6 +460,10 @@ def follow(
                     return
         finally:
             fanout.unsubscribe(sub)
+        # The reader may have written to the client itself until it let go of `sub` (while
+        # this greenlet checked the status, say): catch up from after what it wrote.
+        if direct is not None and direct.last_id and sub.written_key > id_key(cursor):
+            cursor = direct.last_id
 
 
 def follow_reconnecting(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -245,3 +245,79 @@ def test_followers_that_join_together_share_one_catch_up_read(own_redis: LocalRe
     assert command_calls(r, "hget") == reads
     assert fanout.followers() == 0
     r.close()
+
+
+class RecordingClient:
+    """A follower's client as the fan-out's reader writes to it directly (`fanout.Direct`):
+    every write goes whole; `saw` gets the events in the order they reached the client."""
+
+    frames = staticmethod(lambda batch: b"x" * len(batch))
+
+    def __init__(self, saw: list[str], lock: threading.Lock) -> None:
+        self.last_id: str | None = None
+        self._saw = saw
+        self._lock = lock
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def wrote(self, batch: store.Batch) -> None:
+        with self._lock:
+            self._saw += [e["id"] for e in batch]
+
+
+class PausedStatusCheck:
+    """The follower's own Redis client; its first `hget` (the status check of a follower
+    with nothing new) waits for `go`: a round trip that takes long, as under load."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        self._r = r
+        self.in_check = threading.Event()
+        self.go = threading.Event()
+
+    def hget(self, *args: Any) -> Any:
+        if not self.in_check.is_set():
+            self.in_check.set()
+            assert self.go.wait(20)
+        return self._r.hget(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._r, name)
+
+
+def test_what_the_reader_wrote_during_a_status_check_is_not_sent_again(
+    redis_server: Any, r: redis.Redis, session: tuple[str, str]
+) -> None:
+    # The reader writes a live batch to the client while the follower waits on its status
+    # check; the check then finds the session ended, and the follower drains the rest
+    # from Redis: from after what the reader wrote, not from before it.
+    session_id, token = session
+    append(r, session_id, token, 0, 3)
+    fanout = xread_fanout(connect(redis_server.url, socket_timeout_s=3), block_ms=200)
+    saw: list[str] = []
+    lock = threading.Lock()
+    direct = RecordingClient(saw, lock)
+    paused = PausedStatusCheck(r)
+
+    def follow() -> None:
+        for batch in fanoutmod.follow(
+            fanout, cast(Any, paused), session_id, None, block_ms=200, direct=direct
+        ):
+            with lock:
+                saw.extend(e["id"] for e in batch)
+
+    follower = threading.Thread(target=follow)
+    follower.start()
+    try:
+        assert paused.in_check.wait(20)  # live, nothing new for 200 ms: checking the status
+        last = append(r, session_id, token, 3, 3)
+        wait_for(lambda: direct.last_id == last, "the reader wrote chunks 3-5 to the client")
+        store.append_done(
+            r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=6, usage=None
+        )
+    finally:
+        paused.go.set()
+        follower.join(20)
+    assert not follower.is_alive()
+    stored = [entry_id for entry_id, _ in r.xrange(keys.events(session_id))]
+    assert saw == stored  # every event once, in order, the terminal one last
