@@ -23,6 +23,8 @@ from tests import client
 from tests.procs import Api, Worker
 
 TERMINAL = {"done", "error", "cancelled"}
+# Set on each event a follower saw: which of its connections brought it (`check` names it).
+CONNECTION = "_connection"
 
 
 @dataclass
@@ -129,6 +131,8 @@ def follow_with_drops(
             time.sleep(rng.uniform(0.5, 1.0) * min(5.0, 0.2 * 2**failures))
         else:
             failures = 0
+        for event in got:
+            event[CONNECTION] = report.reconnects
         events += got
         report.reconnects += 1
         if rng.random() < 0.3:
@@ -139,9 +143,15 @@ def follow_with_drops(
 def check(events: list[dict[str, Any]], text: dict[str, Any], label: str) -> list[str]:
     """Everything a follower saw must be whole, in order, once, and equal `/text`."""
     problems = []
-    ids = [tuple(map(int, e["id"].split("-"))) for e in events if "id" in e]
+    with_ids = [e for e in events if "id" in e]
+    ids = [tuple(map(int, e["id"].split("-"))) for e in with_ids]
     if ids != sorted(set(ids)):
-        problems.append(f"{label}: ids repeated or out of order")
+        at = next(i for i in range(1, len(ids)) if ids[i] <= ids[i - 1])
+        seen = [
+            f"{e['id']} {e['type']} {e.get('index', '')} (connection {e.get(CONNECTION)})"
+            for e in with_ids[max(0, at - 3) : at + 3]
+        ]
+        problems.append(f"{label}: ids repeated or out of order at {at} of {len(ids)}: {seen}")
     indices = [e["index"] for e in events if e["type"] == "chunk"]
     if indices != list(range(len(indices))):
         problems.append(f"{label}: chunk indices not 0..n-1 exactly once")
