@@ -11,6 +11,7 @@ the timeout to drain. The kernel's count of bytes the client has not yet acknowl
 from __future__ import annotations
 
 import fcntl
+import socket
 import struct
 import termios
 import time
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 _INT = struct.Struct("i")
+_TCP_ESTABLISHED = 1  # the first byte of TCP_INFO, `tcpi_state`
 
 
 def unsent(sock: Any) -> int | None:
@@ -27,6 +29,16 @@ def unsent(sock: Any) -> int | None:
         return int(_INT.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)))[0])
     except (OSError, AttributeError, ValueError):
         return None
+
+
+def is_open(sock: Any) -> bool:
+    """False once the connection is reset or closed by the client (TCP's state, Linux);
+    True where the system cannot tell. Its unacknowledged count stays as it was then."""
+    try:
+        state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except (OSError, AttributeError, ValueError, IndexError):
+        return True
+    return bool(state == _TCP_ESTABLISHED)
 
 
 def made_progress(sock: Any, before: int | None) -> bool:
@@ -72,8 +84,8 @@ def wait_for_room(sock: Any, most: int, timeout_s: float, on_progress: Callable[
     while True:
         time.sleep(POLL_S)  # gevent's, in the API
         now = unsent(sock)
-        if now is None or now < most:
-            return
+        if now is None or now < most or not is_open(sock):
+            return  # room, or a client that left: the write meets the error itself
         if now < queued:
             queued, deadline = now, time.monotonic() + timeout_s
             on_progress()
