@@ -130,7 +130,9 @@ def join_storm_table(loads: list[list[dict[str, Any]]]) -> str:
     lines = [storms.JOIN_HEADER]
     lines += [
         f"| {rows[0]['load']} | {spread(rows, 'early')} | {spread(rows, 'early_p50')} "
-        f"| {spread(rows, 'early_p99')} | {spread(rows, 'early_cores', '{:.2f}')} "
+        f"| {spread(rows, 'early_p99')} | {spread(rows, 'join_p50')} "
+        f"| {spread(rows, 'join_p99')} | {spread(rows, 'early_cores', '{:.2f}')} "
+        f"| {spread(rows, 'early_waited', '{:.2f}')} | {spread(rows, 'early_machine', '{:.2f}')} "
         f"| {spread(rows, 'late_p50')} "
         f"| {spread(rows, 'late_p99')} | {max(r['lost'] for r in rows)} "
         f"| {max(r['repeated'] for r in rows)} | {max(r['unfinished'] for r in rows)} |"

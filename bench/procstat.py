@@ -48,3 +48,12 @@ def run_delay_s(pid: int) -> float:
             except (FileNotFoundError, ProcessLookupError, IndexError):
                 continue
     return total_ns / 1e9
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot, all cores together (the
+    first line of /proc/stat: everything but idle and I/O wait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    # guest time is counted in user time already
+    return (sum(values[:8]) - idle) / TICKS

@@ -39,7 +39,7 @@ from typing import Any
 import redis
 
 from bench.followers import CLIENT_PROCESSES, api_env
-from bench.procstat import cpu_s, family
+from bench.procstat import cpu_s, family, machine_busy_s, run_delay_s
 from bench.stats import percentiles
 from bench.wsclient import frames, merge_tallies, upgrade_request
 from rstreams.localredis import LocalRedis
@@ -67,6 +67,8 @@ class StormTally:
     reconnects: int = 0
     # Per follower that reconnected: when it had its first live chunk again (ms).
     live_again_ms: list[float] = field(default_factory=list)
+    # Per follower: from asking for its first connection to its first chunk (ms).
+    joins_ms: array = field(default_factory=lambda: array("d"))
     unfinished: int = 0
 
     def add(self, other: StormTally) -> None:
@@ -79,6 +81,7 @@ class StormTally:
         self.ended += other.ended
         self.reconnects += other.reconnects
         self.live_again_ms += other.live_again_ms
+        self.joins_ms.extend(other.joins_ms)
         self.unfinished += other.unfinished
 
 
@@ -140,6 +143,8 @@ class Protocol:
 
 def _count(c: _Conn, tally: StormTally, index: int, appended_ms: float, now_ms: float) -> None:
     """Tally chunk `index`, appended at `appended_ms`, as `c` received it at `now_ms`."""
+    if not c.next_index and not c.was_dropped:
+        tally.joins_ms.append(now_ms - c.opened_ms)  # its first chunk: the join is done
     if index == c.next_index:
         tally.chunks += 1
         c.next_index += 1
@@ -315,11 +320,13 @@ def _storm_env(redis_url: str, rate: float, sessions: int, chunks: int) -> dict[
 
 
 class CpuWindow:
-    """The cores a process (and its children) used from `start_s` for `length_s`, read
-    from /proc by a thread of its own while the caller waits on something else."""
+    """What a process (and its children) used of the machine from `start_s` for
+    `length_s`, read from /proc by a thread of its own while the caller waits on something
+    else: its cores, the time it waited for a core (s/s), and the cores the whole machine
+    was busy."""
 
     def __init__(self, pid: int, start_s: float, length_s: float) -> None:
-        self.cores = float("nan")
+        self.cores = self.waited = self.machine = float("nan")
         self._thread = threading.Thread(
             target=self._measure, args=(pid, start_s, length_s), daemon=True
         )
@@ -327,14 +334,17 @@ class CpuWindow:
 
     def _measure(self, pid: int, start_s: float, length_s: float) -> None:
         time.sleep(max(0.0, start_s - time.time()))
-        before = cpu_s(pid)
+        before = cpu_s(pid), run_delay_s(pid), machine_busy_s()
         time.sleep(max(0.0, start_s + length_s - time.time()))
-        self.cores = (cpu_s(pid) - before) / length_s
+        after = cpu_s(pid), run_delay_s(pid), machine_busy_s()
+        self.cores, self.waited, self.machine = (
+            (b - a) / length_s for a, b in zip(before, after, strict=True)
+        )
 
-    def result(self) -> float:
-        """The cores, once the window has passed."""
+    def result(self) -> CpuWindow:
+        """The figures, once the window has passed."""
         self._thread.join()
-        return self.cores
+        return self
 
 
 def join_storm(sessions: int, followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
@@ -423,20 +433,26 @@ def join_figures(
     followers: int,
     chunks: int,
     start_s: float,
-    early_cores: float,
+    early: CpuWindow,
 ) -> dict[str, Any]:
     """(e)'s figures from the clients' tally: the followers began joining at `start_s`;
-    live deliveries before and after `EARLY_S` from then. `early_cores`: what the server
-    that the followers joined used of the machine meanwhile."""
+    live deliveries before and after `EARLY_S` from then, and how long the joins took
+    (from asking to connect to the first chunk). `early`: what the server that the
+    followers joined used of the machine meanwhile."""
     pairs = list(zip(tally.received_ms, tally.latencies_ms, strict=True))
     split_ms = (start_s + EARLY_S) * 1000
-    early = [lat for t, lat in pairs if t < split_ms]
-    early_p50, early_p99 = _quantiles(early)
+    live = [lat for t, lat in pairs if t < split_ms]
+    early_p50, early_p99 = _quantiles(live)
     late_p50, late_p99 = _quantiles([lat for t, lat in pairs if t >= split_ms])
+    join_p50, join_p99 = _quantiles(list(tally.joins_ms))
     return {
         "load": f"{sessions} x {followers}",
-        "early": len(early),
-        "early_cores": early_cores,
+        "early": len(live),
+        "early_cores": early.cores,
+        "early_waited": early.waited,
+        "early_machine": early.machine,
+        "join_p50": join_p50,
+        "join_p99": join_p99,
         "early_p50": early_p50,
         "early_p99": early_p99,
         "late_p50": late_p50,
@@ -479,9 +495,9 @@ def reconnect_figures(
 
 JOIN_HEADER = (
     "| sessions x followers | live deliveries in the first 1.5 s | p50 ms | p99 ms "
-    "| server cores in the first 1.5 s | after 1.5 s: p50 ms | p99 ms | lost | repeated "
-    "| unfinished |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "| join p50 ms | join p99 ms | first 1.5 s: server cores | server waited for a core (s/s) "
+    "| machine cores busy | after 1.5 s: p50 ms | p99 ms | lost | repeated | unfinished |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 RECONNECT_HEADER = (
     "| followers | kill to listening s | followers live again | all live again after s "
@@ -494,8 +510,9 @@ def join_row(f: dict[str, Any]) -> str:
     """A Markdown row of `join_storm`'s figures."""
     return (
         f"| {f['load']} | {f['early']:,} | {f['early_p50']:.0f} | {f['early_p99']:.0f} "
-        f"| {f['early_cores']:.2f} | {f['late_p50']:.0f} | {f['late_p99']:.0f} | {f['lost']} "
-        f"| {f['repeated']} | {f['unfinished']} |"
+        f"| {f['join_p50']:.0f} | {f['join_p99']:.0f} | {f['early_cores']:.2f} "
+        f"| {f['early_waited']:.2f} | {f['early_machine']:.2f} | {f['late_p50']:.0f} "
+        f"| {f['late_p99']:.0f} | {f['lost']} | {f['repeated']} | {f['unfinished']} |"
     )
 
 
