@@ -43,10 +43,6 @@ app.conf.update(
     # after the blip finds the session's lease held and stands down.
     worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_hijack_root_logger=False,
-    # Celery builds a result backend per pool thread on first use, scanning every installed
-    # package's entry points each time: with hundreds of threads that cost seconds of CPU.
-    # Our tasks store no result (the disabled backend): one shared instance will do.
-    result_backend_thread_safe=True,
 )
 
 
