@@ -1,7 +1,7 @@
 // Drives GET /api/chat/ws with the AI SDK's own WebSocketChatTransport (Node's global
 // WebSocket) and assembles what it gets with `readUIMessageStream`, as useChat does.
 // In (env SCENARIO): {url, mode, chatId, messages, body, headers, take}. Modes: "send";
-// "resume"; "reconnect": send, close that transport after `take` chunks, then resume
+// "resume" (up to `take` chunks too); "reconnect": send, close that transport after `take` chunks, then resume
 // on a new one (a new connection) at once. Out (stdout): {first?, chunks, message,
 // error, active (false when a resume found nothing)}.
 import { WebSocketChatTransport, readUIMessageStream } from "ai";
@@ -62,7 +62,11 @@ if (scenario.mode === "send") {
   out = await read(transport, await send(transport), scenario.take);
 } else if (scenario.mode === "resume") {
   const transport = newTransport();
-  out = await read(transport, await transport.reconnectToStream({ chatId: scenario.chatId }));
+  out = await read(
+    transport,
+    await transport.reconnectToStream({ chatId: scenario.chatId }),
+    scenario.take,
+  );
 } else {
   const first = newTransport();
   const before = await read(first, await send(first), scenario.take);
