@@ -17,6 +17,7 @@ from redis.cluster import RedisCluster
 
 from api import sessions
 from api.apikeys import hash_key
+from api.metrics import GAUGE_SPACING_S
 from shared import keys
 from shared.jobs import GenerationRequest, Message, enqueue, make_celery
 from shared.settings import Settings
@@ -107,14 +108,34 @@ def follow_all(ws_url: str, session_ids: list[str]) -> dict[str, client.WsResult
     return results
 
 
+def settled(api_url: str) -> Samples:
+    """A scrape with no session active, no follower connected, and the delivery counts the
+    same as in a scrape more than `GAUGE_SPACING_S` earlier."""
+    deadline = time.monotonic() + 20
+
+    def delivered(s: Samples) -> tuple[float, float]:
+        name = "rstreams_chunks_delivered_total"
+        return value(s, name, transport="ws"), value(s, name, transport="sse")
+
+    last = scrape(api_url)
+    while True:
+        time.sleep(GAUGE_SPACING_S + 0.1)
+        now = scrape(api_url)
+        idle = value(now, "rstreams_active_sessions") == 0 and not any(
+            value(now, "rstreams_followers", transport=t) for t in ("ws", "sse")
+        )
+        if (idle and delivered(now) == delivered(last)) or time.monotonic() > deadline:
+            return now
+        last = now
+
+
 def test_sessions_on_every_master_stream_live_to_websocket_followers(
     stack: ClusterStack,
 ) -> None:
     # Ids chosen by slot: four sessions on each master. The stack is the module's: wait
-    # until the sessions earlier tests left are done, so that the counts below are ours.
-    before = eventually(
-        lambda: scrape(stack.api.url), lambda s: value(s, "rstreams_active_sessions") == 0
-    )
+    # until what earlier tests left is done and counted, so that the counts below are ours
+    # (a follower's deliveries reach Redis up to `GAUGE_SPACING_S` after it leaves).
+    before = settled(stack.api.url)
     ids = ids_on_every_master(stack.rc, "every-master-", 4)
     prompts = [f"cluster prompt {n}" for n in range(len(ids))]
     for session_id, prompt in zip(ids, prompts, strict=True):
