@@ -17,7 +17,7 @@ from redis.cluster import RedisCluster
 
 from api import sessions
 from api.apikeys import hash_key
-from api.metrics import GAUGE_SPACING_S
+from api.metrics import GAUGE_SPACING_S, TRANSPORTS
 from shared import keys
 from shared.jobs import GenerationRequest, Message, enqueue, make_celery
 from shared.settings import Settings
@@ -113,16 +113,15 @@ def settled(api_url: str) -> Samples:
     same as in a scrape more than `GAUGE_SPACING_S` earlier."""
     deadline = time.monotonic() + 20
 
-    def delivered(s: Samples) -> tuple[float, float]:
-        name = "rstreams_chunks_delivered_total"
-        return value(s, name, transport="ws"), value(s, name, transport="sse")
+    def delivered(s: Samples) -> list[float]:
+        return [value(s, "rstreams_chunks_delivered_total", transport=t) for t in TRANSPORTS]
 
     last = scrape(api_url)
     while True:
         time.sleep(GAUGE_SPACING_S + 0.1)
         now = scrape(api_url)
         idle = value(now, "rstreams_active_sessions") == 0 and not any(
-            value(now, "rstreams_followers", transport=t) for t in ("ws", "sse")
+            value(now, "rstreams_followers", transport=t) for t in TRANSPORTS
         )
         if (idle and delivered(now) == delivered(last)) or time.monotonic() > deadline:
             return now

@@ -1,8 +1,8 @@
 // Drives GET /api/chat/ws with the AI SDK's own WebSocketChatTransport (Node's global
 // WebSocket) and assembles what it gets with `readUIMessageStream`, as useChat does.
-// In (env SCENARIO): {url, mode, chatId, messages, body, headers, take}. Modes: "send";
-// "resume" (up to `take` chunks too); "reconnect": send, close that transport after `take` chunks, then resume
-// on a new one (a new connection) at once. Out (stdout): {first?, chunks, message,
+// In (env SCENARIO): {url, mode, chatId, messages, body, headers, take}. Modes: "send"
+// and "resume" (each up to `take` chunks); "reconnect": send, close that transport after
+// `take` chunks, then resume on a new one (a new connection) at once. Out (stdout): {first?, chunks, message,
 // error, active (false when a resume found nothing)}.
 import { WebSocketChatTransport, readUIMessageStream } from "ai";
 
