@@ -116,8 +116,17 @@ def stop_all(procs: list[subprocess.Popen[bytes]], signals: StopSignals) -> None
                 print("stopping at once…", flush=True)
             for p in procs:
                 if p.poll() is None:
-                    p.kill()
+                    _kill_group(p)
         time.sleep(0.05)
+
+
+def _kill_group(p: subprocess.Popen[bytes]) -> None:
+    """Kill `p` and the processes it started (it leads a session of its own): gunicorn's
+    worker, killed with its master, would otherwise finish its graceful stop alone."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the whole group is gone already
+        pass
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
