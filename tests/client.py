@@ -83,7 +83,13 @@ def ws_follow(
     query = {k: v for k, v in (("after", after), ("token", token)) if v is not None}
     if query:
         url += "?" + urlencode(query)
-    ws = websocket.create_connection(url, timeout=timeout_s, header=headers or {})
+    # websocket-client checks a text frame's UTF-8 in pure Python, a byte at a time
+    # (unless wsaccel is installed): seconds of CPU for a few megabytes, on a busy
+    # machine long enough for a test to outlast its timeouts. `ws_read` decodes every
+    # text frame strictly with CPython's codec instead.
+    ws = websocket.create_connection(
+        url, timeout=timeout_s, header=headers or {}, skip_utf8_validation=True
+    )
     try:
         return ws_read(ws, WsResult() if into is None else into, max_events=max_events)
     finally:
@@ -99,7 +105,7 @@ def ws_read(
         while True:
             opcode, data = ws.recv_data(control_frame=True)
             if opcode == websocket.ABNF.OPCODE_TEXT:
-                result.events.append(json.loads(data))
+                result.events.append(json.loads(data.decode("utf-8")))
                 if max_events is not None and len(result.events) >= max_events:
                     return result
             elif opcode == websocket.ABNF.OPCODE_CLOSE:
