@@ -31,6 +31,32 @@ def unsent(sock: Any) -> int | None:
         return None
 
 
+# TCP_INFO's `tcpi_bytes_acked` (Linux 4.1 and later): a 64-bit count at this offset.
+_BYTES_ACKED = struct.Struct("=Q")
+_BYTES_ACKED_AT = 120
+
+
+def acked(sock: Any) -> int | None:
+    """Bytes written to `sock` that its client has acknowledged so far; None where the
+    system cannot tell."""
+    try:
+        info = sock.getsockopt(
+            socket.IPPROTO_TCP, socket.TCP_INFO, _BYTES_ACKED_AT + _BYTES_ACKED.size
+        )
+        return int(_BYTES_ACKED.unpack_from(info, _BYTES_ACKED_AT)[0])
+    except (OSError, AttributeError, ValueError, struct.error):
+        return None
+
+
+def is_taking(sock: Any, acked_before: int | None) -> bool:
+    """Whether the client acknowledged more than `acked_before` (from `acked`) and more
+    written to it still waits: it is alive and reading, whatever else it is late with."""
+    if acked_before is None:
+        return False
+    now = acked(sock)
+    return now is not None and now > acked_before and bool(unsent(sock))
+
+
 def is_open(sock: Any) -> bool:
     """False once the connection is reset or closed by the client (TCP's state, Linux);
     True where the system cannot tell. Its unacknowledged count stays as it was then."""

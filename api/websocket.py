@@ -18,6 +18,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
+import flask_sock
+import simple_websocket
 from flask import Blueprint, Response, request
 from simple_websocket import ConnectionClosed
 from wsproto.events import (
@@ -29,7 +31,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from api import sockets
+from api import shutdown, sockets
 from api.errors import Close, error_response, unexpected
 from shared import store
 from shared.settings import Settings
@@ -48,6 +50,39 @@ def server_options(settings: Settings) -> dict[str, Any]:
     """flask-sock's `SOCK_SERVER_OPTIONS`: pings (a missing pong closes with 1008) and the
     message size limit."""
     return {"ping_interval": settings.api.ws_ping_s, "max_message_size": MAX_MESSAGE_BYTES}
+
+
+class _Server(simple_websocket.Server):
+    """simple-websocket's server connection, whose ping timeout spares a client that is
+    still taking what was written to it.
+
+    simple-websocket closes with 1008 when a ping's pong has not come by the next ping
+    (`WS_PING_S`). A ping waits behind everything written before it, up to the
+    megabytes that the kernel's buffers hold: a client taking a long catch-up over a
+    slow link, or on a busy machine, reads the ping and answers only after all of them,
+    and was closed while it read steadily. Such a client counts as alive: since the ping
+    it acknowledged more of what was written, and more still waits for it
+    (`sockets.is_taking`). A client that stops reading acknowledges nothing more, and
+    one that reads but never answers is closed once it has read what waited.
+    """
+
+    _pong = True
+    _acked_at_ping: int | None = None
+
+    @property
+    def pong_received(self) -> bool:
+        """Read by simple-websocket's reader at each ping interval."""
+        return self._pong or sockets.is_taking(self.sock, self._acked_at_ping)
+
+    @pong_received.setter
+    def pong_received(self, value: bool) -> None:
+        self._pong = value
+        if not value:  # simple-websocket sends a ping next
+            self._acked_at_ping = sockets.acked(self.sock)
+
+
+# flask-sock makes each connection with its module's `Server`.
+flask_sock.Server = _Server
 
 
 def error_frame(code: str, message: str) -> str:
@@ -163,11 +198,34 @@ class Socket:
         self._is_closing = True
         self._ws.send(error_frame(code, message))
         self._ws.close(close_code, code)
+        self._linger()
 
     def close(self, close_code: int, reason: str | None = None) -> None:
-        """Send a close frame and wait (briefly) for the client's."""
+        """Send a close frame; return once the client has taken it (`_linger`)."""
         self._is_closing = True
         self._ws.close(close_code, reason)
+        self._linger()
+
+    def _linger(self) -> None:
+        """Keep the socket open until the client has acknowledged all that was written to
+        it, the close frame last; give up once it takes nothing for the send timeout.
+
+        A socket closed with bytes still queued is reset by the system as soon as the
+        client sends anything more (a pong to a ping that waits in the queue), and the
+        rest of the queue is lost: a slow reader of a long catch-up lost its end and its
+        close frame. Not while the process stops: its clients reconnect with their
+        cursors, and the stop must not wait for them.
+        """
+        sock = self._ws.sock
+        if shutdown.is_stopping() or not isinstance(sock, _SendAllSocket):
+            return
+        sock.is_lingering = True
+        try:
+            sockets.wait_for_room(sock, 1, sock.gettimeout() or 0.0, _nothing)
+        except TimeoutError:
+            log.debug("a closing WebSocket's client stopped reading; closing anyway")
+        finally:
+            sock.end_linger()
 
     def drop(self) -> None:
         """Give up a client whose socket broke or whose send timed out: no close frame,
@@ -303,6 +361,8 @@ class _SendAllSocket:
         self._sock = sock
         self._lock = threading.Lock()
         self._rest = b""  # of a partial `send_now`
+        self.is_lingering = False  # see `close`
+        self._close_after_linger = False
         # gevent's socket keeps the system socket, set non-blocking, as `_sock`; a plain
         # socket with a timeout would wait in poll() before it sends.
         inner = getattr(sock, "_sock", None)
@@ -350,6 +410,20 @@ class _SendAllSocket:
             return 0
         finally:
             self._lock.release()
+
+    def close(self) -> None:
+        """Close the socket, or once `Socket._linger` ends (simple-websocket's reader
+        closes it when it stops, which a pong can make it do during the linger)."""
+        if self.is_lingering:
+            self._close_after_linger = True
+        else:
+            self._sock.close()
+
+    def end_linger(self) -> None:
+        """End `Socket._linger`: make a close asked for meanwhile."""
+        self.is_lingering = False
+        if self._close_after_linger:
+            self._sock.close()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

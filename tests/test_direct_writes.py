@@ -1,11 +1,13 @@
 """The fan-out's direct path (api/fanout.py): the reader writes each live batch to plain
 WebSocket followers itself. A client that takes part of a write, a client that stops
 reading, a permessage-deflate client and clients that leave mid-batch each get exactly
-their events, in order, and hold no one else back."""
+their events, in order, and hold no one else back; a slow reader whose pongs wait behind
+its catch-up is not closed as dead."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import threading
@@ -66,10 +68,18 @@ class RawFollower:
     """A raw WebSocket client socket read frame by frame, `chunk` bytes a read. `api`:
     whose log to quote if the server ends the connection without a close frame."""
 
-    def __init__(self, sock: socket.socket, chunk: int = 65536, api: Api | None = None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        chunk: int = 65536,
+        api: Api | None = None,
+        *,
+        answers_pings: bool = False,
+    ) -> None:
         self.sock = sock
         self.chunk = chunk
         self.api = api
+        self.answers_pings = answers_pings
         self.buf = b""
         self.events: list[dict[str, Any]] = []
         self.close_code: int | None = None
@@ -109,6 +119,10 @@ class RawFollower:
             opcode, payload = frame
             if opcode == 1:
                 self.events.append(json.loads(payload))
+            elif opcode == 9 and self.answers_pings:  # a pong, masked as a client's frames are
+                mask = os.urandom(4)
+                masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+                self.sock.sendall(bytes((0x8A, 0x80 | len(payload))) + mask + masked)
             elif opcode == 8:
                 self.close_code = struct.unpack("!H", payload[:2])[0]
                 return
@@ -119,6 +133,36 @@ class RawFollower:
         if self.api is not None:
             said += "; the API's log ends:\n" + "\n".join(self.api.log().splitlines()[-40:])
         return said
+
+
+class Followers:
+    """`n` WebSocket followers (the test client) of a session, each reading in a thread
+    of its own. `join` fails with what went wrong in a thread and the API's log."""
+
+    def __init__(self, api: Api, session_id: str, n: int) -> None:
+        self.api = api
+        self.results = [client.WsResult() for _ in range(n)]
+        self.errors: list[str] = []
+        self.threads = [
+            threading.Thread(target=self._follow, args=(session_id, res), daemon=True)
+            for res in self.results
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _follow(self, session_id: str, res: client.WsResult) -> None:
+        try:
+            client.ws_follow(self.api.ws_url, session_id, into=res)
+        except Exception as exc:
+            at = time.strftime("%H:%M:%S")
+            self.errors.append(f"{exc!r} after {len(res.events)} events, at {at}")
+
+    def join(self) -> None:
+        """Wait for every thread to end; fail if one met an error."""
+        for t in self.threads:
+            t.join(60)
+        log = "\n".join(self.api.log().splitlines()[-40:])
+        assert not self.errors, f"{self.errors}; the API's log ends:\n{log}"
 
 
 @pytest.fixture
@@ -166,21 +210,13 @@ def test_a_client_that_stops_reading_holds_no_one_back_and_then_catches_up(
     session_id, token = live_session(r)
     stuck = raw_followers(f"/api/streams/{session_id}/ws")
     stuck.read_events(1)
-    results = [client.WsResult() for _ in range(3)]
-    threads = [
-        threading.Thread(
-            target=client.ws_follow, args=(api.ws_url, session_id), kwargs={"into": res}
-        )
-        for res in results
-    ]
-    for t in threads:
-        t.start()
+    followers = Followers(api, session_id, 3)
+    results = followers.results
     wait_until(lambda: all(res.events for res in results), "the others are following")
     # 12 MB in 3,000 chunks: more than a follower's queue (2,000) and the socket buffers
     # hold, so the stuck one leaves the direct path and then falls behind.
     append(r, session_id, token, 3000, 4096)
-    for t in threads:
-        t.join(60)
+    followers.join()
     for res in results:
         assert res.close_code == 1000
         assert_exactly(res.events, 3000, 4096)
@@ -192,6 +228,23 @@ def test_a_client_that_stops_reading_holds_no_one_back_and_then_catches_up(
     stuck.sock.close()
     assert stuck.close_code == 1000
     assert_exactly(stuck.events, 3000, 4096)
+
+
+def test_a_slow_reader_whose_pongs_wait_behind_a_long_catch_up_is_not_taken_for_dead(
+    make_stack: Any, r: redis.Redis
+) -> None:
+    # A ping every 0.5 s. The reader answers each as it reads it, at about 2 MB/s: a
+    # ping reaches it only after the megabytes that the buffers held before it, long
+    # after the next ping is due.
+    api = make_stack(WS_PING_S="0.5").api()
+    session_id, token = live_session(r)
+    append(r, session_id, token, 1500, 4096)
+    sock = raw_ws(api.port, f"/api/streams/{session_id}/ws")
+    slow = RawFollower(sock, 65536, api, answers_pings=True)
+    slow.read_events(pause_s=0.005)
+    slow.sock.close()
+    assert slow.close_code == 1000  # not 1008, the close for a missing pong
+    assert_exactly(slow.events, 1500, 4096)
 
 
 def test_a_permessage_deflate_client_gets_the_same_events_as_a_plain_one(api: Api) -> None:
@@ -220,15 +273,8 @@ def test_clients_that_leave_in_the_middle_of_a_batch_break_no_one_and_leave_noth
     leavers = [raw_followers(path) for _ in range(10)]
     for f in leavers:
         f.read_events(1)
-    results = [client.WsResult() for _ in range(5)]
-    threads = [
-        threading.Thread(
-            target=client.ws_follow, args=(api.ws_url, session_id), kwargs={"into": res}
-        )
-        for res in results
-    ]
-    for t in threads:
-        t.start()
+    followers = Followers(api, session_id, 5)
+    results = followers.results
     wait_until(lambda: r.zcard(keys.followers(session_id)) == 15, "all 15 are following")
     writer = threading.Thread(target=append, args=(r, session_id, token, 600, 4096))
     writer.start()
@@ -237,8 +283,7 @@ def test_clients_that_leave_in_the_middle_of_a_batch_break_no_one_and_leave_noth
         f.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         f.sock.close()  # a reset, in the middle of whatever the server was writing
     writer.join(60)
-    for t in threads:
-        t.join(60)
+    followers.join()
     for res in results:
         assert res.close_code == 1000
         assert_exactly(res.events, 600, 4096)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -73,3 +74,39 @@ def test_a_client_that_left_is_let_go_at_once_not_taken_for_stuck(
     sockets.wait_for_room(server, 1024, 5, lambda: None)
     with pytest.raises(OSError):
         server.send(b"x")
+
+
+def test_a_client_is_taking_while_it_acknowledges_more_and_more_waits_for_it(
+    full: tuple[socket.socket, socket.socket],
+) -> None:
+    server, client = full
+    before = sockets.acked(server)
+    assert before is not None and before > 0  # what its receive buffer took
+    assert not sockets.is_taking(server, before)  # it read nothing since
+    taken = 0
+    while taken < 256 * 1024:  # room in its buffer: its system acknowledges more
+        taken += len(client.recv(65536))
+    wait_until(lambda: (sockets.acked(server) or 0) > before)
+    assert sockets.is_taking(server, before)
+    assert not sockets.is_taking(server, None)  # a system that cannot tell: no excuse
+
+
+def test_a_client_with_nothing_more_to_take_is_not_taking() -> None:
+    # It acknowledged everything written: alive, but the pong it owes waits for nothing.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    with server, client:
+        before = sockets.acked(server)
+        server.sendall(b"x" * 1000)
+        wait_until(lambda: sockets.unsent(server) == 0)
+        assert sockets.acked(server) == (before or 0) + 1000
+        assert not sockets.is_taking(server, before)
+
+
+def wait_until(holds: Callable[[], bool], timeout_s: float = 10) -> None:
+    """Return once `holds()`; fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not holds():
+        assert time.monotonic() < deadline, "still not so"
+        time.sleep(0.01)
