@@ -133,7 +133,8 @@ def join_storm_table(loads: list[list[dict[str, Any]]]) -> str:
         f"| {spread(rows, 'early_p99')} | {spread(rows, 'join_p50')} "
         f"| {spread(rows, 'join_p99')} | {spread(rows, 'early_cores', '{:.2f}')} "
         f"| {spread(rows, 'early_waited', '{:.2f}')} | {spread(rows, 'early_machine', '{:.2f}')} "
-        f"| {spread(rows, 'late_p50')} "
+        + "".join(f"| {spread(rows, f'early_{n}_cores', '{:.2f}')} " for n in storms.OTHERS)
+        + f"| {spread(rows, 'late_p50')} "
         f"| {spread(rows, 'late_p99')} | {max(r['lost'] for r in rows)} "
         f"| {max(r['repeated'] for r in rows)} | {max(r['unfinished'] for r in rows)} |"
         for rows in loads

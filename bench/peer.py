@@ -108,6 +108,7 @@ class Peer:
         self.env = {**NODE_ENV, "REDIS_URL": redis_url}
         self.logs = logs
         self.producer_port, self.port = free_port(), free_port()
+        self.redis_pid = 0  # set by `_running`, for (e)'s measure of the machine
         self.producer = self._start("producer", self.producer_port)
         self.follower = self._start("follower", self.port)
 
@@ -171,6 +172,8 @@ def _running(logs: Path) -> Iterator[Peer]:
     """The peer on a redis-server of its own, stopped however the load ends."""
     server = LocalRedis().start()
     peer = Peer(server.url, logs)
+    assert server.proc is not None
+    peer.redis_pid = server.proc.pid
     try:
         yield peer
     finally:
@@ -249,10 +252,14 @@ def join_storm(sessions: int, followers: int, *, rate: float, logs: Path) -> dic
         ids = peer.start_streams(sessions, chunks, rate, time.time() + 0.2)
         paths = [f"/follow/{sid}" for _ in range(followers) for sid in ids]
         start_s = time.time() + 0.5
-        early_cpu = CpuWindow(peer.follower.pid, start_s, EARLY_S)
-        tally = Storm(
-            peer.port, paths, start_s, 1.0, chunks / rate + 60, PeerProtocol(chunks)
-        ).wait()
+        clients = Storm(peer.port, paths, start_s, 1.0, chunks / rate + 60, PeerProtocol(chunks))
+        others = {
+            "worker": [peer.producer.pid],  # what writes the streams, as our worker does
+            "redis": [peer.redis_pid],
+            "clients": [p.pid for p in clients.procs if p.pid is not None],
+        }
+        early_cpu = CpuWindow(peer.follower.pid, start_s, EARLY_S, others)
+        tally = clients.wait()
         return join_figures(tally, sessions, followers, chunks, start_s, early_cpu.result())
 
 

@@ -323,23 +323,33 @@ class CpuWindow:
     """What a process (and its children) used of the machine from `start_s` for
     `length_s`, read from /proc by a thread of its own while the caller waits on something
     else: its cores, the time it waited for a core (s/s), and the cores the whole machine
-    was busy."""
+    was busy. `others`: the processes that share the machine with it, by name (the
+    worker, Redis, the clients), whose cores are measured too (`others_cores`)."""
 
-    def __init__(self, pid: int, start_s: float, length_s: float) -> None:
+    def __init__(
+        self, pid: int, start_s: float, length_s: float, others: dict[str, list[int]] | None = None
+    ) -> None:
         self.cores = self.waited = self.machine = float("nan")
+        self.others = others or {}
+        self.others_cores = {name: float("nan") for name in self.others}
         self._thread = threading.Thread(
             target=self._measure, args=(pid, start_s, length_s), daemon=True
         )
         self._thread.start()
 
+    def _sample(self, pid: int) -> list[float]:
+        others = [sum(cpu_s(p) for p in pids) for pids in self.others.values()]
+        return [cpu_s(pid), run_delay_s(pid), machine_busy_s(), *others]
+
     def _measure(self, pid: int, start_s: float, length_s: float) -> None:
         time.sleep(max(0.0, start_s - time.time()))
-        before = cpu_s(pid), run_delay_s(pid), machine_busy_s()
+        before = self._sample(pid)
         time.sleep(max(0.0, start_s + length_s - time.time()))
-        after = cpu_s(pid), run_delay_s(pid), machine_busy_s()
-        self.cores, self.waited, self.machine = (
+        after = self._sample(pid)
+        self.cores, self.waited, self.machine, *others = (
             (b - a) / length_s for a, b in zip(before, after, strict=True)
         )
+        self.others_cores = dict(zip(self.others, others, strict=True))
 
     def result(self) -> CpuWindow:
         """The figures, once the window has passed."""
@@ -365,11 +375,17 @@ def join_storm(sessions: int, followers: int, *, rate: float, logs: Path) -> dic
             assert time.monotonic() < deadline, "the sessions did not start"
             time.sleep(0.1)
         paths = [f"/api/streams/{sid}/ws" for _ in range(followers) for sid in ids]
-        assert api.proc is not None
+        assert api.proc is not None and worker.proc is not None and server.proc is not None
         cpu_before = cpu_s(api.proc.pid)
         start_s = time.time() + 0.3  # the client processes are up by then
-        early_cpu = CpuWindow(api.proc.pid, start_s, EARLY_S)
-        tally = Storm(api.port, paths, start_s, 1.0, chunks / rate + 60).wait()
+        clients = Storm(api.port, paths, start_s, 1.0, chunks / rate + 60)
+        others = {
+            "worker": [worker.proc.pid],
+            "redis": [server.proc.pid],
+            "clients": [p.pid for p in clients.procs if p.pid is not None],
+        }
+        early_cpu = CpuWindow(api.proc.pid, start_s, EARLY_S, others)
+        tally = clients.wait()
         api_cpu = cpu_s(api.proc.pid) - cpu_before
         figures = join_figures(tally, sessions, followers, chunks, start_s, early_cpu.result())
         return {**figures, "api_cpu_s": api_cpu}
@@ -451,6 +467,7 @@ def join_figures(
         "early_cores": early.cores,
         "early_waited": early.waited,
         "early_machine": early.machine,
+        **{f"early_{name}_cores": cores for name, cores in early.others_cores.items()},
         "join_p50": join_p50,
         "join_p99": join_p99,
         "early_p50": early_p50,
@@ -496,9 +513,12 @@ def reconnect_figures(
 JOIN_HEADER = (
     "| sessions x followers | live deliveries in the first 1.5 s | p50 ms | p99 ms "
     "| join p50 ms | join p99 ms | first 1.5 s: server cores | server waited for a core (s/s) "
-    "| machine cores busy | after 1.5 s: p50 ms | p99 ms | lost | repeated | unfinished |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| machine cores busy | worker cores | Redis cores | client cores "
+    "| after 1.5 s: p50 ms | p99 ms | lost | repeated | unfinished |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
+# (e)'s other processes, as `join_figures` names them; NaN where a storm has no such one.
+OTHERS = ("worker", "redis", "clients")
 RECONNECT_HEADER = (
     "| followers | kill to listening s | followers live again | all live again after s "
     "| next 5 s: p50 ms | p99 ms | lost | repeated | unfinished |\n"
@@ -511,7 +531,9 @@ def join_row(f: dict[str, Any]) -> str:
     return (
         f"| {f['load']} | {f['early']:,} | {f['early_p50']:.0f} | {f['early_p99']:.0f} "
         f"| {f['join_p50']:.0f} | {f['join_p99']:.0f} | {f['early_cores']:.2f} "
-        f"| {f['early_waited']:.2f} | {f['early_machine']:.2f} | {f['late_p50']:.0f} "
+        f"| {f['early_waited']:.2f} | {f['early_machine']:.2f} "
+        + "".join(f"| {f.get(f'early_{name}_cores', float('nan')):.2f} " for name in OTHERS)
+        + f"| {f['late_p50']:.0f} "
         f"| {f['late_p99']:.0f} | {f['lost']} | {f['repeated']} | {f['unfinished']} |"
     )
 
