@@ -2,7 +2,8 @@
 
 The follower handler (`api/follow.py`) sees a `Socket`: send a batch of events, refuse
 with an error frame and a close code, close, drop a dead client. The app (`api/app.py`)
-installs `WholeFrames` and `server_options`. Nothing else reaches into simple-websocket's
+installs `WholeFrames` and `server_options`; importing this module gives flask-sock its
+connection class (`_Server`). Nothing else reaches into simple-websocket's
 `ws.ws`, `ws.sock` or `ws.input_buffer`; each reach below names the library behaviour it
 works around (docs/ARCHITECTURE.md, "WebSocket").
 """
