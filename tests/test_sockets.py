@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from api import sockets
+from tests.test_outages import wait_until
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_a_client_is_taking_while_it_acknowledges_more_and_more_waits_for_it(
     taken = 0
     while taken < 256 * 1024:  # room in its buffer: its system acknowledges more
         taken += len(client.recv(65536))
-    wait_until(lambda: (sockets.acked(server) or 0) > before)
+    wait_until(lambda: (sockets.acked(server) or 0) > before, "its system to acknowledge more")
     assert sockets.is_taking(server, before)
     assert not sockets.is_taking(server, None)  # a system that cannot tell: no excuse
 
@@ -99,14 +99,6 @@ def test_a_client_with_nothing_more_to_take_is_not_taking() -> None:
     with server, client:
         before = sockets.acked(server)
         server.sendall(b"x" * 1000)
-        wait_until(lambda: sockets.unsent(server) == 0)
+        wait_until(lambda: sockets.unsent(server) == 0, "everything acknowledged")
         assert sockets.acked(server) == (before or 0) + 1000
         assert not sockets.is_taking(server, before)
-
-
-def wait_until(holds: Callable[[], bool], timeout_s: float = 10) -> None:
-    """Return once `holds()`; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not holds():
-        assert time.monotonic() < deadline, "still not so"
-        time.sleep(0.01)
