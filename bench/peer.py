@@ -103,12 +103,13 @@ def _node_binary() -> str:
 class Peer:
     """The producer and the follower server on one Redis."""
 
-    def __init__(self, redis_url: str, logs: Path) -> None:
+    def __init__(self, redis: LocalRedis, logs: Path) -> None:
         install(PEER)
-        self.env = {**NODE_ENV, "REDIS_URL": redis_url}
+        assert redis.proc is not None
+        self.env = {**NODE_ENV, "REDIS_URL": redis.url}
+        self.redis_pid = redis.proc.pid  # for (e)'s measure of the machine
         self.logs = logs
         self.producer_port, self.port = free_port(), free_port()
-        self.redis_pid = 0  # set by `_running`, for (e)'s measure of the machine
         self.producer = self._start("producer", self.producer_port)
         self.follower = self._start("follower", self.port)
 
@@ -171,9 +172,7 @@ class Peer:
 def _running(logs: Path) -> Iterator[Peer]:
     """The peer on a redis-server of its own, stopped however the load ends."""
     server = LocalRedis().start()
-    peer = Peer(server.url, logs)
-    assert server.proc is not None
-    peer.redis_pid = server.proc.pid
+    peer = Peer(server, logs)
     try:
         yield peer
     finally:

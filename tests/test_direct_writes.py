@@ -7,7 +7,6 @@ its catch-up is not closed as dead."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import struct
 import threading
@@ -119,10 +118,9 @@ class RawFollower:
             opcode, payload = frame
             if opcode == 1:
                 self.events.append(json.loads(payload))
-            elif opcode == 9 and self.answers_pings:  # a pong, masked as a client's frames are
-                mask = os.urandom(4)
-                masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-                self.sock.sendall(bytes((0x8A, 0x80 | len(payload))) + mask + masked)
+            elif opcode == 9 and self.answers_pings:  # websocket-client masks it, as a client must
+                pong = websocket.ABNF.create_frame(payload, websocket.ABNF.OPCODE_PONG)
+                self.sock.sendall(pong.format())
             elif opcode == 8:
                 self.close_code = struct.unpack("!H", payload[:2])[0]
                 return
