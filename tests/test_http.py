@@ -239,6 +239,43 @@ WS_KEY = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
 
 
 @pytest.mark.parametrize(
+    "upgrade",
+    [
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n",
+        # Firefox's, and header names and values in other cases
+        "upgrade: WebSocket\r\nconnection: keep-alive, Upgrade\r\n",
+    ],
+)
+@pytest.mark.parametrize("extra", ["", "Sec-WebSocket-Protocol: chat\r\n"])
+def test_a_websocket_handshake_is_accepted_as_rfc_6455_says(
+    api: Api, upgrade: str, extra: str
+) -> None:
+    session_id = client.create(api.url, prompt="handshake", max_tokens=3)["sessionId"]
+    head = (
+        f"GET /api/streams/{session_id}/ws HTTP/1.1\r\nHost: 127.0.0.1\r\n{upgrade}"
+        f"{WS_KEY}Sec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as sock:
+        sock.sendall(head.encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        header, _, rest = answer.partition(b"\r\n\r\n")
+        lines = header.decode().split("\r\n")
+        assert lines[0] == "HTTP/1.1 101 Switching Protocols"
+        fields = dict(line.lower().split(": ", 1) for line in lines[1:])
+        assert fields["upgrade"] == "websocket"
+        assert fields["connection"] == "upgrade"
+        # RFC 6455 1.3's example key and its answer.
+        assert fields["sec-websocket-accept"] == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".lower()
+        assert "sec-websocket-protocol" not in fields  # we speak none
+        # Then frames: the first event, a text frame of the session's.
+        while len(rest) < 2:
+            rest += sock.recv(65536)
+        assert rest[0] == 0x81
+
+
+@pytest.mark.parametrize(
     "headers",
     [
         "",  # no key, no version
