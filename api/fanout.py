@@ -438,12 +438,14 @@ def follow(
                 if taken is _BEHIND:
                     break  # catch up on our own, then join again
                 if taken is None:
+                    # A keep-alive first: a relay whose client has gone stops here, and
+                    # does not look at the status.
+                    yield []
                     status = cast(str | None, r.hget(keys.meta(session_id), fields.STATUS))
                     if status is None:
                         raise SessionNotFound(f"session {session_id} expired or was deleted")
                     if status in store.TERMINAL_STATUSES:
                         break  # the catch-up drains what is left and ends
-                    yield []
                     continue
                 assert isinstance(taken, list)
                 if not taken:
