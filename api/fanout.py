@@ -8,7 +8,9 @@ position and hands them to `Fanout.deliver`, which decodes each batch once and q
 same events for every follower. A follower whose queue overflows leaves, catches up from
 Redis with its own cursor and subscribes again, so a slow client never holds the others
 back. Redis connections per process stay at the reader's few, plus the pool's few for
-catch-up reads, however many followers there are.
+catch-up reads, however many followers there are. The fan-out keeps each followed
+stream's newest events (`_Tail`): a follower that joins a followed stream catches up
+from them, with no read of events from Redis.
 
 A follower that hands the fan-out a `Direct` (a plain WebSocket under gevent, see
 api/follow.py) is written to by the reader itself while it is live and keeps up: the
@@ -21,6 +23,7 @@ a terminal event), a fall behind, a keep-alive tick.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import threading
@@ -38,6 +41,11 @@ from shared.errors import SessionNotFound
 log = logging.getLogger(__name__)
 
 READ_COUNT = 500
+# The newest events of each followed stream that the fan-out keeps for followers that
+# join it (`Fanout.tail_after`), and the most it keeps over every stream (about 500
+# bytes an event).
+TAIL_EVENTS = READ_COUNT
+TAIL_EVENTS_MAX = 50_000
 _BEHIND = object()
 _LAST_ID = f"{2**64 - 1}-{2**64 - 1}"  # the greatest stream id, a valid cursor
 
@@ -166,6 +174,42 @@ class _SharedRead:
         self.error: Exception | None = None
 
 
+class _Tail:
+    """The newest events of a followed stream: exactly its entries after `start`, up to
+    the fan-out's read position."""
+
+    __slots__ = ("events", "keys", "start")
+
+    def __init__(self, start: str, events: store.Batch) -> None:
+        self.start = start
+        self.events = list(events)
+        self.keys = [id_key(event["id"]) for event in events]
+
+    @property
+    def end(self) -> str:
+        return str(self.events[-1]["id"])
+
+    def after(self, cursor: str) -> store.Batch | None:
+        """The events after `cursor`; None if the tail does not reach back to it, or
+        `cursor` is past its end."""
+        at = id_key(cursor)
+        if at < id_key(self.start) or at > self.keys[-1]:
+            return None
+        return self.events[bisect.bisect_right(self.keys, at) :]
+
+    def extend(self, events: store.Batch, most: int) -> int:
+        """Add what the reader read next; keep at most `most` events: how many it holds
+        more (fewer, if negative) than before."""
+        before = len(self.events)
+        self.events.extend(events)
+        self.keys.extend(id_key(event["id"]) for event in events)
+        drop = len(self.events) - most
+        if drop > 0:
+            self.start = self.events[drop - 1]["id"]
+            del self.events[:drop], self.keys[:drop]
+        return len(self.events) - before
+
+
 class Reader(Protocol):
     """What feeds a `Fanout`: told which sessions are followed, it reads their streams
     from `Fanout.cursors` and hands what it read to `Fanout.deliver`."""
@@ -194,15 +238,28 @@ class Fanout:
         # Catch-up reads in flight, by stream and cursor: followers that join together
         # wait for one read and share its events.
         self._reads: dict[tuple[str, str], _SharedRead] = {}
+        # The newest events of followed streams, and how many they hold together: a
+        # follower that joins a followed stream takes its catch-up from here, without
+        # a read from Redis, its decoding or a wait for the others' reads.
+        self._tails: dict[str, _Tail] = {}
+        self._tail_events = 0
         self.reader = make_reader(self)
 
-    def subscribe(self, session_id: str, cursor: str, direct: Direct | None = None) -> Subscription:
+    def subscribe(
+        self,
+        session_id: str,
+        cursor: str,
+        direct: Direct | None = None,
+        read: tuple[str, store.Batch] | None = None,
+    ) -> Subscription:
         """Start receiving the entries read from now on for a session.
 
         A stream already followed keeps its position; a new one is read from `cursor`.
         When the position is already past `cursor`, `must_read_again` tells the follower
         to read once more from its own cursor, so nothing between its last read and the
         reader's position is missed; otherwise the reader brings everything after it.
+        `read`: what the follower read from Redis before, (where it read from, the
+        events, which end at `cursor`), the stream's tail if it has none.
         """
         sub = Subscription(session_id, self.max_queue, direct)
         with self._membership:
@@ -211,8 +268,37 @@ class Fanout:
                 must_read = self._add(sub, cursor)
                 sub.position = self._cursors[sub.key]
                 sub.must_read_again = id_key(sub.position) > id_key(cursor)
+                if read is not None and sub.position == cursor:
+                    self._seed_tail(sub.key, *read)
             self.reader.watch(session_id, is_new=is_new, must_read=must_read)
         return sub
+
+    def _seed_tail(self, key: str, start: str, events: store.Batch) -> None:
+        """Keep `events`, the stream's entries after `start` up to its read position, as
+        its tail (called with `_lock` held), if it has none and the budget allows."""
+        if key in self._tails or not events:
+            return
+        if len(events) > TAIL_EVENTS:
+            start, events = events[-TAIL_EVENTS - 1]["id"], events[-TAIL_EVENTS:]
+        if self._tail_events + len(events) > TAIL_EVENTS_MAX:
+            return
+        self._tails[key] = _Tail(start, events)
+        self._tail_events += len(events)
+
+    def tail_after(self, session_id: str, cursor: str) -> store.Batch | None:
+        """The events after `cursor` of a followed session, as the fan-out has them; None
+        when it does not have them all (the follower reads them from Redis).
+
+        The reader may have read further since: the follower's subscription then reads
+        the rest from Redis (`must_read_again`)."""
+        with self._lock:
+            tail = self._tails.get(keys.events(session_id))
+            return None if tail is None else tail.after(cursor)
+
+    def _drop_tail(self, key: str) -> None:
+        tail = self._tails.pop(key, None)
+        if tail is not None:
+            self._tail_events -= len(tail.events)
 
     def read_shared(self, key: str, what: str, read: Callable[[], _T]) -> _T:
         """`read()`, or the result of the same read (stream and `what`: the cursor and
@@ -255,9 +341,11 @@ class Fanout:
         if len(subs) == 1:
             self._cursors[key] = cursor
             self._confirmed.discard(key)
+            self._drop_tail(key)
             return True
         if key not in self._confirmed and id_key(cursor) < id_key(self._cursors[key]):
             self._cursors[key] = cursor
+            self._drop_tail(key)  # it no longer ends at the position
             return True
         return False
 
@@ -274,6 +362,7 @@ class Fanout:
                     del self._subs[sub.key]
                     self._cursors.pop(sub.key, None)
                     self._confirmed.discard(sub.key)
+                    self._drop_tail(sub.key)
             if is_last:
                 self.reader.unwatch(sub.session_id)
 
@@ -303,7 +392,10 @@ class Fanout:
             self._cursors[key] = entries[-1][0]
             self._confirmed.add(key)
             subs = list(self._subs[key])
+            tail = self._tails.get(key)
         events = [store.decode_event(entry_id, values) for entry_id, values in entries]
+        if tail is not None:
+            self._extend_tail(key, tail, read_from, events)
         # A terminal event goes through every follower's own greenlet, which then ends.
         if store.until_terminal(events)[1]:
             for sub in subs:
@@ -315,6 +407,19 @@ class Fanout:
             if not (sub.is_direct and sub.write(events, first_key, frames)):
                 sub.push(events)
         return True
+
+    def _extend_tail(self, key: str, tail: _Tail, read_from: str, events: store.Batch) -> None:
+        """Add what the reader read from `read_from` to the stream's tail, within the
+        budget; drop a tail that does not end there."""
+        with self._lock:
+            if self._tails.get(key) is not tail:
+                return  # dropped meanwhile
+            if tail.end != read_from:
+                self._drop_tail(key)
+                return
+            room = max(0, TAIL_EVENTS_MAX - self._tail_events)
+            most = min(TAIL_EVENTS, len(tail.events) + room)
+            self._tail_events += tail.extend(events, most)
 
 
 def read_after(r: redis.Redis, key: str, cursor: str, count: int = READ_COUNT) -> Entries:
@@ -345,6 +450,13 @@ def _first_page(
     key = keys.events(session_id)
 
     def read() -> tuple[str | None, Page]:
+        events = fanout.tail_after(session_id, cursor)
+        if events is not None:
+            status = cast(str | None, r.hget(keys.meta(session_id), fields.STATUS))
+            # A session that ended may have its terminal event in Redis and not yet in
+            # the tail: only a live one is caught up from the tail alone.
+            if status is not None and status not in store.TERMINAL_STATUSES:
+                return status, (*store.until_terminal(events), False)
         pipe = r.pipeline(transaction=False)
         pipe.hget(keys.meta(session_id), fields.STATUS)
         if cursor != _LAST_ID:
@@ -411,13 +523,16 @@ def follow(
     status, first = _first_page(fanout, r, session_id, cursor)
     if status is None:
         raise SessionNotFound(f"no session {session_id}")
+    # A backlog read in one page: the stream's tail for the followers that join next.
+    read: tuple[str, store.Batch] | None = (cursor, first[0]) if not first[2] else None
     while True:
         # The backlog, or what we missed after falling behind: from Redis, our own cursor.
         cursor, ended = yield from _catch_up(fanout, r, key, cursor, first)
         first = None
         if ended or status in store.TERMINAL_STATUSES:
             return
-        sub = fanout.subscribe(session_id, cursor, direct)
+        sub = fanout.subscribe(session_id, cursor, direct, read)
+        read = None
         try:
             if sub.must_read_again:
                 cursor, ended = yield from _catch_up(fanout, r, key, cursor, to=sub.position)

@@ -247,6 +247,103 @@ def test_followers_that_join_together_share_one_catch_up_read(own_redis: LocalRe
     r.close()
 
 
+def hub_session(r: redis.Redis) -> tuple[str, str]:
+    """A session of its own on `r`, leased: (id, lease token)."""
+    session_id = nanoid()
+    request = GenerationRequest(model="demo", messages=(Message("user", "hub"),))
+    store.create_session(r, session_id, request, queue="unused")
+    _state, token = store.acquire_lease(r, session_id, 60_000)
+    assert token
+    return session_id, token
+
+
+def test_a_follower_that_joins_a_followed_session_takes_its_backlog_from_the_fan_out(
+    own_redis: LocalRedis,
+) -> None:
+    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    session_id, token = hub_session(r)
+    append(r, session_id, token, 0, 5)
+    fanout = xread_fanout(connect(own_redis.url, socket_timeout_s=3), block_ms=200)
+    first: list[store.Event] = []
+
+    def follow_into(seen: list[store.Event], after: str | None = None) -> threading.Thread:
+        def run() -> None:
+            for batch in fanoutmod.follow(fanout, r, session_id, after, block_ms=200):
+                seen.extend(batch)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    threads = [follow_into(first)]
+    wait_for(lambda: fanout.followers() == 1, "the first follower is live")
+    last = append(r, session_id, token, 5, 5)  # read by the fan-out's reader
+    wait_for(lambda: first and first[-1]["id"] == last, "the first follower has chunk 9")
+    stored = [entry_id for entry_id, _ in r.xrange(keys.events(session_id))]
+
+    # Followers that join now, from the start and from chunk 3, read no events from Redis.
+    r.config_resetstat()
+    again = fanoutmod.follow(fanout, r, session_id, None, block_ms=200)
+    assert [e["id"] for e in next(again)] == stored  # the status and chunks 0-9, at once
+    later: list[store.Event] = []
+    threads.append(follow_into(later, after=stored[4]))  # the status, chunks 0-3 before it
+    # (`again` subscribes when asked for more)
+    wait_for(lambda: fanout.followers() == 2 and len(later) == 6, "the third is live")
+    assert command_calls(r, "xrange") == 0
+    assert command_calls(r, "hget") == 2  # each join's status check
+    assert [e["id"] for e in later] == stored[5:]
+
+    # Live events still reach all of them, in order, and the end ends them.
+    append(r, session_id, token, 10, 3)
+    store.append_done(
+        r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=13, usage=None
+    )
+    rest = list(events(again))
+    for t in threads:
+        t.join(10)
+    stored = [entry_id for entry_id, _ in r.xrange(keys.events(session_id))]
+    assert [e["id"] for e in first] == stored
+    assert [e["id"] for e in later] == stored[5:]
+    assert [e["id"] for e in rest] == stored[11:]
+    # The fan-out forgets the session's events with its last follower.
+    assert fanout.followers() == 0
+    assert fanout.tail_after(session_id, "0-0") is None
+    r.close()
+
+
+class IdleReader:
+    """A reader that reads nothing: the test hands the fan-out what it "read"."""
+
+    def watch(self, session_id: str, *, is_new: bool, must_read: bool) -> None:
+        pass
+
+    def unwatch(self, session_id: str) -> None:
+        pass
+
+
+def test_a_joiner_of_a_session_that_ended_gets_the_end_the_fan_out_has_not_read_yet(
+    own_redis: LocalRedis,
+) -> None:
+    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    session_id, token = hub_session(r)
+    append(r, session_id, token, 0, 3)
+    fanout = fanoutmod.Fanout(lambda _fanout: IdleReader())
+    live = fanoutmod.follow(fanout, r, session_id, None, block_ms=100)
+    backlog = next(live)  # the status and chunks 0-2, from Redis
+    assert next(live) == []  # subscribed, its backlog kept by the fan-out; nothing new
+    assert fanout.tail_after(session_id, "0-0") == backlog
+    # The session ends; the fan-out's reader has not read the end yet.
+    store.append_done(
+        r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=3, usage=None
+    )
+    joiner = list(events(fanoutmod.follow(fanout, r, session_id, None, block_ms=100)))
+    stored = [entry_id for entry_id, _ in r.xrange(keys.events(session_id))]
+    assert [e["id"] for e in joiner] == stored  # the end included
+    assert joiner[-1]["type"] == "done"
+    live.close()
+    r.close()
+
+
 class RecordingClient:
     """A follower's client as the fan-out's reader writes to it directly (`fanout.Direct`):
     every write goes whole; `saw` gets the events in the order they reached the client."""
