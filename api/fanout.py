@@ -443,11 +443,16 @@ def _read_page(r: redis.Redis, key: str, cursor: str) -> Page:
 
 
 def _first_page(
-    fanout: Fanout, r: redis.Redis, session_id: str, cursor: str
+    fanout: Fanout, r: redis.Redis, session_id: str, cursor: str, known: str | None = None
 ) -> tuple[str | None, Page]:
-    """The session's status and its first page after `cursor`, in one round trip shared
-    with the followers that ask for the same at the same time."""
+    """The session's status and its first page after `cursor`: from the fan-out's tail,
+    with no round trip when the status is `known` (read before), or one round trip
+    shared with the followers that ask for the same at the same time."""
     key = keys.events(session_id)
+    if known is not None and known not in store.TERMINAL_STATUSES:
+        events = fanout.tail_after(session_id, cursor)
+        if events is not None:
+            return known, (*store.until_terminal(events), False)
 
     def read() -> tuple[str | None, Page]:
         events = fanout.tail_after(session_id, cursor)
@@ -506,9 +511,11 @@ def follow(
     *,
     block_ms: int,
     direct: Direct | None = None,
+    status: str | None = None,
 ) -> Iterator[store.Batch]:
     """Yield the session's events after `after` in batches, then live ones (through the
-    process's fan-out), until the terminal event.
+    process's fan-out), until the terminal event (`status`: the session's, if the caller
+    has read it already; it must have been read before any of the events).
 
     A batch is what one read returned, so a relay can write it to its client in one go.
     Yields an empty batch each time `block_ms` passes with nothing new (a chance to send
@@ -520,7 +527,7 @@ def follow(
     key = keys.events(session_id)
     cursor = after or "0-0"
     first: Page | None
-    status, first = _first_page(fanout, r, session_id, cursor)
+    status, first = _first_page(fanout, r, session_id, cursor, status)
     if status is None:
         raise SessionNotFound(f"no session {session_id}")
     # A backlog read in one page: the stream's tail for the followers that join next.
@@ -593,10 +600,12 @@ def follow_reconnecting(
     outage_max_s: float,
     sleep: Callable[[float], None] = time.sleep,
     direct: Direct | None = None,
+    status: str | None = None,
 ) -> Iterator[store.Batch]:
     """`follow`, riding out Redis restarts: on a connection error it waits with capped
     backoff (yielding empty batches meanwhile) and follows again from the last event it
     delivered. Raises the Redis error once Redis has been unreachable for `outage_max_s`.
+    `status`: as `follow`'s, for its first call only.
     """
     cursor = after
     down_since: float | None = None
@@ -606,7 +615,11 @@ def follow_reconnecting(
             if cursor is None or id_key(direct.last_id) > id_key(cursor):
                 cursor = direct.last_id  # written by the reader, never yielded
         try:
-            for batch in follow(fanout, r, session_id, cursor, block_ms=block_ms, direct=direct):
+            batches = follow(
+                fanout, r, session_id, cursor, block_ms=block_ms, direct=direct, status=status
+            )
+            status = None  # a follow after an outage reads it again
+            for batch in batches:
                 if down_since is not None:
                     log.info("follower of %s: Redis back", session_id)
                     down_since, failures = None, 0

@@ -26,9 +26,14 @@ sock = Sock()
 
 
 def _events(
-    b: Backend, session_id: str, after: str | None, direct: fanout.Direct | None = None
+    b: Backend,
+    session_id: str,
+    after: str | None,
+    direct: fanout.Direct | None = None,
+    status: str | None = None,
 ) -> Iterator[store.Batch]:
-    """The session's events after `after` in batches, riding out Redis restarts."""
+    """The session's events after `after` in batches, riding out Redis restarts
+    (`status`: as read when the follower joined, if it was)."""
     return fanout.follow_reconnecting(
         b.fanout,
         b.redis,
@@ -37,6 +42,7 @@ def _events(
         block_ms=b.settings.api.xread_block_ms,
         outage_max_s=b.settings.redis.outage_max_s,
         direct=direct,
+        status=status,
     )
 
 
@@ -82,7 +88,7 @@ class Following:
         as delivered. With `direct`, live batches may reach the client through it instead
         (counted there), and an empty batch may ask the caller to flush it.
         """
-        for batch in _events(b, self.session_id, after, direct):
+        for batch in _events(b, self.session_id, after, direct, self.place.status):
             if shutdown.is_stopping() or not is_open():
                 return
             self.place.keep()

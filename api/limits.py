@@ -22,7 +22,8 @@ def caller_bucket() -> str:
 
 def join_followers(session_id: str) -> limits.FollowerPlace:
     """A place among the session's and the caller's followers (the session's stream-token
-    followers, for a token), or `TooManyRequests`."""
+    followers, for a token), or `TooManyRequests`; with the session's status, read in
+    the same round trip when there is one."""
     b = backend()
     settings = b.settings
     if auth.caller().token_session is not None:
@@ -36,4 +37,6 @@ def join_followers(session_id: str) -> limits.FollowerPlace:
             per_session=settings.limits.max_followers_per_session,
             per_caller=settings.limits.max_followers_per_caller,
         )
-    return limits.join_followers(b.redis, budgets, lease_s=settings.api.follower_lease_s)
+    return limits.join_followers(
+        b.redis, budgets, lease_s=settings.api.follower_lease_s, status_of=session_id
+    )

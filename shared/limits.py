@@ -130,6 +130,9 @@ class FollowerPlace:
     member: str
     lease_ms: int
     renew_at: float
+    # The session's status, when `join_followers` was asked for it and could read it in
+    # the places' round trip; None otherwise.
+    status: str | None = None
 
     def keep(self) -> None:
         """Renew the place's lease when a third of it has passed (call it often)."""
@@ -198,18 +201,24 @@ def budgets_of_token(session_id: str, *, per_session: int) -> list[FollowerBudge
     ]
 
 
-def join_followers(r: redis.Redis, budgets: list[FollowerBudget], *, lease_s: int) -> FollowerPlace:
+def join_followers(
+    r: redis.Redis, budgets: list[FollowerBudget], *, lease_s: int, status_of: str | None = None
+) -> FollowerPlace:
     """Take a follower's place in every budget's set, or raise `TooManyRequests` (code
-    `too_many_followers`) when one is full."""
+    `too_many_followers`) when one is full.
+
+    `status_of`: a session whose status to read in the same round trip, when there is
+    one (`FollowerPlace.status`): the follower need not ask for it again.
+    """
     lease_ms = lease_s * 1000
     place = FollowerPlace(r, [], uuid.uuid4().hex, lease_ms, time.monotonic() + lease_s / 3)
     counted = [budget for budget in budgets if budget.limit > 0]
     now = now_ms()
     argvs = [[now, now + lease_ms, place.member, b.limit, lease_ms] for b in counted]
-    if isinstance(r, redis.Redis) and len(counted) > 1:
+    if isinstance(r, redis.Redis) and counted and (len(counted) > 1 or status_of):
         # One round trip for every budget: a join storm pays it per follower. (A cluster
         # pipeline goes one by one: its keys live in different slots.)
-        joined = _join_in_one_trip(r, counted, argvs)
+        joined, place.status = _join_in_one_trip(r, counted, argvs, status_of)
     else:
         joined = [
             run_script(r, _JOIN, [budget.key], argv)
@@ -232,9 +241,10 @@ _JOIN_SHA = hashlib.sha1(_JOIN.encode(), usedforsecurity=False).hexdigest()  # a
 
 
 def _join_in_one_trip(
-    r: redis.Redis, budgets: list[FollowerBudget], argvs: list[list[Any]]
-) -> list[Any]:
-    """Run `_JOIN` for every budget in one pipeline.
+    r: redis.Redis, budgets: list[FollowerBudget], argvs: list[list[Any]], status_of: str | None
+) -> tuple[list[Any], str | None]:
+    """Run `_JOIN` for every budget in one pipeline, and read `status_of`'s status in it:
+    (each budget's answer, the status).
 
     By EVALSHA: redis-py's pipeline would first ask `SCRIPT EXISTS`, a round trip of its
     own on every call. A Redis that lost its scripts (a restart) refuses them all; the
@@ -244,8 +254,11 @@ def _join_in_one_trip(
         pipe = r.pipeline(transaction=False)
         for budget, argv in zip(budgets, argvs, strict=True):
             pipe.evalsha(_JOIN_SHA, 1, budget.key, *argv)
+        if status_of is not None:
+            pipe.hget(keys.meta(status_of), fields.STATUS)
         try:
-            return cast(list[Any], pipe.execute())
+            answers = cast(list[Any], pipe.execute())
+            return answers[: len(budgets)], (answers[-1] if status_of is not None else None)
         except redis.exceptions.NoScriptError:
             if attempt:
                 raise

@@ -292,6 +292,12 @@ def test_a_follower_that_joins_a_followed_session_takes_its_backlog_from_the_fan
     assert command_calls(r, "xrange") == 0
     assert command_calls(r, "hget") == 2  # each join's status check
     assert [e["id"] for e in later] == stored[5:]
+    # One whose status was read with its places (`FollowerPlace.status`) sends nothing.
+    known = fanoutmod.follow(fanout, r, session_id, stored[8], block_ms=200, status="running")
+    assert [e["id"] for e in next(known)] == stored[9:]
+    known.close()
+    assert command_calls(r, "xrange") == 0
+    assert command_calls(r, "hget") == 2
 
     # Live events still reach all of them, in order, and the end ends them.
     append(r, session_id, token, 10, 3)

@@ -17,7 +17,8 @@ import requests
 import websocket
 
 from api.apikeys import hash_key
-from shared import keys
+from rstreams.localredis import LocalRedis
+from shared import keys, limits
 from shared.errors import ConfigError
 from shared.settings import LimitsSettings, Settings
 from tests import client
@@ -427,3 +428,30 @@ def test_limits_on_a_redis_cluster(logs_dir: Path) -> None:
         second.close()
         first.close()
         requests.delete(f"{api.url}/api/streams/{live}", timeout=10)
+
+
+def test_a_follower_s_places_and_its_session_s_status_take_one_round_trip(
+    own_redis: LocalRedis,
+) -> None:
+    r = redis.Redis.from_url(own_redis.url, decode_responses=True)  # counts only ours
+    session_id = uuid.uuid4().hex[:21]
+    r.hset(keys.meta(session_id), "status", "running")
+    caller = f"addr:test-{session_id}"
+    budgets = limits.budgets_of_key(session_id, caller, per_session=5, per_caller=5)
+    limits.join_followers(r, budgets, lease_s=30).leave()  # Redis has the script now
+    reads_before = r.info("stats")["total_reads_processed"]
+    place = limits.join_followers(r, budgets, lease_s=30, status_of=session_id)
+    # Each budget's script and the status in one read of Redis'; the INFO that asks, one more.
+    assert r.info("stats")["total_reads_processed"] - reads_before == 2
+    assert place.status == "running"
+    assert r.zscore(keys.followers(session_id), place.member) is not None
+    assert r.zscore(keys.caller_followers(caller), place.member) is not None
+    place.leave()
+    assert r.zcard(keys.followers(session_id)) == 0
+    assert r.zcard(keys.caller_followers(caller)) == 0
+    # A session that does not exist has no status; the places are taken all the same
+    # (the follow itself answers not_found).
+    gone = limits.join_followers(r, budgets, lease_s=30, status_of="no-such-session")
+    assert gone.status is None
+    gone.leave()
+    r.close()
