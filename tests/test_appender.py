@@ -15,6 +15,7 @@ from shared import keys, store
 from shared.jobs import GenerationRequest, Message, enqueue, make_celery
 from shared.settings import Settings
 from tests.conftest import STREAM_TTL_S
+from tests.waiting import wait_until
 from worker.appender import Appender, Sink, StoreUnavailable
 from worker.providers.demo import demo_text
 
@@ -37,14 +38,6 @@ def start_sessions(r: redis.Redis, env: dict[str, str], n: int, chunks: int) -> 
 def prompt_of(session_id: str) -> str:
     """Each session's own prompt, so each has its own text."""
     return f"batched {session_id}"
-
-
-def wait_for(condition: Any, timeout_s: float, what: str) -> None:
-    """Poll `condition()` until it is true."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def status(r: redis.Redis, session_id: str) -> str | None:
@@ -81,7 +74,9 @@ def test_a_hundred_concurrent_sessions_each_get_every_chunk_once_in_order(
     stack.worker()
     ids = start_sessions(r, stack.env, 100, chunks=150)
 
-    wait_for(lambda: all(status(r, s) == "completed" for s in ids), 120, "100 sessions to complete")
+    wait_until(
+        lambda: all(status(r, s) == "completed" for s in ids), "100 sessions to complete", 120
+    )
     for session_id in ids:
         assert_exactly_once_in_order(r, session_id, 150)
     assert_no_generation_errors(stack.workers[0].log())
@@ -93,15 +88,14 @@ def test_cancelling_during_batched_appends_stops_those_generations_and_nothing_f
     stack = make_stack(DEMO_TOKENS_PER_S="100", WORKER_CONCURRENCY="60")
     worker = stack.worker()
     ids = start_sessions(r, stack.env, 60, chunks=3000)  # 30 s each if not stopped
-    wait_for(lambda: all(chunk_count(r, s) >= 20 for s in ids), 60, "every session to write")
+    wait_until(lambda: all(chunk_count(r, s) >= 20 for s in ids), "every session to write", 60)
 
     cancelled, others = ids[::2], ids[1::2]
     for session_id in cancelled:
         assert store.cancel(r, session_id, ttl_s=STREAM_TTL_S) == (True, "cancelled")
     # Each generation sees the refusal at its next chunk and ends its task.
-    wait_for(
+    wait_until(
         lambda: all(f"session {s} stopped: terminal" in worker.log() for s in cancelled),
-        20,
         "the cancelled generations to stop",
     )
     for session_id in cancelled:
@@ -113,7 +107,7 @@ def test_cancelling_during_batched_appends_stops_those_generations_and_nothing_f
         assert events[-1]["id"] == last_id and status(r, session_id) == "cancelled"
     # The others were not held up: they keep going.
     counts = {s: chunk_count(r, s) for s in others}
-    wait_for(lambda: all(chunk_count(r, s) > counts[s] for s in others), 20, "the others")
+    wait_until(lambda: all(chunk_count(r, s) > counts[s] for s in others), "the others")
     for session_id in others:
         assert status(r, session_id) == "running"
         store.cancel(r, session_id, ttl_s=STREAM_TTL_S)
@@ -133,14 +127,14 @@ def test_a_redis_restart_in_the_middle_of_batches_loses_and_repeats_nothing(
     worker = stack.worker()
     mine = redis.Redis.from_url(own_redis.url, decode_responses=True)
     ids = start_sessions(mine, stack.env, 50, chunks=300)
-    wait_for(lambda: all(chunk_count(mine, s) >= 20 for s in ids), 60, "every session to write")
+    wait_until(lambda: all(chunk_count(mine, s) >= 20 for s in ids), "every session to write", 60)
 
     own_redis.stop()  # a restart forgets the append script too: the batches must load it again
-    wait_for(lambda: "Redis unreachable" in worker.log(), 20, "the worker to hold chunks")
+    wait_until(lambda: "Redis unreachable" in worker.log(), "the worker to hold chunks")
     own_redis.start()
 
-    wait_for(
-        lambda: all(status(mine, s) == "completed" for s in ids), 120, "50 sessions to complete"
+    wait_until(
+        lambda: all(status(mine, s) == "completed" for s in ids), "50 sessions to complete", 120
     )
     for session_id in ids:
         assert_exactly_once_in_order(mine, session_id, 300)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +12,7 @@ from shared import keys
 from tests import client
 from tests.conftest import STREAM_TTL_S
 from tests.procs import Api, Worker
-
-
-def wait_until(condition: Any, what: str, timeout_s: float = 20) -> None:
-    """Poll `condition()` until it is true; the deadline only bounds a hang."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+from tests.waiting import wait_until
 
 
 def test_cancel_gives_cancelled_and_nothing_after(api: Api, worker: Worker, r: redis.Redis) -> None:

@@ -26,6 +26,7 @@ from shared.jobs import GenerationRequest, Message
 from tests import client
 from tests.procs import Api
 from tests.test_outages import chunks_seen, follow_in_background, raw_ws
+from tests.waiting import wait_until
 from worker.providers.demo import demo_text
 
 
@@ -53,14 +54,6 @@ def append(r: redis.Redis, session_id: str, token: str, n: int, size: int) -> No
     store.append_done(
         r, session_id, token=token, ttl_s=600, finish_reason="stop", chunks=n, usage=None
     )
-
-
-def wait_until(holds: Any, what: str, timeout_s: float = 20) -> None:
-    """Return once `holds()`; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not holds():
-        assert time.monotonic() < deadline, f"still not so after {timeout_s} s: {what}"
-        time.sleep(0.02)
 
 
 class RawFollower:

@@ -22,6 +22,7 @@ from tests import client
 from tests.procs import Api
 from tests.test_direct_writes import RawFollower
 from tests.test_outages import raw_ws
+from tests.waiting import wait_until
 
 FUTURE = "9999999999999-0"
 
@@ -56,7 +57,7 @@ def assert_a_future_cursor_delays_no_one_else(api: Api, r: Any, transport: str) 
     hostile = hold_future_follower(api, session_id, transport)
     try:
         # Admitted (its place taken) before the second one joins: both share the reader.
-        eventually(lambda: r.zcard(keys.followers(session_id)) == 1, "the follower is admitted")
+        wait_until(lambda: r.zcard(keys.followers(session_id)) == 1, "the follower is admitted")
         # 150 events arrive live, long before the last of the 350 chunks is written.
         seen = client.ws_follow(api.ws_url, session_id, max_events=150, timeout_s=30)
         assert len(seen.events) == 150
@@ -122,9 +123,9 @@ def test_readers_that_stop_reading_are_dropped_and_give_their_places_up(
     session_id, _token = live_session_with_backlog(r)
     places = keys.followers(session_id)
     stuck = [stuck_reader(api.port, session_id, transport) for _ in range(3)]
-    eventually(lambda: r.zcard(places) == 3, "the stuck readers hold the session's places")
+    wait_until(lambda: r.zcard(places) == 3, "the stuck readers hold the session's places")
     # Blocked in a send, each is dropped WS_SEND_TIMEOUT_S later, and its place goes with it.
-    eventually(lambda: r.zcard(places) == 0, "the stuck readers' places came free", 20)
+    wait_until(lambda: r.zcard(places) == 0, "the stuck readers' places came free", 20)
     assert all(closed_by_server(sock) for sock in stuck)
     # A dropped reader is routine: one line each (written as its handler ends, just after
     # its place is given up), no traceback.
@@ -133,7 +134,7 @@ def test_readers_that_stop_reading_are_dropped_and_give_their_places_up(
         if transport == "sse"
         else f"follower of {session_id} dropped: timed out"
     )
-    eventually(lambda: api.log().count(said) >= 3, "each drop is logged")
+    wait_until(lambda: api.log().count(said) >= 3, "each drop is logged")
     assert api.log().count(said) == 3
     assert "Traceback" not in api.log()
     assert len(client.sse_follow(api.url, session_id, max_events=3).events) == 3
@@ -220,7 +221,7 @@ def test_readers_that_stop_reading_do_not_slow_the_others(
     session_id, token = live_session_with_backlog(r)
     places = keys.followers(session_id)
     stuck = [stuck_reader(api.port, session_id, transport) for _ in range(3)]
-    eventually(lambda: r.zcard(places) == 3, "the stuck readers hold the session's places")
+    wait_until(lambda: r.zcard(places) == 3, "the stuck readers hold the session's places")
     store.append_done(
         r, session_id, token=token, ttl_s=600, finish_reason="stop", chunks=2000, usage=None
     )
@@ -232,14 +233,6 @@ def test_readers_that_stop_reading_do_not_slow_the_others(
     assert r.zcard(places) == 3
     for sock in stuck:
         sock.close()
-
-
-def eventually(check: Any, what: str, timeout_s: float = 10) -> None:
-    """Wait until `check()` holds."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"not so after {timeout_s} s: {what}"
-        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("frame", ["ping", "pong"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -23,6 +23,7 @@ from shared.jobs import GenerationRequest, Message
 from shared.redisconn import connect
 from tests import client
 from tests.test_metrics import scrape, value
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -45,14 +46,6 @@ def append(r: redis.Redis, session_id: str, token: str, start: int, n: int) -> s
             )
         )
     return last
-
-
-def wait_for(holds: Callable[[], bool], what: str, timeout_s: float = 20) -> None:
-    """Return once `holds()`; fail after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not holds():
-        assert time.monotonic() < deadline, f"still not true after {timeout_s} s: {what}"
-        time.sleep(0.01)
 
 
 def events(batches: Iterator[store.Batch]) -> Iterator[store.Event]:
@@ -82,7 +75,7 @@ def test_a_follower_that_falls_behind_catches_up_in_order(
     assert fanout.followers() == 1
     append(r, session_id, token, 3, 40)  # far more than the queue holds
     # The reader reads them while the follower takes none: its queue overflows.
-    wait_for(lambda: subscriptions[-1].is_behind, "the follower fell behind", timeout_s=10)
+    wait_until(lambda: subscriptions[-1].is_behind, "the follower fell behind", timeout_s=10)
     store.append_done(
         r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=43, usage=None
     )
@@ -119,7 +112,7 @@ def test_many_followers_share_one_reader(own_redis: LocalRedis) -> None:
     threads = [threading.Thread(target=follow, args=(i,)) for i in range(followers)]
     for t in threads:
         t.start()
-    wait_for(lambda: all(e.is_set() for e in started), "every follower has its first event")
+    wait_until(lambda: all(e.is_set() for e in started), "every follower has its first event")
     r.config_resetstat()
     for n in range(chunks):
         append(r, session_id, token, n, 1)
@@ -189,7 +182,7 @@ def test_redis_connections_do_not_grow_with_followers(
     results = [client.ws_read(ws, client.WsResult(), max_events=1) for ws in sockets]
     assert all(res.events[0]["type"] == "status" for res in results)
     # Every follower has had its backlog and waits live; /metrics counts all of them.
-    wait_for(lambda: value(scrape(api.url), "rstreams_followers", transport="ws") == 100, "100")
+    wait_until(lambda: value(scrape(api.url), "rstreams_followers", transport="ws") == 100, "100")
     during = api_connections()
     stack.worker()
     for ws, res in zip(sockets, results, strict=True):
@@ -276,9 +269,9 @@ def test_a_follower_that_joins_a_followed_session_takes_its_backlog_from_the_fan
         return thread
 
     threads = [follow_into(first)]
-    wait_for(lambda: fanout.followers() == 1, "the first follower is live")
+    wait_until(lambda: fanout.followers() == 1, "the first follower is live")
     last = append(r, session_id, token, 5, 5)  # read by the fan-out's reader
-    wait_for(lambda: first and first[-1]["id"] == last, "the first follower has chunk 9")
+    wait_until(lambda: first and first[-1]["id"] == last, "the first follower has chunk 9")
     stored = [entry_id for entry_id, _ in r.xrange(keys.events(session_id))]
 
     # Followers that join now, from the start and from chunk 3, read no events from Redis.
@@ -288,7 +281,7 @@ def test_a_follower_that_joins_a_followed_session_takes_its_backlog_from_the_fan
     later: list[store.Event] = []
     threads.append(follow_into(later, after=stored[4]))  # the status, chunks 0-3 before it
     # (`again` subscribes when asked for more)
-    wait_for(lambda: fanout.followers() == 2 and len(later) == 6, "the third is live")
+    wait_until(lambda: fanout.followers() == 2 and len(later) == 6, "the third is live")
     assert command_calls(r, "xrange") == 0
     assert command_calls(r, "hget") == 2  # each join's status check
     assert [e["id"] for e in later] == stored[5:]
@@ -414,7 +407,7 @@ def test_what_the_reader_wrote_during_a_status_check_is_not_sent_again(
     try:
         assert paused.in_check.wait(20)  # live, nothing new for 200 ms: checking the status
         last = append(r, session_id, token, 3, 3)
-        wait_for(lambda: direct.last_id == last, "the reader wrote chunks 3-5 to the client")
+        wait_until(lambda: direct.last_id == last, "the reader wrote chunks 3-5 to the client")
         store.append_done(
             r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=6, usage=None
         )

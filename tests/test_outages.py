@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import threading
-import time
 from typing import Any
 
 import redis
@@ -17,6 +16,7 @@ from rstreams.localredis import LocalRedis
 from shared import keys
 from tests import client
 from tests.procs import Api
+from tests.waiting import wait_until
 from worker.providers.demo import demo_text
 
 
@@ -34,14 +34,6 @@ def follow_in_background(
     thread = threading.Thread(target=follow)
     thread.start()
     return thread, result
-
-
-def wait_until(condition: Any, what: str, timeout_s: float = 20) -> None:
-    """Poll `condition()` until it is true; the deadline only bounds a hang."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def chunks_seen(result: client.WsResult | client.SseResult) -> int:

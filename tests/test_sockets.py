@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from api import sockets
-from tests.test_outages import wait_until
+from tests.waiting import wait_until
 
 
 @pytest.fixture
