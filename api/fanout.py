@@ -447,7 +447,11 @@ def _first_page(
 ) -> tuple[str | None, Page]:
     """The session's status and its first page after `cursor`: from the fan-out's tail,
     with no round trip when the status is `known` (read before), or one round trip
-    shared with the followers that ask for the same at the same time."""
+    shared with the followers that ask for the same at the same time.
+
+    A status read before the events is all a follow needs: an end it did not show comes
+    as an event. So a `known` status stands in for the read's own.
+    """
     key = keys.events(session_id)
     if known is not None and known not in store.TERMINAL_STATUSES:
         events = fanout.tail_after(session_id, cursor)
@@ -455,6 +459,8 @@ def _first_page(
             return known, (*store.until_terminal(events), False)
 
     def read() -> tuple[str | None, Page]:
+        if known is not None:
+            return known, _read_page(r, key, cursor)
         events = fanout.tail_after(session_id, cursor)
         if events is not None:
             status = cast(str | None, r.hget(keys.meta(session_id), fields.STATUS))
