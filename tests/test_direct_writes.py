@@ -17,14 +17,13 @@ from typing import Any
 import pytest
 import redis
 import websocket
-from nanoid import generate as nanoid
 from websockets.sync.client import connect as connect_ws
 
 from rstreams.localredis import LocalRedis
 from shared import keys, store
-from shared.jobs import GenerationRequest, Message
 from tests import client
 from tests.procs import Api
+from tests.test_hub import leased_session
 from tests.test_outages import chunks_seen, follow_in_background, raw_ws
 from tests.waiting import wait_until
 from worker.providers.demo import demo_text
@@ -32,12 +31,7 @@ from worker.providers.demo import demo_text
 
 def live_session(r: redis.Redis) -> tuple[str, str]:
     """A running session written straight to Redis (no worker), and its lease token."""
-    session_id = nanoid()
-    request = GenerationRequest(model="demo", messages=(Message("user", "direct"),))
-    store.create_session(r, session_id, request, queue="unused")
-    _state, token = store.acquire_lease(r, session_id, 600_000)
-    assert token
-    return session_id, token
+    return leased_session(r, "direct", 600_000)
 
 
 def text_of(index: int, size: int) -> str:

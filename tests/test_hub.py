@@ -26,14 +26,19 @@ from tests.test_metrics import scrape, value
 from tests.waiting import wait_until
 
 
-@pytest.fixture
-def session(r: redis.Redis) -> tuple[str, str]:
+def leased_session(r: redis.Redis, prompt: str = "hub", lease_ms: int = 60_000) -> tuple[str, str]:
+    """A session written straight to `r` (no worker) and leased: (its id, the lease token)."""
     session_id = nanoid()
-    request = GenerationRequest(model="demo", messages=(Message("user", "hub"),))
+    request = GenerationRequest(model="demo", messages=(Message("user", prompt),))
     store.create_session(r, session_id, request, queue="unused")
-    _state, token = store.acquire_lease(r, session_id, 60_000)
+    _state, token = store.acquire_lease(r, session_id, lease_ms)
     assert token
     return session_id, token
+
+
+@pytest.fixture
+def session(r: redis.Redis) -> tuple[str, str]:
+    return leased_session(r)
 
 
 def append(r: redis.Redis, session_id: str, token: str, start: int, n: int) -> str:
@@ -93,11 +98,7 @@ def xread_calls(r: redis.Redis) -> int:
 
 def test_many_followers_share_one_reader(own_redis: LocalRedis) -> None:
     r = redis.Redis.from_url(own_redis.url, decode_responses=True)
-    session_id = nanoid()
-    request = GenerationRequest(model="demo", messages=(Message("user", "hub"),))
-    store.create_session(r, session_id, request, queue="unused")
-    _state, token = store.acquire_lease(r, session_id, 60_000)
-    assert token
+    session_id, token = leased_session(r)
     blocking = connect(own_redis.url, socket_timeout_s=3)
     fanout = xread_fanout(blocking, block_ms=200)
     followers, chunks = 50, 20
@@ -206,11 +207,7 @@ def command_calls(r: redis.Redis, command: str) -> int:
 
 def test_followers_that_join_together_share_one_catch_up_read(own_redis: LocalRedis) -> None:
     r = redis.Redis.from_url(own_redis.url, decode_responses=True)
-    session_id = nanoid()
-    request = GenerationRequest(model="demo", messages=(Message("user", "hub"),))
-    store.create_session(r, session_id, request, queue="unused")
-    _state, token = store.acquire_lease(r, session_id, 60_000)
-    assert token
+    session_id, token = leased_session(r)
     append(r, session_id, token, 0, 5)
     fanout = xread_fanout(connect(own_redis.url, socket_timeout_s=3), block_ms=200)
     joins = 50
@@ -240,21 +237,11 @@ def test_followers_that_join_together_share_one_catch_up_read(own_redis: LocalRe
     r.close()
 
 
-def hub_session(r: redis.Redis) -> tuple[str, str]:
-    """A session of its own on `r`, leased: (id, lease token)."""
-    session_id = nanoid()
-    request = GenerationRequest(model="demo", messages=(Message("user", "hub"),))
-    store.create_session(r, session_id, request, queue="unused")
-    _state, token = store.acquire_lease(r, session_id, 60_000)
-    assert token
-    return session_id, token
-
-
 def test_a_follower_that_joins_a_followed_session_takes_its_backlog_from_the_fan_out(
     own_redis: LocalRedis,
 ) -> None:
     r = redis.Redis.from_url(own_redis.url, decode_responses=True)
-    session_id, token = hub_session(r)
+    session_id, token = leased_session(r)
     append(r, session_id, token, 0, 5)
     fanout = xread_fanout(connect(own_redis.url, socket_timeout_s=3), block_ms=200)
     first: list[store.Event] = []
@@ -324,7 +311,7 @@ def test_a_joiner_of_a_session_that_ended_gets_the_end_the_fan_out_has_not_read_
     own_redis: LocalRedis,
 ) -> None:
     r = redis.Redis.from_url(own_redis.url, decode_responses=True)
-    session_id, token = hub_session(r)
+    session_id, token = leased_session(r)
     append(r, session_id, token, 0, 3)
     fanout = fanoutmod.Fanout(lambda _fanout: IdleReader())
     live = fanoutmod.follow(fanout, r, session_id, None, block_ms=100)
