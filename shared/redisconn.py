@@ -26,10 +26,11 @@ class _Parser(_HiredisParser):
 
     A pool hands a connection out only after `can_read()` found nothing waiting on it
     (redis-py's `get_connection`): a `poll` with no timeout, on every command. Under
-    gevent's monkey patching that `poll` is gevent's, which goes through its hub: 44 us
-    a call against 1.4 us for the system's, 8 % of the API's CPU for a follower's join
-    (docs/BENCHMARKS.md). With no timeout the system's never blocks. Input found (which
-    a healthy connection never has) is left to redis-py's own check.
+    gevent's monkey patching that `poll` is gevent's, which goes through its hub: 23 to
+    40 us a call against 1.2 to 2.1 us for the system's (`python -m bench.roundtrip`),
+    8 % of the API's CPU for a follower's join (docs/BENCHMARKS.md). With no timeout the
+    system's never blocks. Input found (which a healthy connection never has) is left to
+    redis-py's own check.
     """
 
     def can_read(self, timeout: float = 0) -> bool:
