@@ -109,6 +109,7 @@ class Subscription:
         # cursor, so what lies between must be read from Redis once more.
         self.must_read_again = False
         self.position = ""  # the stream's read position when the follower subscribed
+        self.is_woken = False  # see `wake`
 
     def push(self, entries: store.Batch) -> None:
         """Called by the reader's thread: queue a batch, or mark the follower behind."""
@@ -121,18 +122,29 @@ class Subscription:
             self.entries.extend(entries)
         self.ready.set()
 
+    def wake(self) -> None:
+        """Have the follower's `take` return now, from any thread (its client left)."""
+        self.is_woken = True
+        self.ready.set()
+
     def take(self, timeout_s: float) -> store.Batch | object | None:
         """Everything queued; `_BEHIND` if the queue overflowed; None after `timeout_s`
         with no wake-up; an empty list on a wake-up with nothing queued (the reader left
-        part of a write to the follower)."""
-        if not self.entries and not self.is_behind:
+        part of a write to the follower, or `wake`)."""
+        if not self.entries and not self.is_behind and not self.is_woken:
             self.ready.clear()
-            # A push between the check and the clear set `ready` before the clear: look
-            # again before waiting.
-            if not self.entries and not self.is_behind and not self.ready.wait(timeout_s):
+            # A push (or `wake`) between the check and the clear set `ready` before the
+            # clear: look again before waiting.
+            if (
+                not self.entries
+                and not self.is_behind
+                and not self.is_woken
+                and not self.ready.wait(timeout_s)
+            ):
                 return None
         if self.is_behind:
             return _BEHIND
+        self.is_woken = False
         popleft = self.entries.popleft
         return [popleft() for _ in range(len(self.entries))]
 
@@ -518,10 +530,15 @@ def follow(
     block_ms: int,
     direct: Direct | None = None,
     status: str | None = None,
+    wake_with: Callable[[Callable[[], None]], None] | None = None,
 ) -> Iterator[store.Batch]:
     """Yield the session's events after `after` in batches, then live ones (through the
     process's fan-out), until the terminal event (`status`: the session's, if the caller
     has read it already; it must have been read before any of the events).
+
+    `wake_with` is given a function that makes a follower waiting for live events yield
+    an empty batch at once (the relay's client has left: it need not wait for the next
+    `block_ms`).
 
     A batch is what one read returned, so a relay can write it to its client in one go.
     Yields an empty batch each time `block_ms` passes with nothing new (a chance to send
@@ -546,6 +563,8 @@ def follow(
             return
         sub = fanout.subscribe(session_id, cursor, direct, read)
         read = None
+        if wake_with is not None:
+            wake_with(sub.wake)
         try:
             if sub.must_read_again:
                 cursor, ended = yield from _catch_up(fanout, r, key, cursor, to=sub.position)
@@ -607,11 +626,12 @@ def follow_reconnecting(
     sleep: Callable[[float], None] = time.sleep,
     direct: Direct | None = None,
     status: str | None = None,
+    wake_with: Callable[[Callable[[], None]], None] | None = None,
 ) -> Iterator[store.Batch]:
     """`follow`, riding out Redis restarts: on a connection error it waits with capped
     backoff (yielding empty batches meanwhile) and follows again from the last event it
     delivered. Raises the Redis error once Redis has been unreachable for `outage_max_s`.
-    `status`: as `follow`'s, for its first call only.
+    `status`: as `follow`'s, for its first call only; `wake_with`: as `follow`'s.
     """
     cursor = after
     down_since: float | None = None
@@ -622,7 +642,14 @@ def follow_reconnecting(
                 cursor = direct.last_id  # written by the reader, never yielded
         try:
             batches = follow(
-                fanout, r, session_id, cursor, block_ms=block_ms, direct=direct, status=status
+                fanout,
+                r,
+                session_id,
+                cursor,
+                block_ms=block_ms,
+                direct=direct,
+                status=status,
+                wake_with=wake_with,
             )
             status = None  # a follow after an outage reads it again
             for batch in batches:

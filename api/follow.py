@@ -31,9 +31,11 @@ def _events(
     after: str | None,
     direct: fanout.Direct | None = None,
     status: str | None = None,
+    wake_with: Callable[[Callable[[], None]], None] | None = None,
 ) -> Iterator[store.Batch]:
     """The session's events after `after` in batches, riding out Redis restarts
-    (`status`: as read when the follower joined, if it was)."""
+    (`status`: as read when the follower joined, if it was; `wake_with`: as
+    `fanout.follow`'s)."""
     return fanout.follow_reconnecting(
         b.fanout,
         b.redis,
@@ -43,6 +45,7 @@ def _events(
         outage_max_s=b.settings.redis.outage_max_s,
         direct=direct,
         status=status,
+        wake_with=wake_with,
     )
 
 
@@ -81,14 +84,17 @@ class Following:
         after: str | None,
         is_open: Callable[[], bool] = lambda: True,
         direct: fanout.Direct | None = None,
+        wake_with: Callable[[Callable[[], None]], None] | None = None,
     ) -> Iterator[store.Batch]:
-        """The batches to relay, until the process stops or `is_open()` turns false.
+        """The batches to relay, until the process stops or `is_open()` turns false
+        (`wake_with`: registers what makes a wait for live events end when it does).
 
         The caller sends each batch before it asks for the next: that is when it counts
         as delivered. With `direct`, live batches may reach the client through it instead
         (counted there), and an empty batch may ask the caller to flush it.
         """
-        for batch in _events(b, self.session_id, after, direct, self.place.status):
+        events = _events(b, self.session_id, after, direct, self.place.status, wake_with)
+        for batch in events:
             if shutdown.is_stopping() or not is_open():
                 return
             self.place.keep()
@@ -155,7 +161,9 @@ def _relay_ws(conn: websocket.Socket, b: Backend, session_id: str, after: str | 
     following = Following(session_id, "ws")
     direct = _DirectWs(conn, following) if conn.can_write_now else None
     try:
-        for batch in following.batches(b, after, lambda: conn.is_open, direct):
+        # A client that leaves wakes its follower: its place is given up at once, not
+        # at the next XREAD_BLOCK_MS.
+        for batch in following.batches(b, after, lambda: conn.is_open, direct, conn.when_gone):
             if batch:
                 conn.send_batch(batch, following.place.keep)
             elif direct is not None:

@@ -72,6 +72,16 @@ class _Server(simple_websocket.Server):
 
     _pong = True
     _acked_at_ping: int | None = None
+    # Called once simple-websocket's reader has stopped: the connection is gone.
+    on_gone: Callable[[], None] | None = None
+
+    def _thread(self) -> None:
+        """simple-websocket's reader; then `on_gone`."""
+        try:
+            super()._thread()
+        finally:
+            if self.on_gone is not None:
+                self.on_gone()
 
     @property
     def pong_received(self) -> bool:
@@ -183,6 +193,15 @@ class Socket:
     def is_open(self) -> bool:
         """Whether the connection still stands (simple-websocket's reader clears it)."""
         return bool(self._ws.connected)
+
+    def when_gone(self, wake: Callable[[], None]) -> None:
+        """Call `wake` (from the connection's reader) once the connection has gone: a
+        follower waiting for events learns at once that its client left (one `wake` a
+        connection; at once if it has gone already)."""
+        if isinstance(self._ws, _Server):
+            self._ws.on_gone = wake
+        if not self._ws.connected:
+            wake()
 
     def send_batch(self, batch: store.Batch, keep: Callable[[], None] = _nothing) -> None:
         """Send a batch of events as text frames with one socket write (`keep`: called

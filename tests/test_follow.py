@@ -8,11 +8,15 @@ import time
 from typing import Any
 
 import pytest
+import redis
 import requests
+import websocket
 from websockets.sync.client import connect as ws_connect
 
+from shared import keys
 from tests import client
 from tests.procs import Api
+from tests.waiting import wait_until
 from worker.providers.demo import demo_text
 
 
@@ -179,3 +183,23 @@ def test_well_formed_cursor_between_entries_means_after_that_position(api: Api) 
     assert end.events == [] and end.close_code == 1000
     huge = f"{2**64 - 1}-{2**64 - 1}"
     assert client.ws_follow(api.ws_url, session_id, after=huge).close_code == 1000
+
+
+@pytest.mark.parametrize("leaves", ["close frame", "connection dropped"])
+def test_a_websocket_follower_whose_client_leaves_gives_its_place_up_at_once(
+    make_stack: Any, r: redis.Redis, leaves: str
+) -> None:
+    # A follower waits for live events up to XREAD_BLOCK_MS at a time; a client that
+    # leaves meanwhile must not hold its follower place (and the limits) that long.
+    api = make_stack(XREAD_BLOCK_MS="30000", FOLLOWER_LEASE_S="120").api()
+    session_id = client.create(api.url, prompt="left", max_tokens=5)["sessionId"]  # queued
+    ws = websocket.create_connection(f"{api.ws_url}/api/streams/{session_id}/ws", timeout=10)
+    assert json.loads(ws.recv())["type"] == "status"
+    wait_until(lambda: r.zcard(keys.followers(session_id)) == 1, "the follower holds a place")
+    left = time.monotonic()
+    if leaves == "close frame":
+        ws.close()
+    else:
+        ws.sock.close()
+    wait_until(lambda: r.zcard(keys.followers(session_id)) == 0, "the place is given up", 10)
+    assert time.monotonic() - left < 10  # not the 30 s wait
