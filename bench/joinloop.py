@@ -1,0 +1,85 @@
+"""Followers joining one followed session one after another, to profile what a join costs.
+
+    .venv/bin/python -m bench.joinloop [--joins 3000] [--profile joins.txt]
+
+One redis-server and one API process of their own (gunicorn gevent, the default follower
+limits on), one session created through the API and left queued (no worker), one
+follower holding it. Then `--joins` WebSocket followers connect one after another, each
+waiting for its first frame, 50 open at a time (the oldest closed as each new one
+opens). Prints the joins a second. With `--profile`, py-spy (not a dependency of the
+project: `pip install py-spy`) records the API's worker process meanwhile, `record -r 500
+-f raw`, into that file: one line per stack and its sample count, the input of a flame
+graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.joins import connect
+from bench.procstat import family
+from rstreams.localredis import LocalRedis
+from tests import client
+from tests.procs import Api, child_env
+
+
+def run(joins: int, profile: Path | None) -> float:
+    """Joins a second."""
+    server = LocalRedis().start()
+    env = child_env(
+        REDIS_URL=server.url,
+        RATE_CREATES_PER_MIN="0",
+        MAX_RUNNING_PER_CALLER="0",
+        METRICS_FLUSH_S="3600",
+        GUNICORN_CMD_ARGS="--workers 1 --worker-class gevent",
+    )
+    api = Api(env, Path(tempfile.mkdtemp(prefix="rstreams-joinloop-")), name="api").start()
+    spy: subprocess.Popen[bytes] | None = None
+    try:
+        assert api.proc is not None
+        session_id = client.create(api.url, prompt="joined")["sessionId"]
+        path = f"/api/streams/{session_id}/ws"
+        held = connect(api, path)
+        if profile is not None:
+            py_spy = shutil.which("py-spy")
+            assert py_spy, "--profile needs py-spy on the PATH (pip install py-spy)"
+            worker = family(api.proc.pid)[-1]
+            command = [py_spy, "record", "-p", str(worker), "-r", "500", "-f", "raw"]
+            spy = subprocess.Popen([*command, "-o", str(profile)], stdout=subprocess.DEVNULL)
+            time.sleep(1.5)  # py-spy attaches
+        started = time.monotonic()
+        opened: list[Any] = []
+        for _ in range(joins):
+            opened.append(connect(api, path))
+            if len(opened) > 50:
+                opened.pop(0).close()
+        rate = joins / (time.monotonic() - started)
+        for sock in [*opened, held]:
+            sock.close()
+        return rate
+    finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(60)
+        api.stop()
+        server.close()
+
+
+def main() -> None:
+    """Print the joins a second (and write the profile)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--joins", type=int, default=3000)
+    parser.add_argument("--profile", type=Path)
+    args = parser.parse_args()
+    print(f"{run(args.joins, args.profile):.0f} joins a second")
+
+
+if __name__ == "__main__":
+    main()
