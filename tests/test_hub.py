@@ -247,8 +247,9 @@ def test_a_follower_that_joins_a_followed_session_takes_its_backlog_from_the_fan
     first: list[store.Event] = []
 
     def follow_into(seen: list[store.Event], after: str | None = None) -> threading.Thread:
+        # No keep-alive (and its status check) while the test counts commands.
         def run() -> None:
-            for batch in fanoutmod.follow(fanout, r, session_id, after, block_ms=200):
+            for batch in fanoutmod.follow(fanout, r, session_id, after, block_ms=60_000):
                 seen.extend(batch)
 
         thread = threading.Thread(target=run)
