@@ -23,24 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.joins import connect
+from bench.joins import connect, start_api
 from bench.procstat import family
-from rstreams.localredis import LocalRedis
 from tests import client
-from tests.procs import Api, child_env
 
 
 def run(joins: int, profile: Path | None) -> float:
     """Joins a second."""
-    server = LocalRedis().start()
-    env = child_env(
-        REDIS_URL=server.url,
-        RATE_CREATES_PER_MIN="0",
-        MAX_RUNNING_PER_CALLER="0",
-        METRICS_FLUSH_S="3600",
-        GUNICORN_CMD_ARGS="--workers 1 --worker-class gevent",
-    )
-    api = Api(env, Path(tempfile.mkdtemp(prefix="rstreams-joinloop-")), name="api").start()
+    server, api = start_api(Path(tempfile.mkdtemp(prefix="rstreams-joinloop-")), "api-joinloop")
     spy: subprocess.Popen[bytes] | None = None
     try:
         assert api.proc is not None

@@ -107,8 +107,9 @@ def measure(api: Api, watcher: redis.Redis, paths: list[str], *, together: bool,
     return commands / n, reads / n, cpu * 1000 / n
 
 
-def run(followers: int, logs: Path) -> dict[str, tuple[float, float, float]]:
-    """Every way of joining: (commands, round trips, API CPU ms) per join."""
+def start_api(logs: Path, name: str) -> tuple[LocalRedis, Api]:
+    """A redis-server and one API process (gunicorn gevent) of their own, the follower
+    limits on and the others off, for followers to join."""
     server = LocalRedis().start()
     env = child_env(
         REDIS_URL=server.url,
@@ -117,7 +118,12 @@ def run(followers: int, logs: Path) -> dict[str, tuple[float, float, float]]:
         METRICS_FLUSH_S="3600",  # no flushes in the counts
         GUNICORN_CMD_ARGS="--workers 1 --worker-class gevent",
     )
-    api = Api(env, logs, name="api-joins").start()
+    return server, Api(env, logs, name=name).start()
+
+
+def run(followers: int, logs: Path) -> dict[str, tuple[float, float, float]]:
+    """Every way of joining: (commands, round trips, API CPU ms) per join."""
+    server, api = start_api(logs, "api-joins")
     watcher = redis.Redis.from_url(server.url, decode_responses=True)
     try:
         ids = [client.create(api.url, prompt=f"join {n}")["sessionId"] for n in range(followers)]
