@@ -185,13 +185,29 @@ def test_well_formed_cursor_between_entries_means_after_that_position(api: Api) 
     assert client.ws_follow(api.ws_url, session_id, after=huge).close_code == 1000
 
 
+# gunicorn's threaded worker, the other the API supports (api/gunicorn_conf.py).
+THREADS = {"GUNICORN_CMD_ARGS": "--worker-class api.gunicorn_worker.ThreadWorker --threads 16"}
+
+
+def test_the_threaded_web_worker_serves_websocket_followers_too(make_stack: Any) -> None:
+    stack = make_stack(**THREADS)
+    stack.worker()
+    api = stack.api()
+    session_id = client.create(api.url, prompt="threads", max_tokens=30)["sessionId"]
+    result = client.ws_follow(api.ws_url, session_id)
+    assert result.close_code == 1000
+    assert_well_formed(result.events, 30)
+
+
+@pytest.mark.parametrize("web_worker", ["gevent", "threads"])
 @pytest.mark.parametrize("leaves", ["close frame", "connection dropped"])
 def test_a_websocket_follower_whose_client_leaves_gives_its_place_up_at_once(
-    make_stack: Any, r: redis.Redis, leaves: str
+    make_stack: Any, r: redis.Redis, leaves: str, web_worker: str
 ) -> None:
     # A follower waits for live events up to XREAD_BLOCK_MS at a time; a client that
     # leaves meanwhile must not hold its follower place (and the limits) that long.
-    api = make_stack(XREAD_BLOCK_MS="30000", FOLLOWER_LEASE_S="120").api()
+    threads = THREADS if web_worker == "threads" else {}
+    api = make_stack(XREAD_BLOCK_MS="30000", FOLLOWER_LEASE_S="120", **threads).api()
     session_id = client.create(api.url, prompt="left", max_tokens=5)["sessionId"]  # queued
     ws = websocket.create_connection(f"{api.ws_url}/api/streams/{session_id}/ws", timeout=10)
     assert json.loads(ws.recv())["type"] == "status"
