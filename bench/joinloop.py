@@ -15,14 +15,12 @@ graph.
 from __future__ import annotations
 
 import argparse
-import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from bench import pyspy
 from bench.joins import connect, start_api
 from bench.procstat import family
 from tests import client
@@ -31,19 +29,14 @@ from tests import client
 def run(joins: int, profile: Path | None) -> float:
     """Joins a second."""
     server, api = start_api(Path(tempfile.mkdtemp(prefix="rstreams-joinloop-")), "api-joinloop")
-    spy: subprocess.Popen[bytes] | None = None
+    spy: pyspy.Recording | None = None
     try:
         assert api.proc is not None
         session_id = client.create(api.url, prompt="joined")["sessionId"]
         path = f"/api/streams/{session_id}/ws"
         held = connect(api, path)
         if profile is not None:
-            py_spy = shutil.which("py-spy")
-            assert py_spy, "--profile needs py-spy on the PATH (pip install py-spy)"
-            worker = family(api.proc.pid)[-1]
-            command = [py_spy, "record", "-p", str(worker), "-r", "500", "-f", "raw"]
-            spy = subprocess.Popen([*command, "-o", str(profile)], stdout=subprocess.DEVNULL)
-            time.sleep(1.5)  # py-spy attaches
+            spy = pyspy.attach(family(api.proc.pid)[-1], profile)
         started = time.monotonic()
         opened: list[Any] = []
         for _ in range(joins):
@@ -56,8 +49,7 @@ def run(joins: int, profile: Path | None) -> float:
         return rate
     finally:
         if spy is not None:
-            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-            spy.wait(60)
+            spy.stop()
         api.stop()
         server.close()
 

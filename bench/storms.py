@@ -1,6 +1,7 @@
 """Followers arriving all at once: a join storm, and a reconnect storm after an API crash.
 
     .venv/bin/python -m bench.storms [--joins 50x4,100x10] [--reconnect 1000] [--rate 50]
+                                     [--profile PREFIX]
 
 (e) Join storm: the sessions generate first (one Celery worker, the demo provider at
 `--rate` chunks/s); then every follower connects within one second, from the start of
@@ -15,6 +16,9 @@ Every follower reconnects by itself with `?after=<last cursor>` (retrying every 
 while the port is closed). Measured from when the new API answers `/healthz`: the time
 until every follower has had a live chunk again, and the latency of the deliveries in
 the 5 s after; and nothing lost or repeated over the whole run.
+
+With `--profile`, py-spy records the API's worker process in each join storm's first
+1.5 s into `PREFIX-<sessions>x<followers>.txt` (`bench/pyspy.py`).
 
 Clients: raw sockets under one `epoll` per process (bench/wsclient.py's frame reader),
 non-blocking connects and handshakes, in two processes.
@@ -38,6 +42,7 @@ from typing import Any
 
 import redis
 
+from bench import pyspy
 from bench.followers import CLIENT_PROCESSES, api_env
 from bench.procstat import cpu_s, family, machine_busy_s, run_delay_s
 from bench.stats import percentiles
@@ -307,12 +312,15 @@ def _quantiles(values: list[float]) -> tuple[float, float]:
     return q[49], q[98]
 
 
-def _storm_env(redis_url: str, rate: float, sessions: int, chunks: int) -> dict[str, str]:
-    """The gevent API's and the worker's environment for a storm of `sessions` answers of
-    `chunks` chunks at `rate` a second."""
+def _storm_env(
+    redis_url: str, rate: float, sessions: int, chunks: int, web_workers: int = 1
+) -> dict[str, str]:
+    """The gevent API's (`web_workers` processes) and the worker's environment for a
+    storm of `sessions` answers of `chunks` chunks at `rate` a second."""
     return api_env(
         redis_url,
         "gevent",
+        web_workers,
         DEMO_TOKENS_PER_S=str(rate),
         WORKER_CONCURRENCY=str(max(sessions, 10)),
         MAX_TOKENS_CAP=str(max(chunks, 8192)),
@@ -357,14 +365,24 @@ class CpuWindow:
         return self
 
 
-def join_storm(sessions: int, followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
-    """(e) One join storm: its figures."""
+def join_storm(
+    sessions: int,
+    followers: int,
+    *,
+    rate: float,
+    logs: Path,
+    profile: Path | None = None,
+    web_workers: int = 1,
+) -> dict[str, Any]:
+    """(e) One join storm: its figures (`profile`: py-spy's record of the API's (last)
+    worker process in the storm's first `EARLY_S`, into that file)."""
     chunks = int(rate * 8)  # 8 s of generation: the storm, then steady state
     server = LocalRedis().start()
-    env = _storm_env(server.url, rate, sessions, chunks)
+    env = _storm_env(server.url, rate, sessions, chunks, web_workers)
     api = Api(env, logs, name=f"api-join-{sessions}x{followers}").start()
     worker = Worker(env, logs, name=f"worker-join-{sessions}x{followers}").start()
     watcher = redis.Redis.from_url(server.url, decode_responses=True)
+    spy: pyspy.Recording | None = None
     try:
         ids = [
             client.create(api.url, prompt=f"storm {n}", max_tokens=chunks)["sessionId"]
@@ -376,8 +394,12 @@ def join_storm(sessions: int, followers: int, *, rate: float, logs: Path) -> dic
             time.sleep(0.1)
         paths = [f"/api/streams/{sid}/ws" for _ in range(followers) for sid in ids]
         assert api.proc is not None and worker.proc is not None and server.proc is not None
+        if profile is not None:
+            spy = pyspy.attach(family(api.proc.pid)[-1], profile)
         cpu_before = cpu_s(api.proc.pid)
         start_s = time.time() + 0.3  # the client processes are up by then
+        if spy is not None:
+            threading.Timer(start_s + EARLY_S - time.time(), spy.stop).start()
         clients = Storm(api.port, paths, start_s, 1.0, chunks / rate + 60)
         others = {
             "worker": [worker.proc.pid],
@@ -390,6 +412,8 @@ def join_storm(sessions: int, followers: int, *, rate: float, logs: Path) -> dic
         figures = join_figures(tally, sessions, followers, chunks, start_s, early_cpu.result())
         return {**figures, "api_cpu_s": api_cpu}
     finally:
+        if spy is not None:
+            spy.stop()
         worker.stop()
         api.stop()
         watcher.close()
@@ -553,13 +577,21 @@ def main() -> None:
     parser.add_argument("--joins", default="50x4,100x10")
     parser.add_argument("--reconnect", type=int, default=1000, help="followers; 0: none")
     parser.add_argument("--rate", type=float, default=50)
+    parser.add_argument("--profile", help="py-spy's records of the join storms: PREFIX-<load>.txt")
+    parser.add_argument(
+        "--web-workers", type=int, default=1, help="gunicorn worker processes (join storms)"
+    )
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="rstreams-storms-"))
     if args.joins:
         print(JOIN_HEADER)
         for load in args.joins.split(","):
             s, f = (int(x) for x in load.split("x"))
-            print(join_row(join_storm(s, f, rate=args.rate, logs=logs)), flush=True)
+            profile = Path(f"{args.profile}-{load}.txt") if args.profile else None
+            figures = join_storm(
+                s, f, rate=args.rate, logs=logs, profile=profile, web_workers=args.web_workers
+            )
+            print(join_row(figures), flush=True)
     if args.reconnect:
         print(RECONNECT_HEADER)
         print(reconnect_row(reconnect_storm(args.reconnect, rate=args.rate, logs=logs)))
