@@ -272,6 +272,9 @@ def main() -> None:
     ]
     say("what a join costs Redis")
     joins_md = joins_table([joins.run(50, logs) for _ in range(runs)])
+    peer_join_cost = repeat(runs, peer.join_cost, 1000, logs=logs)
+    peer_follower_ms = spread(peer_join_cost, "follower_ms", "{:.2f}")
+    peer_producer_ms = spread(peer_join_cost, "producer_ms", "{:.2f}")
     say("worker: concurrent demo generations")
     tables = [worker_load(n) for n in ((200,) if args.quick else (200, 500))]
     gc_md = "\n".join(table_of("bench.gc_pause"))  # gevent's patches: a process of its own
@@ -485,6 +488,11 @@ follower limits on (each join takes its two places). Commands from `INFO command
 process's CPU from /proc (10 ms ticks: about 0.2 ms per join).
 
 {joins_md}
+
+The peer's join, for comparison (`python -m bench.peer --join-cost 1000`): 1,000 clients
+joining one stream that makes a line a second, one after another, each once its first
+line came: CPU ms per join of the follower server {peer_follower_ms}, of the producer,
+which answers each resume with the stream so far, {peer_producer_ms}.
 
 ### A full garbage collection over the API's objects
 

@@ -2,7 +2,7 @@
 Redis, with the same client processes.
 
     .venv/bin/python -m bench.peer [--loads 1x1,100x1,100x10] [--joins 50x4,100x10]
-        [--reconnect 1000] [--rate 50]
+        [--reconnect 1000] [--rate 50] [--join-cost 1000]
 
 bench/peer/server.mjs runs the npm package (pinned by bench/peer/package-lock.json,
 installed with `npm ci`) in two Node processes, as the product runs a worker and an API:
@@ -17,6 +17,7 @@ cursor), losses and repeats from its index.
 second while their streams produce; (f) 10 followers a stream, the follower server killed
 with SIGKILL and started again on its port, each client resuming with the characters it
 has. The figures go in the same tables as the product's (bench/storms.py's rows).
+`--join-cost N`: the CPU of N joins of one stream, one after another (`join_cost`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -302,6 +304,40 @@ def producer_kill(followers: int, *, rate: float, logs: Path) -> dict[str, Any]:
         }
 
 
+def join_cost(followers: int, *, logs: Path) -> dict[str, float]:
+    """CPU ms per join of the follower server and of the producer (which answers each
+    resume with the stream so far): one stream making a line a second, `followers`
+    clients joining it one after another, each once its first line came, as
+    `bench.joins`' "one session, one by one" joins a session no worker generates."""
+    with _running(logs) as peer:
+        (sid,) = peer.start_streams(1, 3600, 1.0, time.time())
+        time.sleep(2)  # a line or two to resume
+        request = f"GET /follow/{sid}?skip=0 HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        cpu = (cpu_s(peer.follower.pid), cpu_s(peer.producer.pid))
+        socks = []
+        for _ in range(followers):
+            sock = socket.create_connection(("127.0.0.1", peer.port), timeout=10)
+            sock.sendall(request)
+            data = b""
+            while b"\n" not in data.partition(b"\r\n\r\n")[2]:
+                more = sock.recv(4096)
+                assert more, "the follower server closed a follow"
+                data += more
+            assert data.startswith(b"HTTP/1.1 200"), data[:100]
+            socks.append(sock)
+        time.sleep(0.5)  # what the last join left to do
+        follower_s, producer_s = (
+            cpu_s(peer.follower.pid) - cpu[0],
+            cpu_s(peer.producer.pid) - cpu[1],
+        )
+        for sock in socks:
+            sock.close()
+        return {
+            "follower_ms": follower_s * 1000 / followers,
+            "producer_ms": producer_s * 1000 / followers,
+        }
+
+
 PRODUCER_KILL_HEADER = (
     "| followers | producer back after s | lines received after it | a new follower: answer "
     "| after s | lost | unfinished |\n"
@@ -344,6 +380,9 @@ def main() -> None:
     parser.add_argument("--reconnect", type=int, default=1000, help="followers; 0: none")
     parser.add_argument("--rate", type=float, default=50)
     parser.add_argument("--chunks", type=int, default=250)
+    parser.add_argument(
+        "--join-cost", type=int, default=0, help="followers joining one by one; 0: none"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rstreams-peer-") as d:
         logs = Path(d)
@@ -360,6 +399,12 @@ def main() -> None:
             print(reconnect_row(reconnect_storm(args.reconnect, rate=args.rate, logs=logs)))
             print(PRODUCER_KILL_HEADER)
             print(producer_kill_row(producer_kill(args.reconnect, rate=args.rate, logs=logs)))
+        if args.join_cost:
+            cost = join_cost(args.join_cost, logs=logs)
+            print(
+                f"CPU ms per join: follower server {cost['follower_ms']:.2f}, "
+                f"producer {cost['producer_ms']:.2f}"
+            )
 
 
 if __name__ == "__main__":
