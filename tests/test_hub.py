@@ -37,6 +37,14 @@ def leased_session(r: redis.Redis, prompt: str = "hub", lease_ms: int = 60_000) 
 
 
 @pytest.fixture
+def own_r(own_redis: LocalRedis) -> Iterator[redis.Redis]:
+    """A client of the test's own Redis (`own_redis`), closed however the test ends."""
+    conn = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
 def session(r: redis.Redis) -> tuple[str, str]:
     return leased_session(r)
 
@@ -96,9 +104,8 @@ def xread_calls(r: redis.Redis) -> int:
     return int(stats.get("cmdstat_xread", {}).get("calls", 0))
 
 
-def test_many_followers_share_one_reader(own_redis: LocalRedis) -> None:
-    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
-    session_id, token = leased_session(r)
+def test_many_followers_share_one_reader(own_redis: LocalRedis, own_r: redis.Redis) -> None:
+    session_id, token = leased_session(own_r)
     blocking = connect(own_redis.url, socket_timeout_s=3)
     fanout = xread_fanout(blocking, block_ms=200)
     followers, chunks = 50, 20
@@ -106,7 +113,7 @@ def test_many_followers_share_one_reader(own_redis: LocalRedis) -> None:
     started = [threading.Event() for _ in range(followers)]
 
     def follow(i: int) -> None:
-        for batch in fanoutmod.follow(fanout, r, session_id, None, block_ms=200):
+        for batch in fanoutmod.follow(fanout, own_r, session_id, None, block_ms=200):
             results[i] += batch
             started[i].set()
 
@@ -114,21 +121,20 @@ def test_many_followers_share_one_reader(own_redis: LocalRedis) -> None:
     for t in threads:
         t.start()
     wait_until(lambda: all(e.is_set() for e in started), "every follower has its first event")
-    r.config_resetstat()
+    own_r.config_resetstat()
     for n in range(chunks):
-        append(r, session_id, token, n, 1)
+        append(own_r, session_id, token, n, 1)
         time.sleep(0.01)  # spread the appends out: each may be read on its own
     store.append_done(
-        r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=chunks, usage=None
+        own_r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=chunks, usage=None
     )
     for t in threads:
         t.join(10)
-    reads = xread_calls(r)
+    reads = xread_calls(own_r)
     assert all(res == results[0] for res in results)
     assert [e["index"] for e in results[0] if e["type"] == "chunk"] == list(range(chunks))
     # One reader for all: about one read per append, not one per follower and append.
     assert 0 < reads < followers, f"{reads} XREAD calls for {followers} followers"
-    r.close()
 
 
 def test_follow_replays_from_a_cursor_then_stops_at_the_end(
@@ -205,10 +211,11 @@ def command_calls(r: redis.Redis, command: str) -> int:
     return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
-def test_followers_that_join_together_share_one_catch_up_read(own_redis: LocalRedis) -> None:
-    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
-    session_id, token = leased_session(r)
-    append(r, session_id, token, 0, 5)
+def test_followers_that_join_together_share_one_catch_up_read(
+    own_redis: LocalRedis, own_r: redis.Redis
+) -> None:
+    session_id, token = leased_session(own_r)
+    append(own_r, session_id, token, 0, 5)
     fanout = xread_fanout(connect(own_redis.url, socket_timeout_s=3), block_ms=200)
     joins = 50
     backlogs: list[store.Batch] = [[] for _ in range(joins)]
@@ -216,11 +223,11 @@ def test_followers_that_join_together_share_one_catch_up_read(own_redis: LocalRe
 
     def join(i: int) -> None:
         together.wait()
-        follower = fanoutmod.follow(fanout, r, session_id, None, block_ms=200)
+        follower = fanoutmod.follow(fanout, own_r, session_id, None, block_ms=200)
         backlogs[i] = next(follower)  # the status and the five chunks, in one batch
         follower.close()
 
-    r.config_resetstat()
+    own_r.config_resetstat()
     threads = [threading.Thread(target=join, args=(i,)) for i in range(joins)]
     for t in threads:
         t.start()
@@ -230,26 +237,25 @@ def test_followers_that_join_together_share_one_catch_up_read(own_redis: LocalRe
     assert [e["type"] for e in backlogs[0]] == ["status"] + ["chunk"] * 5
     # Each join needs the session's status and its backlog: followers that ask for the
     # same at the same time wait for one read of both.
-    reads = command_calls(r, "xrange")
+    reads = command_calls(own_r, "xrange")
     assert 0 < reads < joins / 2, f"{reads} backlog reads for {joins} joins"
-    assert command_calls(r, "hget") == reads
+    assert command_calls(own_r, "hget") == reads
     assert fanout.followers() == 0
-    r.close()
 
 
 def test_a_follower_that_joins_a_followed_session_takes_its_backlog_from_the_fan_out(
     own_redis: LocalRedis,
+    own_r: redis.Redis,
 ) -> None:
-    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
-    session_id, token = leased_session(r)
-    append(r, session_id, token, 0, 5)
+    session_id, token = leased_session(own_r)
+    append(own_r, session_id, token, 0, 5)
     fanout = xread_fanout(connect(own_redis.url, socket_timeout_s=3), block_ms=200)
     first: list[store.Event] = []
 
     def follow_into(seen: list[store.Event], after: str | None = None) -> threading.Thread:
         # No keep-alive (and its status check) while the test counts commands.
         def run() -> None:
-            for batch in fanoutmod.follow(fanout, r, session_id, after, block_ms=60_000):
+            for batch in fanoutmod.follow(fanout, own_r, session_id, after, block_ms=60_000):
                 seen.extend(batch)
 
         thread = threading.Thread(target=run)
@@ -258,44 +264,43 @@ def test_a_follower_that_joins_a_followed_session_takes_its_backlog_from_the_fan
 
     threads = [follow_into(first)]
     wait_until(lambda: fanout.followers() == 1, "the first follower is live")
-    last = append(r, session_id, token, 5, 5)  # read by the fan-out's reader
+    last = append(own_r, session_id, token, 5, 5)  # read by the fan-out's reader
     wait_until(lambda: first and first[-1]["id"] == last, "the first follower has chunk 9")
-    stored = [entry_id for entry_id, _ in r.xrange(keys.events(session_id))]
+    stored = [entry_id for entry_id, _ in own_r.xrange(keys.events(session_id))]
 
     # Followers that join now, from the start and from chunk 3, read no events from Redis.
-    r.config_resetstat()
-    again = fanoutmod.follow(fanout, r, session_id, None, block_ms=200)
+    own_r.config_resetstat()
+    again = fanoutmod.follow(fanout, own_r, session_id, None, block_ms=200)
     assert [e["id"] for e in next(again)] == stored  # the status and chunks 0-9, at once
     later: list[store.Event] = []
     threads.append(follow_into(later, after=stored[4]))  # the status, chunks 0-3 before it
     # (`again` subscribes when asked for more)
     wait_until(lambda: fanout.followers() == 2 and len(later) == 6, "the third is live")
-    assert command_calls(r, "xrange") == 0
-    assert command_calls(r, "hget") == 2  # each join's status check
+    assert command_calls(own_r, "xrange") == 0
+    assert command_calls(own_r, "hget") == 2  # each join's status check
     assert [e["id"] for e in later] == stored[5:]
     # One whose status was read with its places (`FollowerPlace.status`) sends nothing.
-    known = fanoutmod.follow(fanout, r, session_id, stored[8], block_ms=200, status="running")
+    known = fanoutmod.follow(fanout, own_r, session_id, stored[8], block_ms=200, status="running")
     assert [e["id"] for e in next(known)] == stored[9:]
     known.close()
-    assert command_calls(r, "xrange") == 0
-    assert command_calls(r, "hget") == 2
+    assert command_calls(own_r, "xrange") == 0
+    assert command_calls(own_r, "hget") == 2
 
     # Live events still reach all of them, in order, and the end ends them.
-    append(r, session_id, token, 10, 3)
+    append(own_r, session_id, token, 10, 3)
     store.append_done(
-        r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=13, usage=None
+        own_r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=13, usage=None
     )
     rest = list(events(again))
     for t in threads:
         t.join(10)
-    stored = [entry_id for entry_id, _ in r.xrange(keys.events(session_id))]
+    stored = [entry_id for entry_id, _ in own_r.xrange(keys.events(session_id))]
     assert [e["id"] for e in first] == stored
     assert [e["id"] for e in later] == stored[5:]
     assert [e["id"] for e in rest] == stored[11:]
     # The fan-out forgets the session's events with its last follower.
     assert fanout.followers() == 0
     assert fanout.tail_after(session_id, "0-0") is None
-    r.close()
 
 
 class IdleReader:
@@ -310,25 +315,24 @@ class IdleReader:
 
 def test_a_joiner_of_a_session_that_ended_gets_the_end_the_fan_out_has_not_read_yet(
     own_redis: LocalRedis,
+    own_r: redis.Redis,
 ) -> None:
-    r = redis.Redis.from_url(own_redis.url, decode_responses=True)
-    session_id, token = leased_session(r)
-    append(r, session_id, token, 0, 3)
+    session_id, token = leased_session(own_r)
+    append(own_r, session_id, token, 0, 3)
     fanout = fanoutmod.Fanout(lambda _fanout: IdleReader())
-    live = fanoutmod.follow(fanout, r, session_id, None, block_ms=100)
+    live = fanoutmod.follow(fanout, own_r, session_id, None, block_ms=100)
     backlog = next(live)  # the status and chunks 0-2, from Redis
     assert next(live) == []  # subscribed, its backlog kept by the fan-out; nothing new
     assert fanout.tail_after(session_id, "0-0") == backlog
     # The session ends; the fan-out's reader has not read the end yet.
     store.append_done(
-        r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=3, usage=None
+        own_r, session_id, token=token, ttl_s=60, finish_reason="stop", chunks=3, usage=None
     )
-    joiner = list(events(fanoutmod.follow(fanout, r, session_id, None, block_ms=100)))
-    stored = [entry_id for entry_id, _ in r.xrange(keys.events(session_id))]
+    joiner = list(events(fanoutmod.follow(fanout, own_r, session_id, None, block_ms=100)))
+    stored = [entry_id for entry_id, _ in own_r.xrange(keys.events(session_id))]
     assert [e["id"] for e in joiner] == stored  # the end included
     assert joiner[-1]["type"] == "done"
     live.close()
-    r.close()
 
 
 class RecordingClient:
