@@ -314,7 +314,6 @@ class IdleReader:
 
 
 def test_a_joiner_of_a_session_that_ended_gets_the_end_the_fan_out_has_not_read_yet(
-    own_redis: LocalRedis,
     own_r: redis.Redis,
 ) -> None:
     session_id, token = leased_session(own_r)
